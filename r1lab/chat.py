@@ -1,0 +1,141 @@
+"""Chat templates: how a conversation becomes the prompt text the policy continues.
+
+Three templates, chosen by name:
+
+- ``r1zero``: the paper's Table 1 text. The assistant reasons in ``<think> </think>`` and answers in
+  ``<answer> </answer>``; no special tokens, so it suits base models.
+- ``r1``: DeepSeek-R1's own format (``<｜User｜>…<｜Assistant｜>``) with the assistant turn prefilled with
+  ``<think>\\n``, as DeepSeek recommends so the model never skips its reasoning.
+- ``native``: the model's own chat template (``tokenizer.apply_chat_template``). ``native-zero`` puts the
+  R1-Zero instruction into the user turn of the model's own template: the practical choice for small
+  instruct models, which ignore a bare-text prompt. It prefills nothing by default; ``prefill="<think>\\n"``
+  forces the think block (SmolLM2-135M then never closes it, so it gets no reward: measured 0/64).
+
+R1 usage rules applied to every template: a system message is folded into the first user turn (R1 was not
+trained with system prompts), and reasoning in earlier assistant turns is not sent back.
+
+:func:`render` returns the prompt text *and* the prefill (the forced start of the assistant turn, already at
+the end of the prompt text). Rewards judge ``prefill + generated text``, the whole assistant response.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+R1ZERO_INSTRUCTION = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+    "The assistant first thinks about the reasoning process in the mind and then provides the user with "
+    "the answer. The reasoning process and answer are enclosed within <think> </think> and "
+    "<answer> </answer> tags, respectively, i.e., <think> reasoning process here </think> "
+    "<answer> answer here </answer>."
+)
+THINK_PREFILL = "<think>\n"
+TEMPLATES = ("r1zero", "r1", "native", "native-zero")
+_THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    text: str  # the full prompt, ending with the prefill
+    prefill: str  # the forced start of the assistant's reply ("" if none)
+
+
+def prepare_messages(messages: list[dict]) -> list[dict]:
+    """Apply R1's usage rules: check roles, fold the system prompt into the first user turn, drop old reasoning.
+
+    >>> prepare_messages([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    [{'role': 'user', 'content': 'Be brief.\\n\\nHi'}]
+    >>> prepare_messages([{"role": "user", "content": "1+1?"},
+    ...                   {"role": "assistant", "content": "<think>easy</think>2"},
+    ...                   {"role": "user", "content": "and 2+2?"}])[1]
+    {'role': 'assistant', 'content': '2'}
+    """
+    system, out = [], []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {message!r}")
+        role, content = message["role"], message["content"]
+        if not isinstance(content, str):
+            raise ValueError(f"message {i}: content must be a string, got {type(content).__name__}")
+        if role == "system":
+            system.append(content)
+        elif role == "user":
+            out.append({"role": "user", "content": content})
+        elif role == "assistant":
+            out.append({"role": "assistant", "content": _THINK_BLOCK.sub("", content).strip()})
+        else:
+            raise ValueError(f"message {i}: unknown role {role!r} (use system, user or assistant)")
+    if system:
+        first_user = next((m for m in out if m["role"] == "user"), None)
+        if first_user is None:
+            raise ValueError("a system message needs a user message to fold into")
+        first_user["content"] = "\n\n".join(system + [first_user["content"]])
+    if not out or out[-1]["role"] != "user":
+        raise ValueError("the conversation must end with a user message")
+    return out
+
+
+def render(messages: list[dict], template: str, tokenizer=None, prefill: str | None = None) -> Rendered:
+    """Turn a conversation into prompt text for ``template``; ``prefill`` overrides the template's own.
+
+    >>> r = render([{"role": "user", "content": "What is 2+3?"}], "r1zero")
+    >>> r.text.endswith("User: What is 2+3?. Assistant:"), r.prefill
+    (True, '')
+    >>> render([{"role": "user", "content": "2+3?"}], "r1").text
+    '<｜begin▁of▁sentence｜><｜User｜>2+3?<｜Assistant｜><think>\\n'
+    """
+    messages = prepare_messages(messages)
+    if template == "r1zero":
+        text, default_prefill = _r1zero(messages), ""
+    elif template == "r1":
+        text, default_prefill = _r1(messages), THINK_PREFILL
+    elif template in ("native", "native-zero"):
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"template {template!r} needs a tokenizer with a chat template; "
+                             "use template=r1zero or template=r1 for models without one")
+        if template == "native-zero":
+            messages = messages[:-1] + [{"role": "user", "content": f"{R1ZERO_INSTRUCTION}\n\n{messages[-1]['content']}"}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        default_prefill = ""
+    else:
+        raise ValueError(f"unknown chat template {template!r}; choose one of {', '.join(TEMPLATES)}")
+    prefill = default_prefill if prefill is None else prefill
+    return Rendered(text=text + prefill, prefill=prefill)
+
+
+def _r1zero(messages: list[dict]) -> str:
+    turns = []
+    for m in messages:
+        turns.append(f"User: {m['content']}." if m["role"] == "user" else f"Assistant: {m['content']}")
+    return f"{R1ZERO_INSTRUCTION} " + " ".join(turns) + " Assistant:"
+
+
+def _r1(messages: list[dict]) -> str:
+    parts = ["<｜begin▁of▁sentence｜>"]
+    for m in messages:
+        if m["role"] == "user":
+            parts.append(f"<｜User｜>{m['content']}")
+        else:
+            parts.append(f"<｜Assistant｜>{m['content']}<｜end▁of▁sentence｜>")
+    parts.append("<｜Assistant｜>")
+    return "".join(parts)
+
+
+def split_reasoning(response: str) -> tuple[str, str]:
+    """Split an assistant response into ``(reasoning, content)`` at the last ``</think>``.
+
+    A response that never closes its think block is all reasoning.
+
+    >>> split_reasoning("<think>\\n2+3 is 5\\n</think>\\n\\nThe answer is 5.")
+    ('2+3 is 5', 'The answer is 5.')
+    >>> split_reasoning("<think>\\nstill going")
+    ('still going', '')
+    """
+    body = response.lstrip()
+    if body.startswith("<think>"):
+        body = body[len("<think>"):]
+    head, sep, tail = body.rpartition("</think>")
+    if not sep:
+        return body.strip(), ""
+    return head.strip(), tail.strip()

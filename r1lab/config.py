@@ -1,0 +1,163 @@
+"""One flat dataclass per command, with defaults that run; YAML recipes; command-line overrides.
+
+Precedence: dataclass defaults < YAML recipe (``--config FILE``) < command-line flags. Every field is a
+flag (``--group-size 8`` or ``--group_size 8``); dict fields take YAML (``--task-args '{digits: 2}'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class ZeroConfig:
+    """``r1lab zero``: GRPO from a model's own samples with rule rewards (R1-Zero)."""
+
+    # what to train
+    model: str = "smollm2-135m"
+    task: str = "arithmetic"
+    task_args: dict = field(default_factory=lambda: {"digits": 1, "operands": 2, "operators": "+"})
+    template: str = "native-zero"  # r1zero | r1 | native | native-zero (see r1lab.chat)
+    prefill: str | None = None  # None: the template's own
+    rewards: dict = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.5})
+    language: str = "en"  # target language for the language_consistency reward
+    lora_r: int = 0  # 0 = full fine-tuning
+    lora_alpha: int = 32
+    # sampling
+    steps: int = 30
+    prompts_per_step: int = 4
+    group_size: int = 8
+    max_new_tokens: int = 64
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: list = field(default_factory=lambda: ["</answer>"])
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, sample more
+    max_sampling_rounds: int = 4
+    # optimisation
+    advantage: str = "grpo"  # grpo | drgrpo | batch_std
+    loss_aggregation: str = "token"  # token | sequence
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    beta: float = 0.0  # KL weight; 0 skips the reference model entirely
+    updates_per_batch: int = 1  # mu
+    lr: float = 2e-5
+    warmup_steps: int = 2
+    lr_schedule: str = "cosine"  # cosine | linear | constant
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    groups_per_micro_batch: int = 2
+    # evaluation, logging, checkpoints
+    eval_examples: int = 100
+    eval_every: int = 0  # 0 = only before and after
+    eval_max_new_tokens: int = 64
+    save_every: int = 10
+    keep_checkpoints: int = 2
+    out: str = "runs/zero"
+    resume: bool = False
+    seed: int = 0
+    threads: int = 0  # 0 = all cores
+
+
+COMMANDS = {"zero": ZeroConfig}
+
+
+def load_config(cls, argv: list[str] | None = None, prog: str = "r1lab"):
+    """Build ``cls`` from its defaults, an optional ``--config`` YAML, then command-line flags."""
+    parser = argparse.ArgumentParser(prog=prog, description=cls.__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", help="YAML recipe; flags given here override it")
+    defaults = cls()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flags = sorted({f"--{f.name}", f"--{f.name.replace('_', '-')}"})
+        parser.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS, metavar=_metavar(hints[f.name]),
+                            help=f"(default: {getattr(defaults, f.name)!r})")
+    args = vars(parser.parse_args(argv))
+    values = {}
+    if args.get("config"):
+        values.update(read_recipe(args.pop("config"), cls))
+    args.pop("config", None)
+    for name, raw in args.items():
+        values[name] = _convert(raw, hints[name], name)
+    return make_config(cls, values)
+
+
+def read_recipe(path: str | Path, cls) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"r1lab: recipe {path} not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise SystemExit(f"r1lab: recipe {path} must be a YAML mapping of option: value")
+    return data
+
+
+def make_config(cls, values: dict):
+    """Check names and types, then build the dataclass; errors say which option and what to write."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for name in values:
+        if name not in known:
+            close = [k for k in known if k.split("_")[0] == name.replace("-", "_").split("_")[0]]
+            hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
+            raise SystemExit(f"r1lab: unknown option {name!r}{hint}; see --help for the options")
+        values[name] = _check_type(values[name], hints[name], name)
+    return cls(**values)
+
+
+def save_config(config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+
+
+def _convert(raw, hint, name):
+    if not isinstance(raw, str):
+        return raw
+    base = _base_type(hint)
+    if base is str:
+        return raw
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise SystemExit(f"r1lab: --{name}: cannot read {raw!r} as YAML ({e})") from None
+
+
+def _check_type(value, hint, name):
+    base = _base_type(hint)
+    optional = _is_optional(hint)
+    if value is None and optional:
+        return None
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base is bool and not isinstance(value, bool):
+        raise SystemExit(f"r1lab: option {name} must be true or false, got {value!r}")
+    if not isinstance(value, base) or (base is int and isinstance(value, bool)):
+        raise SystemExit(f"r1lab: option {name} must be {base.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _base_type(hint):
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return _base_type(args[0])
+    return typing.get_origin(hint) or hint
+
+
+def _is_optional(hint) -> bool:
+    return type(None) in typing.get_args(hint)
+
+
+def _metavar(hint) -> str:
+    return _base_type(hint).__name__.upper()
+
+
+def to_json(config) -> str:
+    return json.dumps(dataclasses.asdict(config))

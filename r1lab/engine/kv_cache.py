@@ -1,0 +1,63 @@
+"""A KV cache that writes into preallocated buffers instead of concatenating.
+
+HF's ``DynamicCache`` grows each layer with ``torch.cat`` on every decoded token, copying the whole cache:
+on a CPU that copy was 44% of decode time in our profile. This layer reserves room for ``capacity``
+positions up front (the engine knows prompt width + max new tokens) and writes each new token in place;
+the model sees views of the filled part, so nothing else changes.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+
+class BufferLayer(DynamicLayer):
+    def __init__(self, capacity: int, **kwargs):
+        super().__init__(**kwargs)
+        self.capacity = capacity
+        self.length = 0
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            self._k = self._v = None
+        end = self.length + key_states.shape[-2]
+        if self._k is None or end > self._k.shape[-2]:
+            self._grow(key_states, max(end, self.capacity))
+        self._k[..., self.length:end, :] = key_states
+        self._v[..., self.length:end, :] = value_states
+        self.length = end
+        self.keys, self.values = self._k[..., :end, :], self._v[..., :end, :]
+        return self.keys, self.values
+
+    def _grow(self, like: torch.Tensor, size: int) -> None:
+        b, h, _, d = like.shape
+        k, v = like.new_empty((b, h, size, d)), like.new_empty((b, h, size, d))
+        if self._k is not None:
+            k[..., :self.length, :] = self._k[..., :self.length, :]
+            v[..., :self.length, :] = self._v[..., :self.length, :]
+        self._k, self._v = k, v
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.length:
+            self._k = self._k.repeat_interleave(repeats, dim=0)
+            self._v = self._v.repeat_interleave(repeats, dim=0)
+            self.keys, self.values = self._k[..., :self.length, :], self._v[..., :self.length, :]
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.length:
+            self._k, self._v = self._k[indices], self._v[indices]
+            self.keys, self.values = self._k[..., :self.length, :], self._v[..., :self.length, :]
+
+
+def buffer_cache(capacity: int) -> DynamicCache:
+    """A ``DynamicCache`` whose layers are :class:`BufferLayer` with room for ``capacity`` positions."""
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = functools.partial(BufferLayer, capacity)
+    return cache

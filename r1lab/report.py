@@ -1,0 +1,81 @@
+"""Plots and a readable Markdown report for a run folder."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_curves(path: Path, steps: list, series: dict[str, list], title: str, ylabel: str, smooth: int = 5) -> Path:
+    """One PNG with a line per series (raw, faint) and its running mean over ``smooth`` steps."""
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for i, (label, values) in enumerate(series.items()):
+        color = f"C{i}"
+        ax.plot(steps, values, color=color, alpha=0.3, linewidth=1)
+        ax.plot(steps, running_mean(values, smooth), color=color, linewidth=2, label=f"{label} (mean of {smooth})")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def running_mean(values: list[float], window: int) -> list[float]:
+    """Trailing mean, ignoring NaNs.
+
+    >>> running_mean([1, 3, 5, float("nan")], 2)
+    [1.0, 2.0, 4.0, 5.0]
+    """
+    out = []
+    for i in range(len(values)):
+        chunk = [v for v in values[max(0, i - window + 1):i + 1] if not math.isnan(v)]
+        out.append(sum(chunk) / len(chunk) if chunk else math.nan)
+    return out
+
+
+def write_zero_report(run: Path, history: list[dict], summary: dict) -> Path:
+    steps = [h["step"] for h in history]
+    plots = run / "plots"
+    col = lambda key: [h.get(key, math.nan) for h in history]  # noqa: E731
+    plot_curves(plots / "reward.png", steps, {"reward": col("reward"), "accuracy": col("accuracy"),
+                                              "format rate": col("format_rate")},
+                "Training reward and accuracy (R1 Fig. 2)", "mean over the step's samples")
+    plot_curves(plots / "length.png", steps, {"mean response length": col("mean_length")},
+                "Mean response length (R1 Fig. 3)", "tokens")
+    plot_curves(plots / "reflection.png", steps, {"reflection-word rate": col("reflection_rate")},
+                "Share of responses with reflection words (wait, verify, let me check...)", "share of responses")
+    before, after = summary["eval_before"], summary["eval_after"]
+    lines = [
+        f"# r1lab zero: {summary['config']['model']} on {summary['config']['task']}",
+        "",
+        f"- steps: {summary['steps']}, {summary['config']['prompts_per_step']} prompts x "
+        f"{summary['config']['group_size']} samples, max {summary['config']['max_new_tokens']} new tokens",
+        f"- time: {summary['seconds_total'] / 60:.1f} min of training, {summary['seconds_per_step']:.1f} s per step",
+        "",
+        "| | before | after |",
+        "|---|---|---|",
+        f"| held-out accuracy (greedy, n={after['n']}) | {before['accuracy']:.1%} | {after['accuracy']:.1%} |",
+        f"| held-out format rate | {before['format_rate']:.1%} | {after['format_rate']:.1%} |",
+        f"| mean training reward (first / last {summary['steps_averaged']} steps) | "
+        f"{summary['reward_first_steps']:.3f} | {summary['reward_last_steps']:.3f} |",
+        "",
+        "![reward](plots/reward.png)",
+        "![length](plots/length.png)",
+        "![reflection](plots/reflection.png)",
+        "",
+        f"Checkpoint: `{summary['checkpoint']}` (load it with `AutoModelForCausalLM.from_pretrained`).",
+        "Per-step metrics: `metrics.jsonl`; every sampled response: `samples.jsonl`; config: `config.yaml`.",
+    ]
+    path = run / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

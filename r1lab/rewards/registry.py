@@ -1,0 +1,89 @@
+"""The reward contract: a reward is a plain function, found by name, combined with weights.
+
+Every reward has one signature::
+
+    reward(completion: str, **example) -> float | None
+
+``completion`` is the whole assistant response, *including* any text the chat template prefilled
+(the R1 template's ``<think>\\n``), so a reward never needs to know which template produced it.
+``example`` holds the example's fields (``prompt``, ``answer`` and whatever the Task adds) and
+``completion_length`` (the response's token count). A reward returns ``None`` when it cannot judge
+(the example lacks what it needs, a verifier crashed): that score is skipped, not counted as 0.
+Rewards accept and ignore fields they do not use (``**_``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+RewardFn = Callable[..., "float | None"]
+
+REWARDS: dict[str, RewardFn] = {}
+
+
+def register(name: str) -> Callable[[RewardFn], RewardFn]:
+    """Decorator: make ``fn`` available as ``name`` in recipes and on the command line."""
+
+    def wrap(fn: RewardFn) -> RewardFn:
+        if name in REWARDS and REWARDS[name] is not fn:
+            raise ValueError(f"reward {name!r} is registered twice")
+        REWARDS[name] = fn
+        return fn
+
+    return wrap
+
+
+def get_reward(name: str) -> RewardFn:
+    try:
+        return REWARDS[name]
+    except KeyError:
+        known = ", ".join(sorted(REWARDS)) or "(none)"
+        raise KeyError(f"unknown reward {name!r}; known rewards: {known}") from None
+
+
+@dataclass
+class RewardScores:
+    """Scores of a batch: the weighted total per completion and each reward on its own."""
+
+    totals: list[float]
+    per_reward: dict[str, list[float | None]] = field(default_factory=dict)
+
+    def means(self) -> dict[str, float]:
+        """Mean of each reward over the completions it could judge (NaN if none)."""
+        out = {}
+        for name, values in self.per_reward.items():
+            judged = [v for v in values if v is not None]
+            out[name] = sum(judged) / len(judged) if judged else math.nan
+        return out
+
+
+def score(
+    completions: Sequence[str],
+    examples: Sequence[Mapping],
+    rewards: Mapping[str, tuple[RewardFn, float]],
+    completion_lengths: Sequence[int] | None = None,
+) -> RewardScores:
+    """Score each completion with every ``name -> (fn, weight)``; ``None`` scores add nothing.
+
+    >>> r = {"len": (lambda c, **_: float(len(c)), 0.5), "skip": (lambda c, **_: None, 1.0)}
+    >>> s = score(["ab", "abcd"], [{}, {}], r)
+    >>> s.totals, s.per_reward["skip"]
+    ([1.0, 2.0], [None, None])
+    """
+    if len(completions) != len(examples):
+        raise ValueError(f"{len(completions)} completions but {len(examples)} examples")
+    lengths = completion_lengths if completion_lengths is not None else [len(c) for c in completions]
+    totals = [0.0] * len(completions)
+    per_reward: dict[str, list[float | None]] = {}
+    for name, (fn, weight) in rewards.items():
+        values: list[float | None] = []
+        for i, (completion, example) in enumerate(zip(completions, examples)):
+            value = fn(completion, completion_length=lengths[i], **example)
+            if value is not None:
+                value = float(value)
+                totals[i] += weight * value
+            values.append(value)
+        per_reward[name] = values
+    return RewardScores(totals=totals, per_reward=per_reward)

@@ -1,0 +1,58 @@
+"""Advantage estimators: pure functions from group rewards to advantages, chosen by name.
+
+Each takes ``rewards`` of shape ``(P, G)`` (P prompts, G samples each) and returns ``(P, G)``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+ADVANTAGES: dict[str, Callable[..., torch.Tensor]] = {}
+
+
+def _register(name):
+    def wrap(fn):
+        ADVANTAGES[name] = fn
+        return fn
+    return wrap
+
+
+@_register("grpo")
+def group_zscore(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO (DeepSeekMath, R1): A_i = (r_i - mean(r)) / std(r) within each group (sample std).
+
+    >>> [round(a, 4) for a in group_zscore(torch.tensor([[1., 0., 0., 1.]]), eps=0)[0].tolist()]
+    [0.866, -0.866, -0.866, 0.866]
+    """
+    mean = rewards.mean(dim=1, keepdim=True)
+    std = rewards.std(dim=1, keepdim=True) if rewards.shape[1] > 1 else torch.zeros_like(mean)
+    return (rewards - mean) / (std + eps)
+
+
+@_register("drgrpo")
+def group_mean(rewards: torch.Tensor) -> torch.Tensor:
+    """Dr. GRPO: A_i = r_i - mean(r), no division by the group's std (which up-weights easy/hard prompts).
+
+    >>> group_mean(torch.tensor([[1., 0., 0., 0.]])).tolist()
+    [[0.75, -0.25, -0.25, -0.25]]
+    """
+    return rewards - rewards.mean(dim=1, keepdim=True)
+
+
+@_register("batch_std")
+def batch_zscore(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """Group mean as baseline, scaled by the std of the whole batch ("Lite PPO" / REINFORCE++ style).
+
+    >>> [round(a, 4) for a in batch_zscore(torch.tensor([[1., 0.], [1., 1.]]), eps=0).flatten().tolist()]
+    [1.2247, -1.2247, 0.0, 0.0]
+    """
+    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    return centred / (centred.std() + eps) if centred.numel() > 1 else centred
+
+
+def get_advantage(name: str) -> Callable[..., torch.Tensor]:
+    if name not in ADVANTAGES:
+        raise ValueError(f"unknown advantage estimator {name!r}; choose one of {', '.join(ADVANTAGES)}")
+    return ADVANTAGES[name]

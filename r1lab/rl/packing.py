@@ -1,0 +1,92 @@
+"""Teacher-forced log-probs of sampled completions, computed with no wasted work.
+
+A GRPO group is one prompt and G completions of it. We lay a group out as one row,
+``prompt | c_1 | c_2 | ... | c_G``, with a block attention mask: each completion sees the prompt and its own
+earlier tokens, never another completion. So
+
+- the prompt is computed once per group, not G times (its gradient is the sum over the G completions, as
+  it should be);
+- there is no padding inside a row (rows of one micro-batch are padded to the longest only);
+- the LM head runs only at the positions that predict a completion token.
+
+The same packing serves SFT (a row of independent samples, each seeing only itself).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Packed:
+    input_ids: torch.Tensor  # (R, L)
+    position_ids: torch.Tensor  # (R, L)
+    attention_mask: torch.Tensor  # (R, 1, L, L) bool, True = may attend
+    score_index: torch.Tensor  # (N,) flat index into R*L of the position that predicts each target
+    targets: torch.Tensor  # (N,) the completion tokens, in order: row by row, completion by completion
+    lengths: list[int]  # tokens of each completion, same order
+
+
+def pack(groups: list[tuple[list[int], list[list[int]]]], pad_id: int) -> Packed:
+    """Pack ``[(prompt_ids, [completion_ids, ...]), ...]`` into rows, one group a row.
+
+    A group with an empty prompt is a set of independent sequences (SFT): each completion's first
+    token is then not scored (nothing predicts it).
+    """
+    rows, segments, positions, score, targets, lengths = [], [], [], [], [], []
+    for prompt, completions in groups:
+        ids, seg, pos = list(prompt), [0] * len(prompt), list(range(len(prompt)))
+        row_score = []
+        for k, completion in enumerate(completions, start=1):
+            start = len(ids)
+            for j, token in enumerate(completion):
+                predictor = (len(prompt) - 1 if j == 0 else start + j - 1)
+                if predictor < start and not prompt:
+                    continue  # nothing predicts the first token of an independent sequence
+                row_score.append((predictor, token))
+            ids.extend(completion)
+            seg.extend([k] * len(completion))
+            pos.extend(range(len(prompt), len(prompt) + len(completion)))
+            lengths.append(len(completion) - (0 if prompt else min(1, len(completion))))
+        rows.append(ids)
+        segments.append(seg)
+        positions.append(pos)
+        score.append(row_score)
+    width = max(len(r) for r in rows)
+    R = len(rows)
+    input_ids = torch.full((R, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((R, width), dtype=torch.long)
+    seg_ids = torch.full((R, width), -1, dtype=torch.long)
+    flat_index = []
+    for r in range(R):
+        n = len(rows[r])
+        input_ids[r, :n] = torch.tensor(rows[r])
+        position_ids[r, :n] = torch.tensor(positions[r])
+        seg_ids[r, :n] = torch.tensor(segments[r])
+        for predictor, token in score[r]:
+            flat_index.append(r * width + predictor)
+            targets.append(token)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()  # (L, L)
+    q, k = seg_ids[:, :, None], seg_ids[:, None, :]  # (R, L, 1), (R, 1, L)
+    same_or_prompt = (k == q) | (k == 0)
+    pad = (q == -1) | (k == -1)
+    eye = torch.eye(width, dtype=torch.bool)
+    mask = (causal & same_or_prompt & ~pad) | eye  # a pad row attends to itself only (no NaN)
+    return Packed(input_ids, position_ids, mask[:, None], torch.tensor(flat_index, dtype=torch.long),
+                  torch.tensor(targets, dtype=torch.long), lengths)
+
+
+def token_logprobs(model, packed: Packed, temperature: float = 1.0) -> torch.Tensor:
+    """Log-prob of each target token under ``model`` (logits divided by ``temperature``), shape ``(N,)``."""
+    device = next(model.parameters()).device
+    decoder = model.get_decoder()
+    hidden = decoder(input_ids=packed.input_ids.to(device), attention_mask=packed.attention_mask.to(device),
+                     position_ids=packed.position_ids.to(device), use_cache=False).last_hidden_state  # (R, L, H)
+    h = hidden.reshape(-1, hidden.shape[-1])[packed.score_index.to(device)]  # (N, H)
+    logits = model.get_output_embeddings()(h).float()  # (N, V)
+    if temperature != 1.0:
+        logits = logits / temperature
+    targets = packed.targets.to(device)
+    return logits.gather(-1, targets[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)

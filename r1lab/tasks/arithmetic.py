@@ -1,0 +1,98 @@
+"""Arithmetic drills ("What is 3 + 5 * 2?"): the smallest task, to watch a policy learn in minutes.
+
+Problems are drawn from a seeded generator, deduplicated by prompt and cut into disjoint splits (see
+:mod:`r1lab.tasks.procedural`). Answers are computed exactly from the operand list with integer
+arithmetic, ``*`` before ``+`` and ``-``, never with ``eval``. To keep products readable, two ``*`` never
+follow each other unless ``*`` is the only operator allowed.
+
+Left out: division, parentheses and negative operands.
+"""
+
+from __future__ import annotations
+
+import random
+
+from r1lab.tasks.answers import score_answer
+from r1lab.tasks.base import Task, register_task
+from r1lab.tasks.procedural import check_counts, split_problems, unique_problems
+
+OPERATORS = "+-*"
+
+
+def evaluate_terms(operands: list[int], operators: list[str]) -> int:
+    """``operands[0] op operands[1] op …`` with ``*`` binding tighter than ``+`` and ``-``.
+
+    >>> evaluate_terms([2, 3, 4], ["+", "*"]), evaluate_terms([10, 2, 3], ["-", "*"])
+    (14, 4)
+    >>> evaluate_terms([7, 5, 2], ["-", "-"]), evaluate_terms([3, 4, 2, 1], ["*", "-", "*"])
+    (0, 10)
+    """
+    if len(operators) != len(operands) - 1:
+        raise ValueError(f"{len(operands)} operands need {len(operands) - 1} operators, got {len(operators)}")
+    total, sign, product = 0, 1, operands[0]
+    for op, operand in zip(operators, operands[1:]):
+        if op == "*":
+            product *= operand
+        elif op in "+-":
+            total += sign * product
+            sign, product = (1 if op == "+" else -1), operand
+        else:
+            raise ValueError(f"unknown operator {op!r}; use some of {OPERATORS!r}")
+    return total + sign * product
+
+
+def format_question(operands: list[int], operators: list[str]) -> str:
+    """
+    >>> format_question([3, 5], ["+"]), format_question([12, 4, 7], ["-", "*"])
+    ('What is 3 + 5?', 'What is 12 - 4 * 7?')
+    """
+    expression = str(operands[0]) + "".join(f" {op} {x}" for op, x in zip(operators, operands[1:]))
+    return f"What is {expression}?"
+
+
+def draw_problem(rng: random.Random, digits: int, operands: int, operators: str) -> dict:
+    """One problem: ``operands`` numbers of ``digits`` digits joined by operators from ``operators``.
+
+    >>> p = draw_problem(random.Random(0), digits=2, operands=3, operators="+*")
+    >>> p["prompt"], p["answer"]
+    ('What is 59 * 63 + 15?', '3732')
+    """
+    low = 0 if digits == 1 else 10 ** (digits - 1)
+    numbers = [rng.randint(low, 10**digits - 1) for _ in range(operands)]
+    ops: list[str] = []
+    for _ in range(operands - 1):
+        choices = operators.replace("*", "") if ops[-1:] == ["*"] and operators != "*" else operators
+        ops.append(rng.choice(choices))
+    return {"prompt": format_question(numbers, ops), "answer": str(evaluate_terms(numbers, ops))}
+
+
+@register_task("arithmetic")
+class ArithmeticTask(Task):
+    """Seeded integer arithmetic problems; the answer is checked as an integer (``8``, ``8.0``, ``+8``)."""
+
+    name = "arithmetic"
+    instruction = ""
+
+    def __init__(self, digits: int = 1, operands: int = 2, operators: str = "+", n_train: int = 2000,
+                 n_test: int = 200, seed: int = 0):
+        if digits < 1 or operands < 2:
+            raise ValueError(f"digits={digits}, operands={operands}: need digits >= 1 and operands >= 2")
+        if not operators or set(operators) - set(OPERATORS):
+            raise ValueError(f"operators={operators!r}: use one or more of {OPERATORS!r}, e.g. operators='+-'")
+        check_counts(n_train, n_test)
+        problems = unique_problems(lambda rng: draw_problem(rng, digits, operands, operators),
+                                   key=lambda p: p["prompt"], count=n_train + n_test, seed=seed)
+        self._splits = dict(zip(("train", "test"), split_problems(problems, n_train, n_test)))
+
+    def examples(self, split: str) -> list[dict]:
+        if split not in self._splits:
+            raise ValueError(f"unknown split {split!r}; use 'train' or 'test'")
+        return [dict(example) for example in self._splits[split]]
+
+    def verify(self, completion: str, answer: str = "", **_) -> float | None:
+        """
+        >>> task = ArithmeticTask(n_train=5, n_test=5)
+        >>> task.verify("<think>3+5</think><answer>8.0</answer>", answer="8"), task.verify("9", answer="8")
+        (1.0, 0.0)
+        """
+        return score_answer(completion, answer)

@@ -1,0 +1,67 @@
+"""The Task contract: a Task owns its data, its prompts and the verifier of their answers.
+
+The same ``Task.verify`` is the RL accuracy reward, the rejection sampler's filter and the benchmark's
+score, so the three can never drift apart.
+
+An example is a plain dict with at least ``prompt`` (the question as the user would ask it, without any
+chat framing: the chat template adds that) and ``answer`` (the reference answer as a string); a Task may
+add its own fields (``numbers`` and ``target`` for countdown). ``verify`` has the reward signature
+(see :mod:`r1lab.rewards.registry`), so a bound ``task.verify`` is a reward.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from typing import Callable
+
+TASKS: dict[str, Callable[..., "Task"]] = {}
+
+
+def register_task(name: str):
+    """Decorator for a Task class (or factory) so recipes can name it."""
+
+    def wrap(factory):
+        TASKS[name] = factory
+        return factory
+
+    return wrap
+
+
+class Task(ABC):
+    name: str = "task"
+    #: sentence appended to the question asking for the answer's form; the chat template decides
+    #: where it goes. Math datasets ask for ``\\boxed{}`` (the R1 evaluation instruction).
+    instruction: str = ""
+
+    @abstractmethod
+    def examples(self, split: str) -> list[dict]:
+        """The examples of ``split`` ("train" or "test"), in a fixed, seeded order."""
+
+    @abstractmethod
+    def verify(self, completion: str, **example) -> float | None:
+        """1.0 if the completion's final answer is correct, 0.0 if not, None if it cannot judge."""
+
+
+def seeded_split(items: list, test_size: int | float, seed: int) -> tuple[list, list]:
+    """Shuffle ``items`` with ``seed`` and cut off a test part (a count, or a fraction when < 1).
+
+    >>> seeded_split(list(range(10)), 0.2, seed=0) == seeded_split(list(range(10)), 2, seed=0)
+    True
+    """
+    items = list(items)
+    random.Random(seed).shuffle(items)
+    n_test = int(round(test_size * len(items))) if isinstance(test_size, float) and test_size < 1 else int(test_size)
+    if not 0 <= n_test <= len(items):
+        raise ValueError(f"test_size {test_size} does not fit {len(items)} items")
+    return items[n_test:], items[:n_test]
+
+
+def get_task(name: str, **kwargs) -> Task:
+    """Build a registered task by name, e.g. ``get_task("arithmetic", digits=1)``."""
+    from r1lab import tasks as _  # noqa: F401  (registers the built-in tasks)
+
+    if name not in TASKS:
+        raise KeyError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}. "
+                       "For your own data use task=dataset with path=FILE.jsonl")
+    return TASKS[name](**kwargs)

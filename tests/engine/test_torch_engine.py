@@ -1,0 +1,99 @@
+import torch
+
+from r1lab.engine import SamplingParams, TorchEngine
+
+
+def prompts_of(tok, *texts):
+    return [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def test_logprobs_equal_teacher_forced_forward(tiny):
+    model, tok = tiny
+    engine = TorchEngine(model, tok)
+    prompts = prompts_of(tok, "What is 2+3?", "Hi")  # different lengths: exercises left padding
+    out = engine.generate(prompts, SamplingParams(n=3, temperature=0.8, max_new_tokens=12, seed=1))
+    for prompt, group in zip(prompts, out):
+        assert len(group) == 3
+        for c in group:
+            ids = torch.tensor([prompt + c.token_ids])
+            logits = model(ids).logits[0].float() / 0.8
+            logp = torch.log_softmax(logits, -1)
+            expected = [logp[len(prompt) + j - 1, t].item() for j, t in enumerate(c.token_ids)]
+            assert torch.allclose(torch.tensor(c.logprobs), torch.tensor(expected), atol=1e-4)
+
+
+def test_seed_makes_it_reproducible_and_samples_differ(tiny):
+    model, tok = tiny
+    engine = TorchEngine(model, tok)
+    params = SamplingParams(n=4, temperature=1.0, max_new_tokens=10, seed=7)
+    a = engine.generate(prompts_of(tok, "abc"), params)
+    b = engine.generate(prompts_of(tok, "abc"), params)
+    assert [c.token_ids for c in a[0]] == [c.token_ids for c in b[0]]
+    assert len({tuple(c.token_ids) for c in a[0]}) > 1  # the n samples are not copies of one another
+
+
+def test_greedy_matches_hf_generate(tiny):
+    model, tok = tiny
+    engine = TorchEngine(model, tok)
+    prompt = prompts_of(tok, "hello there")[0]
+    ours = engine.generate([prompt], SamplingParams(temperature=0, max_new_tokens=8))[0][0]
+    ref = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=8, eos_token_id=[],
+                         pad_token_id=tok.pad_token_id)
+    assert ours.token_ids == ref[0, len(prompt):].tolist()[:len(ours.token_ids)]
+
+
+def test_max_new_tokens_gives_length_finish(tiny):
+    model, tok = tiny
+    c = TorchEngine(model, tok).generate(prompts_of(tok, "x"), SamplingParams(max_new_tokens=5, seed=0))[0][0]
+    assert c.finish_reason in ("length", "stop")
+    if c.finish_reason == "length":
+        assert len(c.token_ids) == 5
+
+
+def test_stop_token_and_stop_string(tiny):
+    model, tok = tiny
+    engine = TorchEngine(model, tok)
+    prompt = prompts_of(tok, "the quick")[0]
+    free = engine.generate([prompt], SamplingParams(temperature=0, max_new_tokens=20))[0][0]
+    assert len(free.token_ids) >= 4
+    # a stop id: the greedy path's 3rd token ends generation right there
+    stop_id = free.token_ids[2]
+    first = free.token_ids.index(stop_id)
+    c = engine.generate([prompt], SamplingParams(temperature=0, max_new_tokens=20, stop_token_ids=[stop_id]))[0][0]
+    assert c.finish_reason == "stop" and c.token_ids == free.token_ids[:first + 1]
+    # a stop string: the text of tokens 2..3 of the greedy path
+    stop = tok.decode(free.token_ids[2:4])
+    cut = free.text.find(stop)
+    for include in (False, True):
+        c = engine.generate([prompt], SamplingParams(temperature=0, max_new_tokens=20, stop=[stop],
+                                                     include_stop_str_in_output=include))[0][0]
+        assert c.finish_reason == "stop"
+        assert c.text == free.text[:cut + (len(stop) if include else 0)]
+
+
+def test_finished_rows_are_compacted_and_results_stay_in_order(tiny):
+    model, tok = tiny
+    engine = TorchEngine(model, tok, compact_fraction=0.01)  # compact as soon as any row finishes
+    prompts = prompts_of(tok, "aaaa", "b", "cc")
+    params = SamplingParams(n=5, temperature=1.5, max_new_tokens=30, seed=3, stop_token_ids=[tok.convert_tokens_to_ids("e")])
+    out = engine.generate(prompts, params)
+    slow = TorchEngine(model, tok, compact_fraction=1e9).generate(prompts, params)  # never compacts
+    assert [[c.token_ids for c in g] for g in out] == [[c.token_ids for c in g] for g in slow]
+    assert [g[0].prompt_index for g in out] == [0, 1, 2]
+
+
+def test_top_k_one_is_greedy(tiny):
+    model, tok = tiny
+    engine = TorchEngine(model, tok)
+    prompt = prompts_of(tok, "zz")
+    greedy = engine.generate(prompt, SamplingParams(temperature=0, max_new_tokens=6))[0][0].token_ids
+    topk = engine.generate(prompt, SamplingParams(temperature=1.0, top_k=1, max_new_tokens=6, seed=5))[0][0].token_ids
+    assert greedy == topk
+
+
+def test_bad_params_are_refused():
+    import pytest
+
+    for bad in ({"temperature": -1}, {"top_p": 0}, {"max_new_tokens": 0}, {"n": 0}, {"temperature": float("nan")}):
+        with pytest.raises(ValueError):
+            SamplingParams(**bad)

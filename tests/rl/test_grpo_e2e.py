@@ -1,0 +1,83 @@
+"""A tiny random model trained a few GRPO steps end to end; resume after an interruption."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import r1lab.rl.grpo as grpo
+from r1lab.config import ZeroConfig
+from r1lab.models import save_checkpoint
+from r1lab.rewards import register
+
+from conftest import make_model, make_tokenizer
+
+
+@register("test_digit_share")
+def digit_share(completion, **_):
+    """Share of digits in the response: a reward a random model gets signal from."""
+    return sum(ch.isdigit() for ch in completion) / max(1, len(completion))
+
+
+@pytest.fixture
+def tiny_path(tmp_path):
+    tok = make_tokenizer()
+    return str(save_checkpoint(make_model(tok), tok, tmp_path / "tiny"))
+
+
+def config(tiny_path, out, **kw):
+    base = dict(model=tiny_path, task="arithmetic", task_args={"n_train": 50, "n_test": 10}, template="native",
+                rewards={"test_digit_share": 1.0, "format": 0.5}, steps=3, prompts_per_step=2, group_size=4,
+                max_new_tokens=12, eval_examples=4, eval_max_new_tokens=8, lr=1e-2, warmup_steps=0,
+                save_every=2, out=str(out), threads=1, temperature=1.0)
+    base.update(kw)
+    return ZeroConfig(**base)
+
+
+def weights(folder):
+    return load_file(f"{folder}/model.safetensors")
+
+
+def test_grpo_changes_parameters_with_finite_loss(tiny_path, tmp_path):
+    cfg = config(tiny_path, tmp_path / "run", beta=0.05, updates_per_batch=2, loss_aggregation="sequence")
+    summary = grpo.train(cfg, progress=False)
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    assert all(r["kl"] >= 0 for r in rows) and any(r["kl"] > 0 for r in rows)
+    before, after = weights(tiny_path), weights(summary["checkpoint"])
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(changed) > len(before) // 2
+    for name in ("report.md", "plots/reward.png", "plots/length.png", "plots/reflection.png", "samples.jsonl"):
+        assert (tmp_path / "run" / name).is_file()
+
+
+def test_refuses_to_overwrite_a_run(tiny_path, tmp_path):
+    grpo.train(config(tiny_path, tmp_path / "run", steps=1), progress=False)
+    with pytest.raises(SystemExit, match="--resume"):
+        grpo.train(config(tiny_path, tmp_path / "run", steps=1), progress=False)
+
+
+def test_resume_after_interruption_continues_from_the_checkpoint(tiny_path, tmp_path, monkeypatch):
+    straight = grpo.train(config(tiny_path, tmp_path / "straight", steps=4), progress=False)
+
+    real_update, calls = grpo.update_policy, {"n": 0}
+
+    def dies_in_step_4(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C during step 4 (after the step-2 checkpoint)
+        return real_update(*args, **kwargs)
+
+    monkeypatch.setattr(grpo, "update_policy", dies_in_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        grpo.train(config(tiny_path, tmp_path / "resumed", steps=4), progress=False)
+    monkeypatch.setattr(grpo, "update_policy", real_update)
+    assert not (tmp_path / "resumed" / "final").exists()
+
+    resumed = grpo.train(config(tiny_path, tmp_path / "resumed", steps=4, resume=True), progress=False)
+    steps = [json.loads(l)["step"] for l in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    a, b = weights(straight["checkpoint"]), weights(resumed["checkpoint"])
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # same data, seeds and optimizer state
