@@ -125,17 +125,19 @@ def _r1(messages: list[dict]) -> str:
 def split_reasoning(response: str) -> tuple[str, str]:
     """Split an assistant response into ``(reasoning, content)`` at the last ``</think>``.
 
-    A response that never closes its think block is all reasoning.
+    A response that opens a think block and never closes it is all reasoning; one with no think tags at all
+    is all content.
 
     >>> split_reasoning("<think>\\n2+3 is 5\\n</think>\\n\\nThe answer is 5.")
     ('2+3 is 5', 'The answer is 5.')
-    >>> split_reasoning("<think>\\nstill going")
-    ('still going', '')
+    >>> split_reasoning("<think>\\nstill going"), split_reasoning("Hello!")
+    (('still going', ''), ('', 'Hello!'))
     """
     body = response.lstrip()
-    if body.startswith("<think>"):
+    opened = body.startswith("<think>")
+    if opened:
         body = body[len("<think>"):]
     head, sep, tail = body.rpartition("</think>")
     if not sep:
-        return body.strip(), ""
+        return (body.strip(), "") if opened else ("", body.strip())
     return head.strip(), tail.strip()

@@ -24,7 +24,10 @@ class ZeroConfig:
     # what to train
     model: str = "smollm2-135m"
     task: str = "arithmetic"
-    task_args: dict = field(default_factory=lambda: {"digits": 1, "operands": 2, "operators": "+"})
+    # 1-digit +, -, *: all 300 such problems, 100 held out. SmolLM2-135M gets ~31% right at T=0.7 and about
+    # half the groups have mixed rewards, so there is signal; it almost never uses think/answer tags.
+    task_args: dict = field(default_factory=lambda: {"digits": 1, "operands": 2, "operators": "+-*",
+                                                     "n_train": 200, "n_test": 100})
     template: str = "native-zero"  # r1zero | r1 | native | native-zero (see r1lab.chat)
     prefill: str | None = None  # None: the template's own
     rewards: dict = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.5})
@@ -32,7 +35,7 @@ class ZeroConfig:
     lora_r: int = 0  # 0 = full fine-tuning
     lora_alpha: int = 32
     # sampling
-    steps: int = 30
+    steps: int = 40
     prompts_per_step: int = 4
     group_size: int = 8
     max_new_tokens: int = 64
@@ -59,7 +62,7 @@ class ZeroConfig:
     eval_examples: int = 100
     eval_every: int = 0  # 0 = only before and after
     eval_max_new_tokens: int = 64
-    save_every: int = 10
+    save_every: int = 20
     keep_checkpoints: int = 2
     out: str = "runs/zero"
     resume: bool = False

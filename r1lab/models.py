@@ -55,7 +55,9 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, lora: dict | None 
     the returned model is then a peft model whose base weights are frozen.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # r1lab shows its own progress; HF's per-shard bars are noise here
     path, gguf_file = _resolve(name)
     if gguf_file is not None:
         tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)

@@ -25,6 +25,7 @@ class SamplingParams:
     stop: Sequence[str] = ()
     stop_token_ids: Sequence[int] = ()
     include_stop_str_in_output: bool = False
+    ignore_eos: bool = False  # keep going past EOS (benchmarks: every row decodes max_new_tokens)
     seed: int | None = None
 
     def __post_init__(self):

@@ -6,6 +6,8 @@ What it does that a plain ``model.generate`` loop does not:
   samples. ``generate(num_return_sequences=n)`` recomputes the prompt ``n`` times.
 - **Finished rows stop costing compute.** When enough rows have hit a stop, the cache, mask and positions
   are compacted to the rows still running.
+- **A lean decode step** for Llama-family models (:mod:`r1lab.engine.fast_decode`): fused projections,
+  attention straight over a preallocated KV buffer.
 - **Log-probs for free.** The log-prob of every sampled token under the temperature-scaled policy (before
   top-k/top-p filtering) comes back with the tokens, so GRPO with one update per batch needs no extra
   forward pass for its "old" log-probs.
@@ -22,12 +24,15 @@ from typing import Callable, Sequence
 import torch
 
 from r1lab.engine.base import Completion, SamplingParams
+from r1lab.engine.fast_decode import FastDecoder, supports
 from r1lab.engine.kv_cache import buffer_cache
 
 
 class TorchEngine:
-    def __init__(self, model, tokenizer, max_batch: int = 64, compact_fraction: float = 0.25):
+    def __init__(self, model, tokenizer, max_batch: int = 64, compact_fraction: float = 0.25,
+                 use_fast_decode: bool = True):
         self.model = model
+        self.use_fast_decode = use_fast_decode
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.compact_fraction = compact_fraction
@@ -51,6 +56,7 @@ class TorchEngine:
                 raise ValueError(f"prompt {i} is empty: give at least one token")
         generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
         per_chunk = max(1, self.max_batch // params.n)
+        self._fast = FastDecoder(self.model) if self.use_fast_decode and supports(self.model) else None
         results: list[list[Completion]] = []
         was_training = self.model.training
         self.model.eval()
@@ -89,7 +95,7 @@ class TorchEngine:
         logprobs: list[list[float]] = [[] for _ in range(rows)]
         finish: list[str | None] = [None] * rows
         active = torch.arange(rows)  # which output row each live batch row writes to
-        stop_ids = set(self.eos_ids) | set(params.stop_token_ids)
+        stop_ids = (set() if params.ignore_eos else set(self.eos_ids)) | set(params.stop_token_ids)
         tail_tokens = max((len(s) for s in params.stop), default=0) + 2
 
         for step in range(params.max_new_tokens):
@@ -115,10 +121,14 @@ class TorchEngine:
                 cache.batch_select_indices(keep.to(device))
                 active, token, mask, next_pos = active[keep], token[keep], mask[keep], next_pos[keep]
             mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
-            out = self.model(input_ids=token.view(-1, 1).to(device), attention_mask=mask,
-                             position_ids=next_pos.view(-1, 1), past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
-            logits = out.logits[:, -1, :].float()
+            if self._fast is not None:
+                bias = torch.zeros(mask.shape, dtype=logits.dtype, device=device).masked_fill_(mask == 0, float("-inf"))
+                logits = self._fast.step(token.to(device), next_pos, cache, bias)
+            else:
+                out = self.model(input_ids=token.view(-1, 1).to(device), attention_mask=mask,
+                                 position_ids=next_pos.view(-1, 1), past_key_values=cache, use_cache=True)
+                cache = out.past_key_values
+                logits = out.logits[:, -1, :].float()
             next_pos = next_pos + 1
 
         completions = []

@@ -236,18 +236,20 @@ def _group_token_offsets(groups: list[Group]) -> list[int]:
 
 
 # -------------------------------------------------------------------------------------------- evaluation
-def evaluate(engine, task, examples: list[dict], cfg: ZeroConfig, desc: str = "eval") -> dict:
+def evaluate(engine, task, examples: list[dict], cfg: ZeroConfig, desc: str = "eval", chunk: int = 32) -> dict:
     """Greedy held-out accuracy and format rate through the task's own verifier."""
     if not examples:
         return {"accuracy": math.nan, "format_rate": math.nan, "n": 0}
     params = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.eval_max_new_tokens, stop=cfg.stop,
                             include_stop_str_in_output=True)
-    groups = generate_groups(engine, examples, cfg.template, cfg.prefill, params, task)
     correct, formatted = [], []
-    for g in groups:
-        response = g.responses[0]
-        correct.append(task.verify(response, **g.example) or 0.0)
-        formatted.append(format_reward(response))
+    with tqdm(total=len(examples), desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True) as bar:
+        for start in range(0, len(examples), chunk):
+            for g in generate_groups(engine, examples[start:start + chunk], cfg.template, cfg.prefill, params, task):
+                response = g.responses[0]
+                correct.append(task.verify(response, **g.example) or 0.0)
+                formatted.append(format_reward(response))
+            bar.update(min(chunk, len(examples) - start))
     return {"accuracy": sum(correct) / len(correct), "format_rate": sum(formatted) / len(formatted),
             "n": len(examples)}
 

@@ -85,8 +85,25 @@ def token_logprobs(model, packed: Packed, temperature: float = 1.0) -> torch.Ten
     hidden = decoder(input_ids=packed.input_ids.to(device), attention_mask=packed.attention_mask.to(device),
                      position_ids=packed.position_ids.to(device), use_cache=False).last_hidden_state  # (R, L, H)
     h = hidden.reshape(-1, hidden.shape[-1])[packed.score_index.to(device)]  # (N, H)
-    logits = model.get_output_embeddings()(h).float()  # (N, V)
     if temperature != 1.0:
-        logits = logits / temperature
-    targets = packed.targets.to(device)
-    return logits.gather(-1, targets[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+        h = h / temperature  # the LM head is linear: scaling (N, H) is cheaper than scaling (N, V) logits
+    logits = model.get_output_embeddings()(h).float()  # (N, V)
+    return SelectiveLogSoftmax.apply(logits, packed.targets.to(device))
+
+
+class SelectiveLogSoftmax(torch.autograd.Function):
+    """``log_softmax(logits)[i, targets[i]]`` with a backward pass that touches the (N, V) logits three times
+    (autograd's logsumexp + gather backward makes about seven full passes and a zero-filled buffer)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        lse = torch.logsumexp(logits, dim=-1)  # (N,)
+        ctx.save_for_backward(logits, lse, targets)
+        return logits.gather(-1, targets[:, None])[:, 0] - lse
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, lse, targets = ctx.saved_tensors
+        grad_logits = torch.sub(logits, lse[:, None]).exp_().mul_(-grad[:, None])  # -g * softmax
+        grad_logits.scatter_add_(-1, targets[:, None], grad[:, None])  # + g * onehot
+        return grad_logits, None

@@ -81,3 +81,25 @@ def test_resume_after_interruption_continues_from_the_checkpoint(tiny_path, tmp_
     assert steps == [1, 2, 3, 4]
     a, b = weights(straight["checkpoint"]), weights(resumed["checkpoint"])
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # same data, seeds and optimizer state
+
+
+def test_lora_with_kl_uses_the_adapter_free_model_as_reference(tiny_path, tmp_path):
+    cfg = config(tiny_path, tmp_path / "lora", lora_r=4, lora_alpha=8, beta=0.1, steps=3, save_every=2, lr=5e-2)
+    summary = grpo.train(cfg, progress=False)
+    rows = [json.loads(l) for l in (tmp_path / "lora" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # adapters start as a no-op: policy == reference
+    assert any(r["kl"] > 0 for r in rows[1:])
+    assert (tmp_path / "lora" / "checkpoints" / "step-000002" / "adapter").is_dir()
+    before, after = weights(tiny_path), weights(summary["checkpoint"])  # saved merged
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_incomplete_checkpoints_are_never_resumed_from(tiny_path, tmp_path):
+    grpo.train(config(tiny_path, tmp_path / "run", steps=2, save_every=1), progress=False)
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-000001"]
+    fake = ckpts / "step-000009"  # looks newer but was never sealed (no r1lab_complete.json)
+    fake.mkdir()
+    (fake / "config.json").write_text("{}")
+    step, checkpoint = grpo._resume_point(tmp_path / "run", config(tiny_path, tmp_path / "run", resume=True))
+    assert step == 1 and checkpoint.name == "step-000001"

@@ -41,3 +41,14 @@ def test_gradient_flows_through_the_shared_prompt(tiny):
     packed = pack([([5, 6, 7], [[8, 9], [10, 11]])], tok.pad_token_id)
     token_logprobs(model, packed).sum().backward()
     assert model.model.embed_tokens.weight.grad[5].abs().sum() > 0
+
+
+def test_selective_log_softmax_gradient_matches_autograd():
+    from r1lab.rl.packing import SelectiveLogSoftmax
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 11, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 11, (6,))
+    assert torch.autograd.gradcheck(SelectiveLogSoftmax.apply, (logits, targets))
+    expected = torch.log_softmax(logits, -1).gather(-1, targets[:, None])[:, 0]
+    assert torch.allclose(SelectiveLogSoftmax.apply(logits, targets), expected)
