@@ -60,24 +60,30 @@ class FastDecoder:
         cache plus the new token (0 or -inf). Writes K/V into ``cache`` and returns logits (B, V)."""
         B = token.shape[0]
         H, KV, D = self.n_heads, self.n_kv, self.head_dim
-        x = self.embed(token)[:, None, :]  # (B, 1, hidden)
-        cos, sin = self.rotary(x, position[:, None])  # (B, 1, D)
+        x = self.embed(token)  # (B, hidden)
+        cos, sin = self.rotary(x[:, None], position[:, None])  # (B, 1, D)
         cos, sin = cos[:, None], sin[:, None]  # (B, 1, 1, D)
         bias = bias[:, None, None, :]  # (B, 1, 1, T+1)
         for (ln1, qkv_w, qkv_b, o_w, ln2, gu_w, down_w), layer in zip(self.layers, cache.layers):
-            h = ln1(x)
-            qkv = F.linear(h, qkv_w, qkv_b)[:, 0]  # (B, (H + 2KV) * D)
+            qkv = _linear(ln1(x), qkv_w, qkv_b)  # (B, (H + 2KV) * D)
             q, k, v = qkv.split([H * D, KV * D, KV * D], dim=-1)
-            q = _rope(q.view(B, H, 1, D), cos, sin)
-            k = _rope(k.view(B, KV, 1, D), cos, sin)
-            keys, values = layer.update(k, v.view(B, KV, 1, D))  # (B, KV, T+1, D)
+            q = _rope(q.reshape(B, H, 1, D), cos, sin)
+            k = _rope(k.reshape(B, KV, 1, D), cos, sin)
+            keys, values = layer.update(k, v.reshape(B, KV, 1, D))  # (B, KV, T+1, D)
             scores = torch.matmul(q.view(B, KV, H // KV, D), keys.transpose(-1, -2)) * self.scale  # (B, KV, H/KV, T+1)
             probs = torch.softmax(scores + bias, dim=-1)
-            attn = torch.matmul(probs, values).reshape(B, 1, H * D)
-            x = x + F.linear(attn, o_w)
-            gate, up = F.linear(ln2(x), gu_w).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, down_w)
-        return self.lm_head(self.norm(x))[:, 0].float()
+            attn = torch.matmul(probs, values).reshape(B, H * D)
+            x = x + _linear(attn, o_w)
+            gate, up = _linear(ln2(x), gu_w).chunk(2, dim=-1)
+            x = x + _linear(F.silu(gate) * up, down_w)
+        return _linear(self.norm(x), self.lm_head.weight).float().contiguous()  # (B, V)
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight.T`` computed as ``(weight @ x.T).T``: with few rows (a decode batch) MKL runs the
+    weight-major product up to 2x faster on this kind of CPU (measured: LM head 32x576x49152, 18 vs 39 ms)."""
+    out = torch.mm(weight, x.t()).t()  # (B, out), a transposed view
+    return out + bias if bias is not None else out
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
