@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -164,14 +165,19 @@ def build_rewards(cfg: ZeroConfig, task) -> dict:
 
 def _batch_examples(train_set: list[dict], k: int, seed: int, step: int, round_: int) -> list[dict]:
     """The prompts of a step: a seeded walk through shuffled epochs, so resume sees the same data."""
-    start = (step * k + round_ * 7919 * k)
+    start = step * k + round_ * 7919 * k
     out = []
     for i in range(start, start + k):
         epoch, index = divmod(i, len(train_set))
-        order = list(range(len(train_set)))
-        random.Random(seed * 1_000_003 + epoch).shuffle(order)
-        out.append(train_set[order[index]])
+        out.append(train_set[_epoch_order(len(train_set), seed, epoch)[index]])
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    order = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return tuple(order)
 
 
 # -------------------------------------------------------------------------------------------- advantages
