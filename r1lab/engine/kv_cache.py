@@ -50,6 +50,16 @@ class BufferLayer(DynamicLayer):
             self._v = self._v.repeat_interleave(repeats, dim=0)
             self.keys, self.values = self._k[..., :self.length, :], self._v[..., :self.length, :]
 
+    def move_rows(self, src: torch.Tensor, dst: torch.Tensor, keep: int) -> None:
+        """Copy rows ``src`` onto rows ``dst``, then keep the first ``keep`` rows (a view, no copy). Dropping
+        finished rows this way copies only the rows that move, not the whole cache."""
+        if self.length:
+            if len(src):
+                self._k[dst, :, :self.length] = self._k[src, :, :self.length]
+                self._v[dst, :, :self.length] = self._v[src, :, :self.length]
+            self._k, self._v = self._k[:keep], self._v[:keep]
+            self.keys, self.values = self._k[..., :self.length, :], self._v[..., :self.length, :]
+
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.length:
             self._k, self._v = self._k[indices], self._v[indices]
@@ -61,3 +71,17 @@ def buffer_cache(capacity: int) -> DynamicCache:
     cache = DynamicCache()
     cache.layer_class_to_replicate = functools.partial(BufferLayer, capacity)
     return cache
+
+
+def compaction_moves(live: list[int]) -> tuple[list[int], list[int]]:
+    """For a batch whose rows ``live`` (sorted) survive, the moves (src, dst) that pack them into the first
+    ``len(live)`` rows: each live row beyond that fills a dead row below it.
+
+    >>> compaction_moves([0, 2, 5])   # rows 1, 3, 4 finished: row 5 moves to row 1
+    ([5], [1])
+    """
+    n = len(live)
+    alive = set(live)
+    holes = [i for i in range(n) if i not in alive]
+    movers = [i for i in live if i >= n]
+    return movers, holes

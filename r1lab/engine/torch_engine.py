@@ -4,8 +4,8 @@ What it does that a plain ``model.generate`` loop does not:
 
 - **Shared prefill.** Each prompt is run through the model once; its KV cache is then copied to its ``n``
   samples. ``generate(num_return_sequences=n)`` recomputes the prompt ``n`` times.
-- **Finished rows stop costing compute.** When enough rows have hit a stop, the cache, mask and positions
-  are compacted to the rows still running.
+- **Finished rows stop costing compute.** When rows hit a stop, the batch shrinks to the rows still running:
+  live rows from the end move into the finished rows' slots, so only the moved rows' cache is copied.
 - **A lean decode step** for Llama-family models (:mod:`r1lab.engine.fast_decode`): fused projections,
   attention straight over a preallocated KV buffer.
 - **Log-probs for free.** The log-prob of every sampled token under the temperature-scaled policy (before
@@ -25,11 +25,11 @@ import torch
 
 from r1lab.engine.base import Completion, SamplingParams
 from r1lab.engine.fast_decode import FastDecoder, supports
-from r1lab.engine.kv_cache import buffer_cache
+from r1lab.engine.kv_cache import buffer_cache, compaction_moves
 
 
 class TorchEngine:
-    def __init__(self, model, tokenizer, max_batch: int = 64, compact_fraction: float = 0.25,
+    def __init__(self, model, tokenizer, max_batch: int = 64, compact_fraction: float = 0.0,
                  use_fast_decode: bool = True):
         self.model = model
         self.use_fast_decode = use_fast_decode
@@ -117,9 +117,14 @@ class TorchEngine:
             if not live or step == params.max_new_tokens - 1:
                 break
             if len(active) - len(live) >= max(1, self.compact_fraction * len(active)):
-                keep = torch.tensor(live)
-                cache.batch_select_indices(keep.to(device))
-                active, token, mask, next_pos = active[keep], token[keep], mask[keep], next_pos[keep]
+                # drop finished rows: live rows past the new end move into the holes (only they are copied)
+                src, dst = compaction_moves(live)
+                src_t, dst_t, n_live = torch.tensor(src, dtype=torch.long), torch.tensor(dst, dtype=torch.long), len(live)
+                for layer in cache.layers:
+                    layer.move_rows(src_t.to(device), dst_t.to(device), n_live)
+                for t in (active, token, mask, next_pos):
+                    t[dst_t.to(t.device)] = t[src_t.to(t.device)]
+                active, token, mask, next_pos = active[:n_live], token[:n_live], mask[:n_live], next_pos[:n_live]
             mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
             if self._fast is not None:
                 bias = torch.zeros(mask.shape, dtype=logits.dtype, device=device).masked_fill_(mask == 0, float("-inf"))
@@ -154,16 +159,42 @@ def _sample(logits: torch.Tensor, params: SamplingParams, uniform: torch.Tensor)
         token = logits.argmax(dim=-1)
         logprob = torch.log_softmax(logits, dim=-1).gather(-1, token[:, None])[:, 0]
         return token, logprob
-    logp = torch.log_softmax(logits / params.temperature if params.temperature != 1 else logits, dim=-1)  # (B, V)
+    scaled = logits / params.temperature if params.temperature != 1 else logits  # (B, V)
     if params.top_k or params.top_p < 1:
-        probs = torch.softmax(_top_k_top_p(logp, params.top_k, params.top_p), dim=-1)
+        scaled = _top_k_top_p(scaled, params.top_k, params.top_p)
+        logp_full = torch.log_softmax(logits / params.temperature, dim=-1)
     else:
-        probs = logp.exp()
-    # Inverse-CDF sampling: one uniform draw per row (torch.multinomial draws one per vocabulary entry).
-    cdf = probs.cumsum(dim=-1)  # (B, V)
-    u = uniform[:, None].to(cdf.dtype) * cdf[:, -1:]
-    token = torch.searchsorted(cdf, u)[:, 0].clamp_(max=probs.shape[-1] - 1)
-    return token, logp.gather(-1, token[:, None])[:, 0]
+        logp_full = None
+    lse = torch.logsumexp(scaled, dim=-1, keepdim=True)  # (B, 1)
+    token = _inverse_cdf(torch.exp(scaled - lse), uniform)
+    if logp_full is None:
+        logprob = scaled.gather(-1, token[:, None])[:, 0] - lse[:, 0]
+    else:
+        logprob = logp_full.gather(-1, token[:, None])[:, 0]
+    return token, logprob
+
+
+def _inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor, block: int = 128) -> torch.Tensor:
+    """Sample one index per row from ``probs`` (B, V) with one uniform per row, in two levels: pick a block of
+    ``block`` entries from the block sums, then an entry inside it. A full-length cumsum is sequential and was
+    the slowest part of sampling; this touches the (B, V) array once."""
+    B, V = probs.shape
+    pad = (-V) % block
+    if pad:
+        probs = torch.nn.functional.pad(probs, (0, pad))
+    blocks = probs.view(B, -1, block)  # (B, V/block, block)
+    block_cdf = blocks.sum(-1).cumsum(-1)  # (B, V/block)
+    target = uniform[:, None].to(probs.dtype) * block_cdf[:, -1:]  # (B, 1)
+    b = torch.searchsorted(block_cdf, target).clamp_(max=block_cdf.shape[1] - 1)  # (B, 1)
+    before = torch.where(b > 0, block_cdf.gather(-1, (b - 1).clamp(min=0)), torch.zeros_like(target))
+    inner_cdf = blocks.gather(1, b[:, :, None].expand(B, 1, block))[:, 0].cumsum(-1)  # (B, block)
+    i = torch.searchsorted(inner_cdf, target - before).clamp_(max=block - 1)
+    token = (b * block + i)[:, 0].clamp_(max=V - 1)
+    # rounding between block sums and the inner cumsum can land on a zero-probability entry: redraw those rows
+    bad = probs.gather(-1, token[:, None])[:, 0] <= 0
+    if bad.any():
+        token[bad] = torch.multinomial(probs[bad], 1)[:, 0]
+    return token
 
 
 def _top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
