@@ -49,6 +49,7 @@ from r1lab.tasks import get_task
 def train(cfg: ZeroConfig, progress: bool = True) -> dict:
     """Run R1-Zero GRPO as configured; returns the run's summary (also written to ``OUT/summary.json``)."""
     run = Path(cfg.out)
+    check_config(cfg)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     task = get_task(cfg.task, **cfg.task_args)
     train_set = task.examples("train")
@@ -101,6 +102,38 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
 
     write_zero_report(run, history, summary)
     return summary
+
+
+def check_config(cfg: ZeroConfig) -> None:
+    """Refuse settings that cannot work before any model is loaded; each message says what to change."""
+    from r1lab.chat import TEMPLATES
+    from r1lab.rewards import REWARDS
+    from r1lab.rl.advantages import ADVANTAGES
+
+    problems = []
+    if cfg.template not in TEMPLATES:
+        problems.append(f"template={cfg.template!r}: choose one of {', '.join(TEMPLATES)}")
+    if cfg.advantage not in ADVANTAGES:
+        problems.append(f"advantage={cfg.advantage!r}: choose one of {', '.join(ADVANTAGES)}")
+    if cfg.loss_aggregation not in ("token", "sequence"):
+        problems.append(f"loss_aggregation={cfg.loss_aggregation!r}: choose token or sequence")
+    if cfg.lr_schedule not in ("cosine", "linear", "constant"):
+        problems.append(f"lr_schedule={cfg.lr_schedule!r}: choose cosine, linear or constant")
+    for name in cfg.rewards:
+        if name != "accuracy" and name not in REWARDS:
+            problems.append(f"reward {name!r} is unknown: use accuracy or one of {', '.join(sorted(REWARDS))}")
+    for name in ("steps", "prompts_per_step", "max_new_tokens", "eval_max_new_tokens", "save_every",
+                 "updates_per_batch", "groups_per_micro_batch", "max_sampling_rounds", "keep_checkpoints"):
+        if getattr(cfg, name) < 1:
+            problems.append(f"{name}={getattr(cfg, name)}: must be at least 1")
+    if cfg.group_size < 2:
+        problems.append(f"group_size={cfg.group_size}: GRPO compares samples within a group, use at least 2")
+    if not (cfg.temperature > 0 and math.isfinite(cfg.temperature)):
+        problems.append(f"temperature={cfg.temperature}: RL needs sampling, use a finite value > 0 (e.g. 0.7)")
+    if cfg.beta < 0 or cfg.lr <= 0 or cfg.clip_low < 0 or cfg.clip_high < 0:
+        problems.append("beta, clip_low and clip_high must be >= 0 and lr > 0")
+    if problems:
+        raise SystemExit("r1lab zero: " + "\n  ".join(["bad settings:"] + problems))
 
 
 # ----------------------------------------------------------------------------------------------- sampling
