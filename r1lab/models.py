@@ -21,6 +21,7 @@ folder that looks finished.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -81,6 +82,17 @@ def add_lora(model, r: int = 16, lora_alpha: int = 32, target_modules="all-linea
     config = LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=target_modules,
                         lora_dropout=lora_dropout, task_type="CAUSAL_LM")
     return get_peft_model(model, config)
+
+
+@contextlib.contextmanager
+def no_adapter(model):
+    """The reference policy of a LoRA model: the same weights with adapters switched off (a plain model is
+    its own reference here; callers pass a frozen copy for full fine-tuning)."""
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield model
+    else:
+        yield model
 
 
 def _resolve(name: str) -> tuple[str, str | None]:

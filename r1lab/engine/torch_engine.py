@@ -18,7 +18,6 @@ the cache is HF's ``DynamicCache``.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable, Sequence
 
 import torch
@@ -56,19 +55,19 @@ class TorchEngine:
                 raise ValueError(f"prompt {i} is empty: give at least one token")
         generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
         per_chunk = max(1, self.max_batch // params.n)
-        self._fast = FastDecoder(self.model) if self.use_fast_decode and supports(self.model) else None
+        fast = FastDecoder(self.model) if self.use_fast_decode and supports(self.model) else None
         results: list[list[Completion]] = []
         was_training = self.model.training
         self.model.eval()
         try:
             for start in range(0, len(prompts), per_chunk):
                 chunk = prompts[start:start + per_chunk]
-                results.extend(self._generate_chunk(chunk, start, params, generator, on_tokens))
+                results.extend(self._generate_chunk(chunk, start, params, generator, on_tokens, fast))
         finally:
             self.model.train(was_training)
         return results
 
-    def _generate_chunk(self, prompts, offset, params: SamplingParams, generator, on_tokens):
+    def _generate_chunk(self, prompts, offset, params: SamplingParams, generator, on_tokens, fast):
         n, device = params.n, _device(self.model)
         lengths = torch.tensor([len(p) for p in prompts])
         width = int(lengths.max())
@@ -126,9 +125,9 @@ class TorchEngine:
                     t[dst_t.to(t.device)] = t[src_t.to(t.device)]
                 active, token, mask, next_pos = active[:n_live], token[:n_live], mask[:n_live], next_pos[:n_live]
             mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
-            if self._fast is not None:
+            if fast is not None:
                 bias = torch.zeros(mask.shape, dtype=logits.dtype, device=device).masked_fill_(mask == 0, float("-inf"))
-                logits = self._fast.step(token.to(device), next_pos, cache, bias)
+                logits = fast.step(token.to(device), next_pos, cache, bias)
             else:
                 out = self.model(input_ids=token.view(-1, 1).to(device), attention_mask=mask,
                                  position_ids=next_pos.view(-1, 1), past_key_values=cache, use_cache=True)
@@ -233,13 +232,3 @@ def _eos_ids(model, tokenizer) -> list[int]:
 
 def _device(model) -> torch.device:
     return next(model.parameters()).device
-
-
-@contextlib.contextmanager
-def no_adapter(model):
-    """The reference policy of a LoRA model: the same weights with adapters switched off."""
-    if hasattr(model, "disable_adapter"):
-        with model.disable_adapter():
-            yield model
-    else:
-        yield model

@@ -34,8 +34,7 @@ from tqdm.auto import tqdm
 from r1lab.chat import render
 from r1lab.config import ZeroConfig, save_config
 from r1lab.engine import SamplingParams, TorchEngine
-from r1lab.engine.torch_engine import no_adapter
-from r1lab.models import is_complete_checkpoint, load_model, save_checkpoint
+from r1lab.models import is_complete_checkpoint, load_model, no_adapter, save_checkpoint
 from r1lab.rewards import get_reward, score
 from r1lab.rewards.format import format as format_reward, reflection_rate
 from r1lab.rl.advantages import get_advantage
