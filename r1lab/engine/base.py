@@ -9,7 +9,7 @@ engine, which samples from the very module being trained).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 
@@ -50,7 +50,6 @@ class Completion:
     logprobs: list[float]  # log-prob of each sampled token under the temperature-scaled policy
     finish_reason: str  # "stop" (EOS, stop id or stop string) or "length" (hit max_new_tokens)
     text: str = ""  # decoded, cut at a stop string
-    extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.token_ids)

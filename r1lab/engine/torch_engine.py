@@ -18,7 +18,7 @@ the cache is HF's ``DynamicCache``.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
@@ -45,9 +45,8 @@ class TorchEngine:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
-                 on_tokens: Callable[[int], None] | None = None) -> list[list[Completion]]:
-        """Sample ``params.n`` completions per prompt; ``on_tokens(k)`` is called as tokens are produced."""
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
+        """Sample ``params.n`` completions per prompt; result[i] holds prompt i's completions."""
         if not prompts:
             return []
         for i, p in enumerate(prompts):
@@ -62,12 +61,12 @@ class TorchEngine:
         try:
             for start in range(0, len(prompts), per_chunk):
                 chunk = prompts[start:start + per_chunk]
-                results.extend(self._generate_chunk(chunk, start, params, generator, on_tokens, fast))
+                results.extend(self._generate_chunk(chunk, start, params, generator, fast))
         finally:
             self.model.train(was_training)
         return results
 
-    def _generate_chunk(self, prompts, offset, params: SamplingParams, generator, on_tokens, fast):
+    def _generate_chunk(self, prompts, offset, params: SamplingParams, generator, fast):
         n, device = params.n, _device(self.model)
         lengths = torch.tensor([len(p) for p in prompts])
         width = int(lengths.max())
@@ -111,8 +110,6 @@ class TorchEngine:
                     finish[row] = "stop"
                 else:
                     live.append(b)
-            if on_tokens:
-                on_tokens(len(active))
             if not live or step == params.max_new_tokens - 1:
                 break
             if len(active) - len(live) >= max(1, self.compact_fraction * len(active)):
