@@ -156,18 +156,14 @@ def _sample(logits: torch.Tensor, params: SamplingParams, uniform: torch.Tensor)
         logprob = torch.log_softmax(logits, dim=-1).gather(-1, token[:, None])[:, 0]
         return token, logprob
     scaled = logits / params.temperature if params.temperature != 1 else logits  # (B, V)
-    if params.top_k or params.top_p < 1:
-        scaled = _top_k_top_p(scaled, params.top_k, params.top_p)
-        logp_full = torch.log_softmax(logits / params.temperature, dim=-1)
-    else:
-        logp_full = None
     lse = torch.logsumexp(scaled, dim=-1, keepdim=True)  # (B, 1)
-    token = _inverse_cdf(torch.exp(scaled - lse), uniform)
-    if logp_full is None:
-        logprob = scaled.gather(-1, token[:, None])[:, 0] - lse[:, 0]
+    if params.top_k or params.top_p < 1:
+        filtered = _top_k_top_p(scaled, params.top_k, params.top_p)
+        probs = torch.exp(filtered - torch.logsumexp(filtered, dim=-1, keepdim=True))
     else:
-        logprob = logp_full.gather(-1, token[:, None])[:, 0]
-    return token, logprob
+        probs = torch.exp(scaled - lse)
+    token = _inverse_cdf(probs, uniform)
+    return token, scaled.gather(-1, token[:, None])[:, 0] - lse[:, 0]
 
 
 def _inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor, block: int = 128) -> torch.Tensor:

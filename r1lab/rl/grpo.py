@@ -39,7 +39,7 @@ from r1lab.rewards import get_reward, score
 from r1lab.rewards.format import format as format_reward, reflection_rate
 from r1lab.rl.advantages import get_advantage
 from r1lab.rl.diagnostics import check_step
-from r1lab.rl.losses import grpo_loss, token_weights
+from r1lab.rl.losses import LOSS_AGGREGATIONS, grpo_loss, token_weights
 from r1lab.rl.packing import pack, token_logprobs
 from r1lab.rl.types import Group
 from r1lab.tasks import get_task
@@ -114,10 +114,10 @@ def check_config(cfg: ZeroConfig) -> None:
         problems.append(f"template={cfg.template!r}: choose one of {', '.join(TEMPLATES)}")
     if cfg.advantage not in ADVANTAGES:
         problems.append(f"advantage={cfg.advantage!r}: choose one of {', '.join(ADVANTAGES)}")
-    if cfg.loss_aggregation not in ("token", "sequence"):
-        problems.append(f"loss_aggregation={cfg.loss_aggregation!r}: choose token or sequence")
-    if cfg.lr_schedule not in ("cosine", "linear", "constant"):
-        problems.append(f"lr_schedule={cfg.lr_schedule!r}: choose cosine, linear or constant")
+    if cfg.loss_aggregation not in LOSS_AGGREGATIONS:
+        problems.append(f"loss_aggregation={cfg.loss_aggregation!r}: choose one of {', '.join(LOSS_AGGREGATIONS)}")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        problems.append(f"lr_schedule={cfg.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
     for name in cfg.rewards:
         if name != "accuracy" and name not in REWARDS:
             problems.append(f"reward {name!r} is unknown: use accuracy or one of {', '.join(sorted(REWARDS))}")
@@ -387,6 +387,9 @@ def _optimizer(model, cfg: ZeroConfig):
     return optimizer, scheduler
 
 
+LR_SCHEDULES = ("cosine", "linear", "constant")
+
+
 def lr_factor(step: int, warmup: int, total: int, schedule: str, floor: float = 0.1) -> float:
     """Linear warmup, then cosine or linear decay to ``floor`` of the peak, or constant.
 
@@ -402,7 +405,7 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str, floor: float = 
         return 1.0 - (1.0 - floor) * progress
     if schedule == "cosine":
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f"unknown lr_schedule {schedule!r}; choose cosine, linear or constant")
+    raise ValueError(f"unknown lr_schedule {schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
 
 
 # --------------------------------------------------------------------------------- run folder, resume

@@ -41,6 +41,9 @@ def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advant
     return loss, clipped < unclipped
 
 
+LOSS_AGGREGATIONS = ("token", "sequence")
+
+
 def token_weights(lengths: list[int], mode: str) -> torch.Tensor:
     """Per-token weights that turn a sum into the chosen average over a batch of sequences.
 
@@ -57,7 +60,7 @@ def token_weights(lengths: list[int], mode: str) -> torch.Tensor:
         return torch.full((total,), 1.0 / max(total, 1))
     if mode == "sequence":
         return torch.cat([torch.full((n,), 1.0 / (n * count)) for n in lengths]) if lengths else torch.zeros(0)
-    raise ValueError(f"unknown loss aggregation {mode!r}; choose token or sequence")
+    raise ValueError(f"unknown loss aggregation {mode!r}; choose one of {', '.join(LOSS_AGGREGATIONS)}")
 
 
 def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
