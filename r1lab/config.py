@@ -61,6 +61,8 @@ class ZeroConfig:
     # evaluation, logging, checkpoints
     eval_examples: int = 100
     eval_every: int = 0  # 0 = only before and after
+    eval_samples: int = 1  # samples per held-out problem; 1 = one greedy answer
+    eval_temperature: float = 0.6  # with eval_samples > 1 (top-p 0.95, as r1lab eval)
     eval_max_new_tokens: int = 64
     save_every: int = 20
     keep_checkpoints: int = 2
@@ -70,7 +72,32 @@ class ZeroConfig:
     threads: int = 0  # 0 = all cores
 
 
-COMMANDS = {"zero": ZeroConfig}
+@dataclass
+class EvalConfig:
+    """``r1lab eval``: the R1 evaluation protocol (k samples at T=0.6, top-p 0.95; pass@1, pass@k, cons@k)."""
+
+    model: str = "smollm2-135m"  # hub id, local folder, .gguf file, or the embedded smollm2-135m
+    # gsm8k | math500 | aime24 | gpqa-diamond | task:NAME (an r1lab task's test split)
+    benchmarks: list = field(default_factory=lambda: ["gsm8k"])
+    data: dict = field(default_factory=dict)  # benchmark -> local JSONL/Parquet path, e.g. {aime24: aime.jsonl}
+    task_args: dict = field(default_factory=dict)  # for task:NAME benchmarks, e.g. {digits: 2}
+    limit: int = 0  # the first N problems of each benchmark; 0 = all
+    k: int = 0  # samples per problem; 0 = by the set's size (4 to 64, as the paper)
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 0
+    greedy: bool = False  # one greedy answer per problem instead of k samples
+    max_new_tokens: int = 32768  # the paper's budget; cut to the model's context window
+    template: str = "native"  # r1 | native | r1zero | native-zero (see r1lab.chat)
+    prefill: str | None = None  # None: the template's own
+    interval: str = "bootstrap"  # bootstrap | normal
+    problems_per_batch: int = 0  # problems generated together (0 = 64 // k); also the unit a resume redoes
+    seed: int = 0
+    out: str = "runs/eval"
+    threads: int = 0  # 0 = all cores
+
+
+COMMANDS = {"zero": ZeroConfig, "eval": EvalConfig}
 
 
 def load_config(cls, argv: list[str] | None = None, prog: str = "r1lab"):

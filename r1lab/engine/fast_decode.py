@@ -6,7 +6,11 @@ stack adds per-call overhead that the maths does not need. This step computes th
 - the q/k/v projections fused into one matrix product and gate/up into another (fewer, larger GEMMs);
 - grouped-query attention as two batched products over the cache (no mask tensor built per layer: padding
   comes in as one additive bias per row);
-- K/V written straight into the preallocated buffers of :class:`r1lab.engine.kv_cache.BufferLayer`.
+- K/V written straight into the preallocated buffers of :class:`r1lab.engine.kv_cache.BufferLayer`;
+- on a CPU in fp32, weights packed once per ``generate`` call into oneDNN's blocked layout and multiplied by
+  oneDNN (:class:`PackedLinear`). PyTorch's CPU ``mm`` goes to MKL, which on AMD processors takes a generic code
+  path: measured on this AMD EPYC (AVX-512), 32x576 @ 576x49152 takes 16.2 ms in MKL and 5.5 ms in oneDNN with
+  packed weights (same fp32 result to 1e-4). Where the oneDNN op is missing or disagrees, MKL is used.
 
 It reuses the model's own modules for RMSNorm and rotary embeddings, so rope scaling variants behave as in
 transformers. Models it does not recognise (or LoRA-wrapped ones) use the plain HF forward instead.
@@ -34,8 +38,9 @@ def supports(model) -> bool:
 
 
 class FastDecoder:
-    def __init__(self, model):
+    def __init__(self, model, batch_hint: int = 32):
         self.model = model
+        linear = PackedLinear.factory(model, batch_hint)
         base = model.model
         self.layers = []
         for layer in base.layers:
@@ -43,16 +48,17 @@ class FastDecoder:
             qkv_w = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach()
             qkv_b = (torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]).detach()
                      if a.q_proj.bias is not None else None)
-            self.layers.append((layer.input_layernorm, qkv_w, qkv_b, a.o_proj.weight.detach(),
+            self.layers.append((layer.input_layernorm, linear(qkv_w, qkv_b), linear(a.o_proj.weight.detach()),
                                 layer.post_attention_layernorm,
-                                torch.cat([m.gate_proj.weight, m.up_proj.weight]).detach(), m.down_proj.weight.detach()))
+                                linear(torch.cat([m.gate_proj.weight, m.up_proj.weight]).detach()),
+                                linear(m.down_proj.weight.detach())))
         cfg = model.config
         self.n_heads = cfg.num_attention_heads
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         self.scale = self.head_dim ** -0.5
         self.embed, self.norm, self.rotary = base.embed_tokens, base.norm, base.rotary_emb
-        self.lm_head = model.get_output_embeddings()
+        self.lm_head = linear(model.get_output_embeddings().weight.detach())
 
     @torch.no_grad()
     def step(self, token: torch.Tensor, position: torch.Tensor, cache, bias: torch.Tensor) -> torch.Tensor:
@@ -64,8 +70,8 @@ class FastDecoder:
         cos, sin = self.rotary(x[:, None], position[:, None])  # (B, 1, D)
         cos, sin = cos[:, None], sin[:, None]  # (B, 1, 1, D)
         bias = bias[:, None, None, :]  # (B, 1, 1, T+1)
-        for (ln1, qkv_w, qkv_b, o_w, ln2, gu_w, down_w), layer in zip(self.layers, cache.layers):
-            qkv = _linear(ln1(x), qkv_w, qkv_b)  # (B, (H + 2KV) * D)
+        for (ln1, qkv_proj, o_proj, ln2, gate_up_proj, down_proj), layer in zip(self.layers, cache.layers):
+            qkv = qkv_proj(ln1(x))  # (B, (H + 2KV) * D)
             q, k, v = qkv.split([H * D, KV * D, KV * D], dim=-1)
             q = _rope(q.reshape(B, H, 1, D), cos, sin)
             k = _rope(k.reshape(B, KV, 1, D), cos, sin)
@@ -73,17 +79,58 @@ class FastDecoder:
             scores = torch.matmul(q.view(B, KV, H // KV, D), keys.transpose(-1, -2)) * self.scale  # (B, KV, H/KV, T+1)
             probs = torch.softmax(scores + bias, dim=-1)
             attn = torch.matmul(probs, values).reshape(B, H * D)
-            x = x + _linear(attn, o_w)
-            gate, up = _linear(ln2(x), gu_w).chunk(2, dim=-1)
-            x = x + _linear(F.silu(gate) * up, down_w)
-        return _linear(self.norm(x), self.lm_head.weight).float().contiguous()  # (B, V)
+            x = x + o_proj(attn)
+            gate, up = gate_up_proj(ln2(x)).chunk(2, dim=-1)
+            x = x + down_proj(F.silu(gate) * up)
+        return self.lm_head(self.norm(x)).float().contiguous()  # (B, V)
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ weight.T`` computed as ``(weight @ x.T).T``: with few rows (a decode batch) MKL runs the
-    weight-major product up to 2x faster on this kind of CPU (measured: LM head 32x576x49152, 18 vs 39 ms)."""
-    out = torch.mm(weight, x.t()).t()  # (B, out), a transposed view
-    return out + bias if bias is not None else out
+class Linear:
+    """``x @ weight.T + bias`` computed as ``(weight @ x.T).T``: with few rows (a decode batch) MKL runs the
+    weight-major product up to 2x faster than ``F.linear`` (measured: LM head 32x576x49152, 18 vs 39 ms)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        self.weight, self.bias = weight, bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.mm(self.weight, x.t()).t()  # (B, out), a transposed view
+        return out + self.bias if self.bias is not None else out
+
+
+class PackedLinear:
+    """The same product by oneDNN on a copy of the weight packed (once) into its blocked layout."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, batch_hint: int):
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), batch_hint)
+        self.bias = bias.contiguous() if bias is not None else None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed, self.bias, "none", [], "")
+
+    @staticmethod
+    def factory(model, batch_hint: int):
+        """A constructor ``(weight, bias=None) -> callable``: packed oneDNN where it is available for this model
+        (CPU, fp32) and agrees with ``torch.mm`` on a probe, else :class:`Linear`."""
+        param = next(model.parameters())
+        if param.device.type != "cpu" or param.dtype != torch.float32 or not _onednn_works():
+            return Linear
+        return lambda weight, bias=None: PackedLinear(weight, bias, batch_hint)
+
+
+_ONEDNN_OK: bool | None = None
+
+
+def _onednn_works() -> bool:
+    """Probe the private oneDNN ops once per process: present in this build, and the same numbers as mm."""
+    global _ONEDNN_OK
+    if _ONEDNN_OK is None:
+        try:
+            g = torch.Generator().manual_seed(0)
+            w, b, x = torch.randn(24, 40, generator=g), torch.randn(24, generator=g), torch.randn(5, 40, generator=g)
+            _ONEDNN_OK = bool(torch.allclose(PackedLinear(w, b, 8)(x), x @ w.t() + b, atol=1e-4))
+        except (RuntimeError, AttributeError, NotImplementedError):
+            _ONEDNN_OK = False
+    return _ONEDNN_OK
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

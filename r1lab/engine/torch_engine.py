@@ -27,6 +27,11 @@ from r1lab.engine.fast_decode import FastDecoder, supports
 from r1lab.engine.kv_cache import buffer_cache, compaction_moves
 
 
+#: new-token positions reserved in the KV cache up front; a longer budget (R1 evaluates with 32,768) grows the
+#: buffers by doubling only if some row gets that far, instead of reserving memory most rows never use
+RESERVE_TOKENS = 2048
+
+
 class TorchEngine:
     def __init__(self, model, tokenizer, max_batch: int = 64, compact_fraction: float = 0.0,
                  use_fast_decode: bool = True):
@@ -54,7 +59,7 @@ class TorchEngine:
                 raise ValueError(f"prompt {i} is empty: give at least one token")
         generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
         per_chunk = max(1, self.max_batch // params.n)
-        fast = FastDecoder(self.model) if self.use_fast_decode and supports(self.model) else None
+        fast = FastDecoder(self.model, batch_hint=min(len(prompts), per_chunk) * params.n) if self.use_fast_decode and supports(self.model) else None
         results: list[list[Completion]] = []
         was_training = self.model.training
         self.model.eval()
@@ -78,8 +83,9 @@ class TorchEngine:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
 
         # Prefill each prompt once (only the last position needs the LM head), then copy to its n samples.
+        cache = buffer_cache(width + min(params.max_new_tokens, RESERVE_TOKENS))
         out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                         position_ids=positions.to(device), past_key_values=buffer_cache(width + params.max_new_tokens),
+                         position_ids=positions.to(device), past_key_values=cache,
                          use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
         logits = out.logits[:, -1, :].float().repeat_interleave(n, dim=0)  # (B, V)

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from r1lab.chat import render
 from r1lab.config import ZeroConfig, save_config
 from r1lab.engine import SamplingParams, TorchEngine
+from r1lab.evaluate.runner import sample_problems, summarize_records
 from r1lab.models import is_complete_checkpoint, load_model, no_adapter, save_checkpoint
 from r1lab.rewards import get_reward, score
 from r1lab.rewards.format import format as format_reward, reflection_rate
@@ -122,13 +123,15 @@ def check_config(cfg: ZeroConfig) -> None:
         if name != "accuracy" and name not in REWARDS:
             problems.append(f"reward {name!r} is unknown: use accuracy or one of {', '.join(sorted(REWARDS))}")
     for name in ("steps", "prompts_per_step", "max_new_tokens", "eval_max_new_tokens", "save_every",
-                 "updates_per_batch", "groups_per_micro_batch", "max_sampling_rounds", "keep_checkpoints"):
+                 "updates_per_batch", "groups_per_micro_batch", "max_sampling_rounds", "keep_checkpoints", "eval_samples"):
         if getattr(cfg, name) < 1:
             problems.append(f"{name}={getattr(cfg, name)}: must be at least 1")
     if cfg.group_size < 2:
         problems.append(f"group_size={cfg.group_size}: GRPO compares samples within a group, use at least 2")
     if not (cfg.temperature > 0 and math.isfinite(cfg.temperature)):
         problems.append(f"temperature={cfg.temperature}: RL needs sampling, use a finite value > 0 (e.g. 0.7)")
+    if cfg.eval_samples > 1 and not cfg.eval_temperature > 0:
+        problems.append(f"eval_temperature={cfg.eval_temperature}: sampled evaluation needs a value > 0 (0.6)")
     if cfg.beta < 0 or cfg.lr <= 0 or cfg.clip_low < 0 or cfg.clip_high < 0:
         problems.append("beta, clip_low and clip_high must be >= 0 and lr > 0")
     if problems:
@@ -275,21 +278,24 @@ def _group_token_offsets(groups: list[Group]) -> list[int]:
 
 # -------------------------------------------------------------------------------------------- evaluation
 def evaluate(engine, task, examples: list[dict], cfg: ZeroConfig, desc: str = "eval", chunk: int = 32) -> dict:
-    """Greedy held-out accuracy and format rate through the task's own verifier."""
+    """Held-out accuracy through the code ``r1lab eval`` runs (:mod:`r1lab.evaluate`): pass@1 over
+    ``eval_samples`` samples per problem (one greedy answer when 1) with its 95% interval, and the format rate."""
     if not examples:
         return {"accuracy": math.nan, "format_rate": math.nan, "n": 0}
-    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.eval_max_new_tokens, stop=cfg.stop,
-                            include_stop_str_in_output=True)
-    correct, formatted = [], []
+    sampled = cfg.eval_samples > 1
+    params = SamplingParams(n=cfg.eval_samples, temperature=cfg.eval_temperature if sampled else 0.0,
+                            top_p=0.95 if sampled else 1.0, max_new_tokens=cfg.eval_max_new_tokens, stop=cfg.stop,
+                            include_stop_str_in_output=True, seed=cfg.seed)
+    problems = []
     with tqdm(total=len(examples), desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True) as bar:
         for start in range(0, len(examples), chunk):
-            for g in generate_groups(engine, examples[start:start + chunk], cfg.template, cfg.prefill, params, task):
-                response = g.responses[0]
-                correct.append(task.verify(response, **g.example) or 0.0)
-                formatted.append(format_reward(response))
+            problems += sample_problems(engine, task, examples[start:start + chunk], params, cfg.template, cfg.prefill)
             bar.update(min(chunk, len(examples) - start))
-    return {"accuracy": sum(correct) / len(correct), "format_rate": sum(formatted) / len(formatted),
-            "n": len(examples)}
+    pass1 = summarize_records(problems, task)["metrics"]["pass@1"]
+    responses = [r["completion"] for records in problems for r in records]
+    return {"accuracy": pass1["value"], "ci_low": pass1["ci_low"], "ci_high": pass1["ci_high"],
+            "format_rate": sum(format_reward(r) for r in responses) / len(responses), "n": len(examples),
+            "samples": cfg.eval_samples}
 
 
 # ----------------------------------------------------------------------------------------------- metrics

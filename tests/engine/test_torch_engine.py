@@ -121,3 +121,18 @@ def test_fast_decode_matches_the_hf_forward_path(tiny):
         for a, b in zip(gf, gs):
             assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason
             assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
+
+
+def test_a_generation_longer_than_the_kv_reservation_grows_the_cache(tiny, monkeypatch):
+    from r1lab.engine import torch_engine
+
+    model, tok = tiny
+    prompts = prompts_of(tok, "What is 2+3?", "Hi")
+    params = SamplingParams(n=2, temperature=0.8, max_new_tokens=20, seed=1, ignore_eos=True)
+    reserved = TorchEngine(model, tok).generate(prompts, params)
+    monkeypatch.setattr(torch_engine, "RESERVE_TOKENS", 3)  # rows outgrow the buffer and it doubles, twice
+    grown = TorchEngine(model, tok).generate(prompts, params)
+    for ga, gb in zip(reserved, grown):
+        for a, b in zip(ga, gb):
+            assert a.token_ids == b.token_ids and len(a.token_ids) == 20
+            assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)

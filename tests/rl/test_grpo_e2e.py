@@ -103,3 +103,13 @@ def test_incomplete_checkpoints_are_never_resumed_from(tiny_path, tmp_path):
     (fake / "config.json").write_text("{}")
     step, checkpoint = grpo._resume_point(tmp_path / "run", config(tiny_path, tmp_path / "run", resume=True))
     assert step == 1 and checkpoint.name == "step-000001"
+
+
+def test_held_out_eval_runs_every_n_steps_through_the_eval_code_with_k_samples(tiny_path, tmp_path):
+    cfg = config(tiny_path, tmp_path / "run", steps=3, eval_every=1, eval_samples=3, save_every=5)
+    summary = grpo.train(cfg, progress=False)
+    for key in ("eval_before", "eval_after"):
+        ev = summary[key]
+        assert ev["samples"] == 3 and ev["n"] == 4 and ev["ci_low"] <= ev["accuracy"] <= ev["ci_high"]
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert ["eval_accuracy" in r for r in rows] == [True, True, False]  # the last step has eval_after

@@ -1,0 +1,243 @@
+"""The R1 paper's benchmarks as Tasks: GSM8K, MATH-500, AIME 2024 and GPQA-Diamond, plus any r1lab Task.
+
+Each benchmark is read, in this order, from: a path you give (a JSONL or Parquet file, or a folder holding
+one), the copy in ``../shared/data/`` next to the working directory or this repository (GSM8K, MATH-500),
+or the Hugging Face hub through ``datasets`` (for users who can reach one). Problems keep the file's order,
+so ``limit=200`` always means the same 200 problems.
+
+A benchmark is a :class:`r1lab.tasks.Task` whose ``test`` split is the whole set; it adds what voting
+needs: ``extract`` (a response's final answer) and ``equivalent`` (are two answers one vote).
+
+- Math sets compare answers with :func:`r1lab.tasks.answers.score_answer` (numbers exactly in-process,
+  the rest with math-verify in a worker process with a deadline).
+- GPQA-Diamond is multiple choice: the four options are shuffled with a seed per problem, lettered A-D,
+  and the response's letter (``\\boxed{C}``, ``Answer: C``) is compared with the correct one's.
+
+Left out: AIME 2025, LiveCodeBench and Codeforces (code needs the sandbox), and GPQA's other subsets.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from r1lab.rewards.math import verify_math
+from r1lab.tasks.answers import extract_answer, extract_boxed, final_answer_span, score_answer
+from r1lab.tasks.base import Task
+from r1lab.tasks.dataset import R1_MATH_INSTRUCTION, read_jsonl, reference_answer
+
+CHOICE_INSTRUCTION = ("Please reason step by step, and put the letter of your final answer (A, B, C or D) "
+                      "within \\boxed{}.")
+LETTERS = "ABCD"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Where a benchmark lives and which fields hold what (the first field name present is used)."""
+
+    hub: tuple[str, str | None, str]  # (dataset name, config, split)
+    question: tuple[str, ...]
+    answer: tuple[str, ...] = ()
+    local: str | None = None  # under shared/data/
+    choices: tuple[str, ...] = ()  # multiple choice: the correct option's field first
+    ids: tuple[str, ...] = ("unique_id", "id", "ID", "Record ID")
+
+
+BENCHMARKS: dict[str, Spec] = {
+    "gsm8k": Spec(hub=("openai/gsm8k", "main", "test"), question=("question",), answer=("answer",),
+                  local="gsm8k/test.jsonl"),
+    "math500": Spec(hub=("HuggingFaceH4/MATH-500", None, "test"), question=("problem",), answer=("answer", "solution"),
+                    local="math500/test.jsonl"),
+    "aime24": Spec(hub=("HuggingFaceH4/aime_2024", None, "train"), question=("problem", "Problem", "question"),
+                   answer=("answer", "Answer")),
+    "gpqa-diamond": Spec(hub=("Idavidrein/gpqa", "gpqa_diamond", "train"), question=("Question", "question"),
+                         choices=("Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")),
+}
+
+
+def default_k(n_problems: int) -> int:
+    """Samples per problem by the set's size, as the paper chooses "between 4 and 64": small sets need more
+    samples for a stable pass@1 (AIME's 30 problems get 64; GSM8K's 1,319 get 4).
+
+    >>> [default_k(n) for n in (30, 198, 500, 1319)]
+    [64, 16, 8, 4]
+    """
+    if n_problems <= 64:
+        return 64
+    if n_problems <= 250:
+        return 16
+    if n_problems <= 600:
+        return 8
+    return 4
+
+
+class Benchmark(Task):
+    """A fixed test set with a verifier; ``examples("test")`` is the whole set in file order."""
+
+    instruction = R1_MATH_INSTRUCTION
+
+    def __init__(self, name: str, examples: list[dict], instruction: str | None = None):
+        self.name = name
+        self._examples = examples
+        if instruction is not None:
+            self.instruction = instruction
+
+    def examples(self, split: str = "test") -> list[dict]:
+        if split != "test":
+            raise ValueError(f"benchmark {self.name} has only a test split")
+        return [dict(e) for e in self._examples]
+
+    def verify(self, completion: str, answer: str = "", **_) -> float | None:
+        return score_answer(completion, answer)
+
+    def extract(self, completion: str) -> str | None:
+        return extract_answer(completion)
+
+    def equivalent(self, a: str, b: str) -> bool:
+        return verify_math(a, b)
+
+
+class ChoiceBenchmark(Benchmark):
+    """Multiple choice: the answer is a letter, and two answers are one vote when their letters match."""
+
+    instruction = CHOICE_INSTRUCTION
+
+    def verify(self, completion: str, answer: str = "", **_) -> float | None:
+        if not answer:
+            return None
+        return float(choice_letter(completion) == answer)
+
+    def extract(self, completion: str) -> str | None:
+        return choice_letter(completion)
+
+    def equivalent(self, a: str, b: str) -> bool:
+        return a == b
+
+
+_LETTER = re.compile(r"^\s*\(?\s*(?:\\text\{\s*)?([A-D])\s*\}?\s*\)?(?:[.:)\s]|$)")
+_ANSWER_IS = re.compile(r"answer\s*(?:is|:)?\s*[:\-]?\s*\(?\s*\**\s*([A-D])\b(?!\w)", re.IGNORECASE)
+
+
+def choice_letter(completion: str) -> str | None:
+    """The letter a response picks: from its last ``\\boxed{}``, else its last "answer is X" / "Answer: X",
+    else a final span that is just a letter. Text inside the thinking never counts.
+
+    >>> choice_letter("<think>maybe A</think> So the answer is \\\\boxed{C}."), choice_letter("Answer: (B) 4 m/s")
+    ('C', 'B')
+    >>> choice_letter("\\\\boxed{\\\\text{D}}"), choice_letter("A great question."), choice_letter(" D ")
+    ('D', None, 'D')
+    """
+    span = final_answer_span(completion)
+    boxed = extract_boxed(span)
+    if boxed is not None:
+        match = _LETTER.match(boxed)
+        return match.group(1) if match else None
+    found = _ANSWER_IS.findall(span)
+    if found:
+        return found[-1].upper()
+    bare = span.strip().strip("().")
+    return bare if len(bare) == 1 and bare in LETTERS else None
+
+
+# --------------------------------------------------------------------------------------------- loading
+def load_benchmark(name: str, path: str | Path | None = None, seed: int = 0) -> Benchmark:
+    """A benchmark by name, from ``path`` if given, else the shared local copy, else the hub."""
+    if name not in BENCHMARKS:
+        raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)} "
+                       "(or evaluate an r1lab task with task:NAME, e.g. task:arithmetic)")
+    spec = BENCHMARKS[name]
+    if path is not None:
+        rows, source = read_rows(Path(path)), str(path)
+    elif spec.local and (local := find_shared(spec.local)) is not None:
+        rows, source = read_rows(local), str(local)
+    else:
+        rows, source = _hub_rows(name, spec), f"hub:{spec.hub[0]}"
+    if not rows:
+        raise ValueError(f"{source} holds no rows for benchmark {name}")
+    examples = [_example(name, spec, row, i, source, seed) for i, row in enumerate(rows)]
+    cls = ChoiceBenchmark if spec.choices else Benchmark
+    bench = cls(name, examples)
+    bench.source = source
+    return bench
+
+
+def find_shared(relative: str) -> Path | None:
+    """``shared/data/<relative>`` next to the working directory or next to this repository."""
+    repo_root = Path(__file__).resolve().parents[2]
+    for base in (Path.cwd(), repo_root):
+        candidate = base / "../shared/data" / relative
+        if candidate.is_file():
+            return candidate.resolve()
+    return None
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a JSONL or Parquet file, or of the single such file (or ``test.*``) in a folder."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".parquet"))
+        tests = [p for p in files if p.stem.startswith("test")]
+        if len(tests) == 1 or len(files) == 1:
+            path = tests[0] if len(tests) == 1 else files[0]
+        else:
+            raise FileNotFoundError(f"{path}: expected one .jsonl or .parquet file (or one named test.*), found "
+                                    f"{[p.name for p in files] or 'none'}; pass the file itself")
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if path.suffix in (".jsonl", ".json"):
+        return [row for _, row in read_jsonl(path)]
+    raise ValueError(f"{path}: cannot read {path.suffix!r} files; give a .jsonl or .parquet file")
+
+
+def _hub_rows(name: str, spec: Spec) -> list[dict]:
+    hub_name, config, split = spec.hub
+    try:
+        import datasets
+
+        return list(datasets.load_dataset(hub_name, config, split=split))
+    except Exception as exc:  # offline, gated, renamed: all end the same way for the user
+        raise FileNotFoundError(
+            f"benchmark {name}: no local copy found and the hub dataset {hub_name} could not be loaded "
+            f"({type(exc).__name__}: {str(exc)[:200]}). Pass a local JSONL or Parquet copy with "
+            f"--data '{{{name}: PATH}}'") from None
+
+
+def _field(row: dict, names: tuple[str, ...], where: str, what: str) -> str:
+    for name in names:
+        if name in row and row[name] is not None:
+            return str(row[name])
+    raise ValueError(f"{where}: no {what} field (looked for {', '.join(names)}); the row has {sorted(row)}")
+
+
+def _example(name: str, spec: Spec, row: dict, index: int, source: str, seed: int) -> dict:
+    where = f"{source} row {index + 1}"
+    question = _field(row, spec.question, where, "question").strip()
+    problem_id = next((str(row[k]) for k in spec.ids if row.get(k) is not None), str(index))
+    if not spec.choices:
+        return {"id": problem_id, "prompt": question, "answer": reference_answer(_field(row, spec.answer, where, "answer"))}
+    options = [_field(row, (f,), where, "choice").strip() for f in spec.choices]
+    order = list(range(len(options)))
+    random.Random(f"{seed}:{name}:{problem_id}").shuffle(order)  # a fixed shuffle per problem and seed
+    lines = [f"{LETTERS[pos]}) {options[i]}" for pos, i in enumerate(order)]
+    return {"id": problem_id, "prompt": question + "\n\n" + "\n".join(lines), "answer": LETTERS[order.index(0)]}
+
+
+def task_benchmark(name: str, task_args: dict | None = None) -> Benchmark:
+    """Any r1lab Task's test split as a benchmark (``task:arithmetic``), verified by the task itself."""
+    from r1lab.tasks import get_task
+
+    task = get_task(name, **(task_args or {}))
+
+    class _TaskBenchmark(Benchmark):
+        def verify(self, completion: str, **example) -> float | None:
+            return task.verify(completion, **example)
+
+    examples = [{"id": str(i), **e} for i, e in enumerate(task.examples("test"))]
+    bench = _TaskBenchmark(f"task:{name}", examples, instruction=task.instruction)
+    bench.source = f"r1lab task {name} {task_args or {}}"
+    return bench
