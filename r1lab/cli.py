@@ -11,6 +11,8 @@ commands:
   zero     GRPO with rule rewards from the model's own samples (R1-Zero); runs on the embedded model by default
   eval     the R1 evaluation protocol (k samples, pass@1 / pass@k / cons@k with intervals) on benchmarks;
            `r1lab eval --compare RUN_A RUN_B` tells whether B differs from A by more than the noise
+  serve    an OpenAI-compatible server (reasoning_content, streaming) and a chat page: r1lab serve [MODEL]
+  chat     talk to a model in the terminal, reasoning dimmed: r1lab chat [MODEL]
 
 Run `r1lab COMMAND --help` for a command's options. Set R1LAB_DEBUG=1 for tracebacks on input errors."""
 
@@ -69,7 +71,53 @@ def evaluate(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"zero": zero, "eval": evaluate}
+def _model_first(argv: list[str]) -> list[str]:
+    """``r1lab serve MODEL --port 8000``: a leading bare word is the model."""
+    return ["--model", argv[0], *argv[1:]] if argv and not argv[0].startswith("-") else argv
+
+
+def _engine(cfg):
+    import torch
+
+    from r1lab.engine import TorchEngine
+    from r1lab.models import load_model
+
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    model, tokenizer = load_model(cfg.model)
+    return TorchEngine(model, tokenizer)
+
+
+def serve(argv: list[str]) -> int:
+    from r1lab.config import ServeConfig, load_config
+
+    cfg = load_config(ServeConfig, _model_first(argv), prog="r1lab serve")
+    from r1lab.chat import TEMPLATES
+
+    if cfg.template not in TEMPLATES:
+        raise ValueError(f"template {cfg.template!r} is unknown; choose one of {', '.join(TEMPLATES)}")
+    import uvicorn
+
+    from r1lab.serve.app import create_app
+
+    app = create_app(_engine(cfg), cfg.model, cfg.template, api_key=cfg.api_key or os.environ.get("R1LAB_API_KEY"),
+                     max_pending=cfg.max_pending, max_batch_rows=cfg.max_batch_rows, max_n=cfg.max_n,
+                     default_max_tokens=cfg.max_tokens)
+    print(f"r1lab serve: {cfg.model} at http://{cfg.host}:{cfg.port}/ (chat page) and "
+          f"http://{cfg.host}:{cfg.port}/v1 (OpenAI API)", flush=True)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    return 0
+
+
+def chat(argv: list[str]) -> int:
+    from r1lab.config import ChatConfig, load_config
+    from r1lab.serve.terminal import chat_loop
+
+    cfg = load_config(ChatConfig, _model_first(argv), prog="r1lab chat")
+    chat_loop(_engine(cfg), cfg)
+    return 0
+
+
+COMMANDS = {"zero": zero, "eval": evaluate, "serve": serve, "chat": chat}
 
 
 if __name__ == "__main__":

@@ -97,7 +97,36 @@ class EvalConfig:
     threads: int = 0  # 0 = all cores
 
 
-COMMANDS = {"zero": ZeroConfig, "eval": EvalConfig}
+@dataclass
+class ServeConfig:
+    """``r1lab serve MODEL``: an OpenAI-compatible chat server with reasoning_content, and a chat page at /."""
+
+    model: str = "smollm2-135m"  # hub id, local folder, .gguf file, a run's checkpoint, or the embedded model
+    host: str = "127.0.0.1"
+    port: int = 8000
+    template: str = "native"  # r1 (reply starts inside <think>) | native | r1zero | native-zero
+    api_key: str | None = None  # require "Authorization: Bearer KEY" on /v1/* (or set R1LAB_API_KEY)
+    max_pending: int = 16  # requests waiting or running; one more gets 429 with Retry-After
+    max_batch_rows: int = 32  # samples generated together
+    max_n: int = 8
+    max_tokens: int = 2048  # default reply budget when a request gives none
+    threads: int = 0  # 0 = all cores
+
+
+@dataclass
+class ChatConfig:
+    """``r1lab chat MODEL``: talk to a model in the terminal; its reasoning is shown dimmed."""
+
+    model: str = "smollm2-135m"
+    template: str = "native"
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_tokens: int = 2048
+    system: str | None = None  # folded into the first user turn, as R1 advises
+    threads: int = 0
+
+
+COMMANDS = {"zero": ZeroConfig, "eval": EvalConfig, "serve": ServeConfig, "chat": ChatConfig}
 
 
 def load_config(cls, argv: list[str] | None = None, prog: str = "r1lab"):

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
+
+#: ``on_token(prompt_index, sample_index, token_id) -> bool | None``: False stops that sample ("abort")
+OnToken = Callable[[int, int, int], "bool | None"]
 
 
 @dataclass
@@ -48,7 +51,7 @@ class Completion:
     prompt_index: int
     token_ids: list[int]
     logprobs: list[float]  # log-prob of each sampled token under the temperature-scaled policy
-    finish_reason: str  # "stop" (EOS, stop id or stop string) or "length" (hit max_new_tokens)
+    finish_reason: str  # "stop" (EOS, stop id or stop string), "length" (hit max_new_tokens), "abort" (on_token)
     text: str = ""  # decoded, cut at a stop string
 
     def __len__(self) -> int:
@@ -58,8 +61,10 @@ class Completion:
 class Engine(Protocol):
     tokenizer: object
 
-    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
-        """Sample ``params.n`` completions for each prompt (token ids); result[i] belongs to prompts[i]."""
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+                 on_token: OnToken | None = None) -> list[list[Completion]]:
+        """Sample ``params.n`` completions for each prompt (token ids); result[i] belongs to prompts[i].
+        ``on_token`` sees each token as it is sampled and may stop its sample (see :data:`OnToken`)."""
         ...
 
     def load_weights(self, state_dict) -> None:

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import torch
 
-from r1lab.engine.base import Completion, SamplingParams
+from r1lab.engine.base import Completion, OnToken, SamplingParams
 from r1lab.engine.fast_decode import FastDecoder, supports
 from r1lab.engine.kv_cache import buffer_cache, compaction_moves
 
@@ -50,8 +50,12 @@ class TorchEngine:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
-        """Sample ``params.n`` completions per prompt; result[i] holds prompt i's completions."""
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+                 on_token: OnToken | None = None) -> list[list[Completion]]:
+        """Sample ``params.n`` completions per prompt; result[i] holds prompt i's completions.
+
+        ``on_token(prompt_index, sample_index, token_id)`` is called for every sampled token as it is decoded
+        (a server streams from it); returning False ends that sample at once with finish reason "abort"."""
         if not prompts:
             return []
         for i, p in enumerate(prompts):
@@ -66,12 +70,12 @@ class TorchEngine:
         try:
             for start in range(0, len(prompts), per_chunk):
                 chunk = prompts[start:start + per_chunk]
-                results.extend(self._generate_chunk(chunk, start, params, generator, fast))
+                results.extend(self._generate_chunk(chunk, start, params, generator, fast, on_token))
         finally:
             self.model.train(was_training)
         return results
 
-    def _generate_chunk(self, prompts, offset, params: SamplingParams, generator, fast):
+    def _generate_chunk(self, prompts, offset, params: SamplingParams, generator, fast, on_token=None):
         n, device = params.n, _device(self.model)
         lengths = torch.tensor([len(p) for p in prompts])
         width = int(lengths.max())
@@ -114,6 +118,8 @@ class TorchEngine:
                 logprobs[row].append(lp)
                 if tok in stop_ids or (params.stop and self._hits_stop(tokens[row], params.stop, tail_tokens)):
                     finish[row] = "stop"
+                elif on_token is not None and on_token(offset + row // n, row % n, tok) is False:
+                    finish[row] = "abort"
                 else:
                     live.append(b)
             if not live or step == params.max_new_tokens - 1:

@@ -136,3 +136,24 @@ def test_a_generation_longer_than_the_kv_reservation_grows_the_cache(tiny, monke
         for a, b in zip(ga, gb):
             assert a.token_ids == b.token_ids and len(a.token_ids) == 20
             assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
+
+
+def test_on_token_sees_every_token_and_can_stop_one_sample(tiny):
+    model, tok = tiny
+    prompts = prompts_of(tok, "What is 2+3?", "Hi")
+    params = SamplingParams(n=2, temperature=0.8, max_new_tokens=10, seed=3, ignore_eos=True)
+    plain = TorchEngine(model, tok).generate(prompts, params)
+    seen = {}
+
+    def watch(prompt, sample, token):
+        seen.setdefault((prompt, sample), []).append(token)
+        return not (prompt == 1 and sample == 0 and len(seen[(1, 0)]) == 4)  # stop this one after 4 tokens
+
+    watched = TorchEngine(model, tok).generate(prompts, params, on_token=watch)
+    for i in range(2):
+        for j in range(2):
+            assert seen[(i, j)] == watched[i][j].token_ids
+            if (i, j) == (1, 0):
+                assert watched[i][j].finish_reason == "abort" and watched[i][j].token_ids == plain[i][j].token_ids[:4]
+            else:
+                assert watched[i][j].token_ids == plain[i][j].token_ids  # the others are untouched

@@ -105,12 +105,13 @@ def test_reads_jsonl_parquet_and_a_folder(tmp_path):
 
 
 def test_unreachable_hub_says_how_to_pass_a_local_copy(monkeypatch):
-    import datasets
+    import sys
+    import types
 
     def offline(*a, **k):
         raise ConnectionError("no network")
 
-    monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=offline))
     with pytest.raises(FileNotFoundError, match=r"--data '\{aime24: PATH\}'"):
         load_benchmark("aime24")
     with pytest.raises(KeyError, match="unknown benchmark"):
@@ -132,3 +133,13 @@ def test_any_task_is_a_benchmark():
 def test_default_k_follows_the_set_size():
     assert default_k(30) == 64 and default_k(1319) == 4
     assert all(4 <= default_k(n) <= 64 for n in range(1, 5000, 37))
+
+
+@pytest.mark.skipif(find_shared("math500/test.jsonl") is None, reason="../shared/data/math500 is not beside this checkout")
+def test_every_math500_solution_scores_as_correct_against_its_answer():
+    bench = load_benchmark("math500")
+    rows = read_rows(find_shared("math500/test.jsonl"))
+    examples = bench.examples()
+    assert len(examples) == 500
+    # LaTeX answers (intervals, matrices, \frac, \sqrt...) go through math-verify in the worker process
+    assert [bench.verify(r["solution"], **e) for r, e in zip(rows, examples)] == [1.0] * 500

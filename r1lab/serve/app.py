@@ -1,0 +1,205 @@
+"""``r1lab serve``: an OpenAI-compatible chat server that returns the reasoning apart from the answer.
+
+``POST /v1/chat/completions`` (plain JSON, or server-sent events with ``stream: true`` ending in
+``data: [DONE]``), ``GET /v1/models``, ``GET /health`` and a chat page at ``/``. The chain of thought goes to
+``message.reasoning_content`` (and ``delta.reasoning_content`` when streaming), as DeepSeek's API does, and is
+also given as ``reasoning`` for clients that read that name.
+
+R1's usage rules are built in: temperature 0.6 and top-p 0.95 unless the request says otherwise; a system
+message is folded into the first user turn; reasoning in earlier assistant turns is not sent back to the
+model; with the R1 template (or a model whose own template ends in ``<think>``) the reply starts inside the
+think block.
+
+FastAPI handles routing and uvicorn the HTTP; requests are checked by hand
+(:mod:`r1lab.serve.protocol`) so every bad input is a 400 that names the field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+
+from r1lab.chat import render
+from r1lab.engine import SamplingParams
+from r1lab.serve.batcher import Batcher, Job, Overloaded
+from r1lab.serve.protocol import ApiError, ChatRequest, bad, parse_chat_request
+
+PAGE = Path(__file__).with_name("static") / "index.html"
+
+
+def create_app(engine, model_name: str, template: str = "native", api_key: str | None = None,
+               max_pending: int = 16, max_batch_rows: int = 32, max_n: int = 8,
+               default_max_tokens: int = 2048) -> FastAPI:
+    batcher = Batcher(engine, max_pending=max_pending, max_batch_rows=max_batch_rows)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        batcher.close()
+
+    app = FastAPI(title="r1lab", docs_url=None, redoc_url=None, lifespan=lifespan)
+    context = getattr(engine.model.config, "max_position_embeddings", None) or 1 << 30
+    app.state.batcher = batcher
+    created = int(time.time())
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(404)
+    async def _not_found(request: Request, exc):
+        return JSONResponse(ApiError(404, f"no route {request.method} {request.url.path}").body(), status_code=404)
+
+    @app.exception_handler(405)
+    async def _bad_method(request: Request, exc):
+        return JSONResponse(ApiError(405, f"{request.method} is not allowed on {request.url.path}").body(),
+                            status_code=405)
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next):
+        if api_key and request.url.path.startswith("/v1/"):
+            if request.headers.get("authorization", "") != f"Bearer {api_key}":
+                error = ApiError(401, "missing or wrong API key: send Authorization: Bearer KEY",
+                                 type_="authentication_error", code="invalid_api_key")
+                return JSONResponse(error.body(), status_code=401)
+        return await call_next(request)
+
+    @app.get("/", response_class=HTMLResponse)
+    def page():
+        return PAGE.read_text(encoding="utf-8")
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "model": model_name, "running": batcher.running, "pending": batcher.pending}
+
+    @app.get("/v1/models")
+    def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
+                                            "owned_by": "r1lab"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        req = parse_chat_request(await request.body(), max_n)
+        rendered = render(req.messages, template, engine.tokenizer)
+        prompt_ids = engine.encode(rendered.text)
+        if len(prompt_ids) >= context:
+            raise bad(f"the prompt is {len(prompt_ids)} tokens; the model's context is {context}: shorten the "
+                      "conversation", "messages", code="context_length_exceeded")
+        room = context - len(prompt_ids)
+        if req.max_tokens is not None and req.max_tokens > room:
+            raise bad(f"max_tokens {req.max_tokens} does not fit: the prompt takes {len(prompt_ids)} of the "
+                      f"{context}-token context, leaving {room}", "max_tokens", code="context_length_exceeded")
+        params = SamplingParams(n=req.n, temperature=req.temperature, top_p=req.top_p,
+                                max_new_tokens=req.max_tokens or min(room, default_max_tokens), stop=req.stop,
+                                seed=req.seed)
+        thinking = rendered.text.rstrip().endswith("<think>")
+        job = Job(prompt_ids, params, thinking, asyncio.get_running_loop())
+        try:
+            batcher.submit(job)
+        except Overloaded:
+            raise ApiError(429, f"the server is busy ({batcher.pending} requests waiting or running); retry "
+                           "shortly", type_="rate_limit_error", code="overloaded", headers={"Retry-After": "1"})
+        reply = Reply(req, model_name, len(prompt_ids))
+        if req.stream:
+            return StreamingResponse(_sse(job, reply), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return JSONResponse(await _collect(job, reply, request))
+
+    return app
+
+
+class Reply:
+    """The response being built: ids, per-choice text so far, and OpenAI's JSON shapes."""
+
+    def __init__(self, req: ChatRequest, model: str, prompt_tokens: int):
+        self.req, self.model, self.prompt_tokens = req, model, prompt_tokens
+        self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        self.reasoning = [""] * req.n
+        self.content = [""] * req.n
+
+    def chunk(self, choices: list[dict], usage: dict | None = None) -> str:
+        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                "choices": choices}
+        if usage is not None:
+            body["usage"] = usage
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    def usage(self, completions) -> dict:
+        completion_tokens = sum(len(c.token_ids) for c in completions)
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": self.prompt_tokens + completion_tokens}
+
+    def full(self, completions) -> dict:
+        choices = []
+        for i, c in enumerate(completions):
+            message = {"role": "assistant", "content": self.content[i], "reasoning_content": self.reasoning[i] or None,
+                       "reasoning": self.reasoning[i] or None}
+            choices.append({"index": i, "message": message, "finish_reason": _finish(c), "logprobs": None})
+        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+                "choices": choices, "usage": self.usage(completions)}
+
+
+def _finish(completion) -> str:
+    return "length" if completion.finish_reason == "length" else "stop"
+
+
+async def _collect(job: Job, reply: Reply, request: Request) -> dict:
+    """Wait for a whole reply; stop the generation if the client goes away meanwhile."""
+    try:
+        while True:
+            try:
+                kind, *rest = await asyncio.wait_for(job.events.get(), timeout=0.5)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    job.cancelled.set()
+                    return {}
+                continue
+            if kind == "delta":
+                sample, reasoning, content = rest
+                reply.reasoning[sample] += reasoning
+                reply.content[sample] += content
+            elif kind == "done":
+                return reply.full(rest[0])
+            else:
+                raise ApiError(500, rest[0], type_="server_error")
+    finally:
+        job.cancelled.set()  # a no-op once finished; stops the rows if this handler was cancelled
+
+
+async def _sse(job: Job, reply: Reply):
+    """Server-sent events: a role chunk, reasoning/content deltas as they come, finish chunks, [DONE]."""
+    try:
+        yield reply.chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                           for i in range(reply.req.n)])
+        while True:
+            kind, *rest = await job.events.get()
+            if kind == "delta":
+                sample, reasoning, content = rest
+                delta = {}
+                if reasoning:
+                    delta["reasoning_content"] = delta["reasoning"] = reasoning
+                if content:
+                    delta["content"] = content
+                yield reply.chunk([{"index": sample, "delta": delta, "finish_reason": None}])
+            elif kind == "done":
+                completions = rest[0]
+                yield reply.chunk([{"index": i, "delta": {}, "finish_reason": _finish(c)}
+                                   for i, c in enumerate(completions)])
+                if reply.req.include_usage:
+                    yield reply.chunk([], usage=reply.usage(completions))
+                break
+            else:
+                error = ApiError(500, rest[0], type_="server_error").body()
+                yield f"data: {json.dumps(error)}\n\n"
+                break
+        yield "data: [DONE]\n\n"
+    finally:
+        job.cancelled.set()  # the client left (the response task is cancelled) or we are done
