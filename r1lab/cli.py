@@ -11,6 +11,8 @@ commands:
   zero     GRPO with rule rewards from the model's own samples (R1-Zero); runs on the embedded model by default
   eval     the R1 evaluation protocol (k samples, pass@1 / pass@k / cons@k with intervals) on benchmarks;
            `r1lab eval --compare RUN_A RUN_B` tells whether B differs from A by more than the noise
+  coldstart  write a cold-start SFT set (readable reasoning, then the answer) for a procedural task
+  sft      supervised fine-tuning on chat JSONL, loss on assistant tokens only (cold start, distillation)
   serve    an OpenAI-compatible server (reasoning_content, streaming) and a chat page: r1lab serve [MODEL]
   chat     talk to a model in the terminal, reasoning dimmed: r1lab chat [MODEL]
 
@@ -71,6 +73,28 @@ def evaluate(argv: list[str]) -> int:
     return 0
 
 
+def coldstart(argv: list[str]) -> int:
+    from r1lab.config import ColdstartConfig, load_config
+    from r1lab.sft.coldstart import write_coldstart
+
+    cfg = load_config(ColdstartConfig, argv, prog="r1lab coldstart")
+    result = write_coldstart(cfg)
+    print(f"wrote {result['written']} cold-start samples to {result['path']} ({result['rejected']} failed "
+          f"verification); next: r1lab sft --data {result['path']}")
+    return 0
+
+
+def sft(argv: list[str]) -> int:
+    from r1lab.config import SftConfig, load_config
+    from r1lab.sft.trainer import train_sft
+
+    cfg = load_config(SftConfig, argv, prog="r1lab sft")
+    summary = train_sft(cfg)
+    print(f"held-out loss {summary['eval_loss_before']:.3f} -> {summary['eval_loss_after']:.3f}; checkpoint "
+          f"{summary['checkpoint']}; report: {cfg.out}/report.md")
+    return 0
+
+
 def _model_first(argv: list[str]) -> list[str]:
     """``r1lab serve MODEL --port 8000``: a leading bare word is the model."""
     return ["--model", argv[0], *argv[1:]] if argv and not argv[0].startswith("-") else argv
@@ -117,7 +141,7 @@ def chat(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"zero": zero, "eval": evaluate, "serve": serve, "chat": chat}
+COMMANDS = {"zero": zero, "eval": evaluate, "coldstart": coldstart, "sft": sft, "serve": serve, "chat": chat}
 
 
 if __name__ == "__main__":

@@ -98,6 +98,44 @@ class EvalConfig:
 
 
 @dataclass
+class SftConfig:
+    """``r1lab sft``: supervised fine-tuning on chat JSONL, loss on the assistant reply only (cold start, R1 stage 3,
+    distillation)."""
+
+    model: str = "smollm2-135m"
+    data: str = ""  # JSONL: {messages} | {prompt, response} | {prompt, reasoning, answer}
+    template: str = "native-zero"  # render prompts as the RL stage that follows will (r1 | native | ...)
+    lora_r: int = 0  # 0 = full fine-tuning
+    lora_alpha: int = 32
+    epochs: int = 2
+    lr: float = 5e-5
+    warmup_steps: int = 5
+    lr_schedule: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    tokens_per_step: int = 4096  # response + prompt tokens per optimizer step
+    row_tokens: int = 1024  # samples are packed into rows of at most this many tokens
+    max_length: int = 2048  # longer samples are skipped (and counted)
+    eval_size: float = 0.05  # held-out share (< 1) or count for the eval loss
+    eval_every: int = 0  # steps between eval losses; 0 = once per epoch
+    out: str = "runs/sft"
+    seed: int = 0
+    threads: int = 0
+
+
+@dataclass
+class ColdstartConfig:
+    """``r1lab coldstart``: write a cold-start SFT set (reasoning in the think block, then the answer) for a task."""
+
+    task: str = "arithmetic"
+    task_args: dict = field(default_factory=lambda: {"digits": 1, "operands": 2, "operators": "+-*",
+                                                     "n_train": 200, "n_test": 100})
+    examples: int = 200  # how many training examples get a trace
+    out: str = "runs/coldstart.jsonl"
+    seed: int = 0
+
+
+@dataclass
 class ServeConfig:
     """``r1lab serve MODEL``: an OpenAI-compatible chat server with reasoning_content, and a chat page at /."""
 
@@ -126,7 +164,8 @@ class ChatConfig:
     threads: int = 0
 
 
-COMMANDS = {"zero": ZeroConfig, "eval": EvalConfig, "serve": ServeConfig, "chat": ChatConfig}
+COMMANDS = {"zero": ZeroConfig, "eval": EvalConfig, "sft": SftConfig, "coldstart": ColdstartConfig,
+            "serve": ServeConfig, "chat": ChatConfig}
 
 
 def load_config(cls, argv: list[str] | None = None, prog: str = "r1lab"):

@@ -38,6 +38,28 @@ def plot_curves(path: Path, steps: list, series: dict[str, list], title: str, yl
     return path
 
 
+def plot_runs(path: Path, runs: dict[str, list[dict]], keys: tuple[str, ...], smooth: int = 5) -> Path:
+    """Runs side by side: one panel per metric in ``keys``, one line per run (running mean over ``smooth``
+    steps, raw values faint)."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.8), dpi=110)
+    for ax, key in zip(list(axes) if len(keys) > 1 else [axes], keys):
+        for i, (label, history) in enumerate(runs.items()):
+            steps = [h["step"] for h in history]
+            values = [h.get(key, math.nan) for h in history]
+            ax.plot(steps, values, color=f"C{i}", alpha=0.25, linewidth=1)
+            ax.plot(steps, running_mean(values, smooth), color=f"C{i}", linewidth=2, label=label)
+        ax.set_title(key.replace("_", " "))
+        ax.set_xlabel("training step")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def running_mean(values: list[float], window: int) -> list[float]:
     """Trailing mean, ignoring NaNs.
 

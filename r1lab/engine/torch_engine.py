@@ -201,18 +201,32 @@ def _inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor, block: int = 128) -
     return token
 
 
+#: the nucleus is looked for among this many most likely tokens first (a top-k is ~20x cheaper than sorting a
+#: 49k vocabulary per row); rows whose nucleus is wider fall back to the full sort
+NUCLEUS_CANDIDATES = 256
+
+
 def _top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Set logits outside the top-k / nucleus to -inf (the most likely token always survives)."""
+    """Set logits outside the top-k / nucleus to -inf (the most likely token always survives). A token is in the
+    nucleus when the probability of the tokens more likely than it is at most ``top_p``."""
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        drop_sorted = cum - torch.softmax(sorted_logits, dim=-1) > top_p  # mass before this token > p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
+    if top_p >= 1.0:
+        return logits
+    k = min(NUCLEUS_CANDIDATES, logits.shape[-1])
+    top, order = torch.topk(logits, k, dim=-1)  # (B, k), most likely first
+    probs = torch.exp(top - torch.logsumexp(logits, dim=-1, keepdim=True))
+    before = probs.cumsum(dim=-1) - probs  # mass of the more likely candidates
+    wide = (before[:, -1] + probs[:, -1] <= top_p) if k < logits.shape[-1] else torch.zeros(len(logits), dtype=torch.bool)
+    out = torch.full_like(logits, float("-inf")).scatter_(-1, order, top.masked_fill(before > top_p, float("-inf")))
+    if wide.any():  # the candidates hold no more than top_p: the nucleus may reach past them
+        rows = wide.nonzero()[:, 0]
+        sorted_logits, full_order = torch.sort(logits[rows], dim=-1, descending=True)
+        p = torch.softmax(sorted_logits, dim=-1)
+        drop = torch.zeros_like(p, dtype=torch.bool).scatter(-1, full_order, p.cumsum(dim=-1) - p > top_p)
+        out[rows] = logits[rows].masked_fill(drop, float("-inf"))
+    return out
 
 
 def _cut_at_stop(text: str, stop: Sequence[str], include: bool) -> str:

@@ -23,7 +23,8 @@ def write_eval_report(out: Path, summary: dict) -> Path:
           "otherwise; *sd over samples* is how much the number moves when each problem's samples are redrawn "
           "(another seed), problems fixed.", ""]
     parts = [f"<h1>Evaluation of <code>{html.escape(summary['model'])}</code></h1>",
-             f"<p>{html.escape(md[2])}</p>"]
+             "<p>" + html.escape(md[2]).replace("`", "").replace("*sd over samples*", "<em>sd over samples</em>")
+             + "</p>"]
     for name, result in summary["benchmarks"].items():
         records = _records(out / _folder_name(name) / "samples.jsonl")
         k_plot = plot_accuracy_vs_k(plots / f"{_folder_name(name)}_accuracy_vs_k.png", name, result)
@@ -69,7 +70,8 @@ def plot_accuracy_vs_k(path: Path, name: str, result: dict) -> Path:
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks or [1])
     ax.set_xticklabels([str(k) for k in ks] or ["1"])
-    ax.set_ylim(0, 1)
+    top = max([v["ci_high"] for v in result["metrics"].values()] + [0.05])
+    ax.set_ylim(0, min(1.0, 1.15 * top))  # near-zero accuracies stay readable
     ax.set_xlabel("k (samples per problem)")
     ax.set_ylabel("accuracy")
     ax.set_title(f"{name}: accuracy vs k (n = {result['n_problems']})")

@@ -9,7 +9,9 @@ earlier tokens, never another completion. So
 - there is no padding inside a row (rows of one micro-batch are padded to the longest only);
 - the LM head runs only at the positions that predict a completion token.
 
-The same packing serves SFT (a row of independent samples, each seeing only itself).
+:func:`pack_samples` does the same for SFT: several independent ``prompt | response`` samples share a row
+(first-fit by length, so padding is rare), each attends only to itself, positions restart at each sample,
+and only response tokens are scored (the loss is on assistant tokens only).
 """
 
 from __future__ import annotations
@@ -68,14 +70,56 @@ def pack(groups: list[tuple[list[int], list[list[int]]]], pad_id: int) -> Packed
         for predictor, token in score[r]:
             flat_index.append(r * width + predictor)
             targets.append(token)
+    return Packed(input_ids, position_ids, _segment_mask(seg_ids, shared=0), torch.tensor(flat_index, dtype=torch.long),
+                  torch.tensor(targets, dtype=torch.long), lengths)
+
+
+def pack_samples(rows: list[list[tuple[list[int], list[int]]]], pad_id: int) -> Packed:
+    """Pack rows of ``(prompt_ids, response_ids)`` samples; targets are every response token, in order.
+
+    >>> p = pack_samples([[([5, 6], [7, 8]), ([9], [10])]], pad_id=0)
+    >>> p.input_ids.tolist(), p.position_ids.tolist(), p.targets.tolist(), p.score_index.tolist()
+    ([[5, 6, 7, 8, 9, 10]], [[0, 1, 2, 3, 0, 1]], [7, 8, 10], [1, 2, 4])
+    >>> p.attention_mask[0, 0, 4].tolist()   # the second sample's first token sees only itself
+    [False, False, False, False, True, False]
+    """
+    width = max(sum(len(a) + len(b) for a, b in row) for row in rows)
+    R = len(rows)
+    input_ids = torch.full((R, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((R, width), dtype=torch.long)
+    seg_ids = torch.full((R, width), -1, dtype=torch.long)
+    flat_index, targets, lengths = [], [], []
+    for r, row in enumerate(rows):
+        start = 0
+        for k, (prompt, response) in enumerate(row):
+            ids = list(prompt) + list(response)
+            n = len(ids)
+            input_ids[r, start:start + n] = torch.tensor(ids)
+            position_ids[r, start:start + n] = torch.arange(n)
+            seg_ids[r, start:start + n] = k
+            scored = 0
+            for j in range(len(prompt), n):
+                if j == 0:
+                    continue  # nothing predicts a sample's very first token
+                flat_index.append(r * width + start + j - 1)
+                targets.append(ids[j])
+                scored += 1
+            lengths.append(scored)
+            start += n
+    return Packed(input_ids, position_ids, _segment_mask(seg_ids, shared=None),
+                  torch.tensor(flat_index, dtype=torch.long), torch.tensor(targets, dtype=torch.long), lengths)
+
+
+def _segment_mask(seg_ids: torch.Tensor, shared: int | None) -> torch.Tensor:
+    """(R, 1, L, L) causal attention within a segment (and to segment ``shared``, a prompt all completions
+    see); -1 marks padding, which attends only to itself so no row of the softmax is empty."""
+    width = seg_ids.shape[1]
     causal = torch.ones(width, width, dtype=torch.bool).tril()  # (L, L)
     q, k = seg_ids[:, :, None], seg_ids[:, None, :]  # (R, L, 1), (R, 1, L)
-    same_or_prompt = (k == q) | (k == 0)
+    allowed = (k == q) if shared is None else (k == q) | (k == shared)
     pad = (q == -1) | (k == -1)
     eye = torch.eye(width, dtype=torch.bool)
-    mask = (causal & same_or_prompt & ~pad) | eye  # a pad row attends to itself only (no NaN)
-    return Packed(input_ids, position_ids, mask[:, None], torch.tensor(flat_index, dtype=torch.long),
-                  torch.tensor(targets, dtype=torch.long), lengths)
+    return ((causal & allowed & ~pad) | eye)[:, None]
 
 
 def token_logprobs(model, packed: Packed, temperature: float = 1.0) -> torch.Tensor:

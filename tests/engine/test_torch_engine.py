@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from r1lab.engine import SamplingParams, TorchEngine
@@ -157,3 +158,24 @@ def test_on_token_sees_every_token_and_can_stop_one_sample(tiny):
                 assert watched[i][j].finish_reason == "abort" and watched[i][j].token_ids == plain[i][j].token_ids[:4]
             else:
                 assert watched[i][j].token_ids == plain[i][j].token_ids  # the others are untouched
+
+
+def _nucleus_by_full_sort(logits, top_p):
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    p = torch.softmax(sorted_logits, dim=-1)
+    drop = torch.zeros_like(p, dtype=torch.bool).scatter(-1, order, p.cumsum(-1) - p > top_p)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+@pytest.mark.parametrize("scale", [0.1, 1.0, 5.0, 30.0])  # flat (nucleus past the candidates) to peaked
+@pytest.mark.parametrize("top_p", [0.5, 0.95, 0.999])
+def test_nucleus_from_candidates_equals_the_full_sort(scale, top_p):
+    from r1lab.engine.torch_engine import _top_k_top_p
+
+    g = torch.Generator().manual_seed(int(scale * 10))
+    logits = torch.randn(16, 3000, generator=g) * scale
+    logits[::3] *= 0.01  # some rows nearly uniform in every case
+    fast = _top_k_top_p(logits, 0, top_p)
+    assert torch.equal(fast == float("-inf"), _nucleus_by_full_sort(logits, top_p) == float("-inf"))
+    kept = fast > float("-inf")
+    assert torch.equal(fast[kept], logits[kept]) and kept.any(dim=-1).all()
