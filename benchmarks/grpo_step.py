@@ -30,6 +30,7 @@ import torch
 from r1lab.chat import render
 from r1lab.config import ZeroConfig
 from r1lab.engine import SamplingParams, TorchEngine
+from r1lab.engine.onednn import onednn_linears
 from r1lab.models import load_model
 from r1lab.rl import grpo
 from r1lab.rl.packing import pack
@@ -89,7 +90,8 @@ def bench_r1lab(steps, task) -> dict:
             grpo.score_group(g, rewards)
         grpo.set_advantages(groups, cfg.advantage)
         t1 = time.perf_counter()
-        stats = grpo.update_policy(model, None, optimizer, groups, cfg, tok.pad_token_id)
+        with onednn_linears(model):  # as grpo.train does
+            stats = grpo.update_policy(model, None, optimizer, groups, cfg, tok.pad_token_id)
         t2 = time.perf_counter()
         times.append(t2 - t0)
         train_times.append(t2 - t1)

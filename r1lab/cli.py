@@ -12,6 +12,8 @@ commands:
   eval     the R1 evaluation protocol (k samples, pass@1 / pass@k / cons@k with intervals) on benchmarks;
            `r1lab eval --compare RUN_A RUN_B` tells whether B differs from A by more than the noise
   coldstart  write a cold-start SFT set (readable reasoning, then the answer) for a procedural task
+  sample   rejection sampling: n samples per prompt, keep verified ones that pass R1's filters, for SFT
+  distill  traces from a teacher (OpenAI-compatible endpoint or local model), verified, then SFT a student
   sft      supervised fine-tuning on chat JSONL, loss on assistant tokens only (cold start, distillation)
   serve    an OpenAI-compatible server (reasoning_content, streaming) and a chat page: r1lab serve [MODEL]
   chat     talk to a model in the terminal, reasoning dimmed: r1lab chat [MODEL]
@@ -84,6 +86,28 @@ def coldstart(argv: list[str]) -> int:
     return 0
 
 
+def sample(argv: list[str]) -> int:
+    from r1lab.config import SampleConfig, load_config
+    from r1lab.sft.sample import run_sample
+
+    cfg = load_config(SampleConfig, argv, prog="r1lab sample")
+    s = run_sample(cfg)
+    print(f"kept {s['kept_reasoning']} reasoning samples ({s['correct']} of {s['samples']} were correct) and "
+          f"{s['non_reasoning']} non-reasoning ones: {s['path']}; report: {cfg.out}/report.md")
+    return 0
+
+
+def distill(argv: list[str]) -> int:
+    from r1lab.config import DistillConfig, load_config
+    from r1lab.sft.distill import run_distill
+
+    cfg = load_config(DistillConfig, argv, prog="r1lab distill")
+    s = run_distill(cfg)
+    print(f"{s['traces']} traces ({s['retries']} retries, {s['prompt_tokens']} + {s['completion_tokens']} tokens), "
+          f"{s['kept']} kept: {s['path']}" + (f"; student: {s['student']['checkpoint']}" if "student" in s else ""))
+    return 0
+
+
 def sft(argv: list[str]) -> int:
     from r1lab.config import SftConfig, load_config
     from r1lab.sft.trainer import train_sft
@@ -141,7 +165,7 @@ def chat(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"zero": zero, "eval": evaluate, "coldstart": coldstart, "sft": sft, "serve": serve, "chat": chat}
+COMMANDS = {"zero": zero, "eval": evaluate, "coldstart": coldstart, "sample": sample, "distill": distill, "sft": sft, "serve": serve, "chat": chat}
 
 
 if __name__ == "__main__":

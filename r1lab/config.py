@@ -136,6 +136,66 @@ class ColdstartConfig:
 
 
 @dataclass
+class SampleConfig:
+    """``r1lab sample``: rejection sampling (R1 stage 3): n samples per prompt, keep verified, filtered ones."""
+
+    model: str = "smollm2-135m"
+    task: str = "arithmetic"
+    task_args: dict = field(default_factory=lambda: {"digits": 1, "operands": 2, "operators": "+-*",
+                                                     "n_train": 200, "n_test": 100})
+    limit: int = 0  # the first N training prompts; 0 = all
+    n: int = 4  # samples per prompt
+    keep: int = 1  # at most this many correct samples per prompt
+    template: str = "native-zero"
+    prefill: str | None = None
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: int = 1024
+    stop: list = field(default_factory=lambda: ["</answer>"])
+    # filters (each can be switched off)
+    language: str = "en"
+    min_language_share: float = 0.95  # 0 = off
+    max_paragraph_chars: int = 1500  # 0 = off
+    drop_code_blocks: bool = True
+    drop_truncated: bool = True
+    near_duplicate: float = 0.9  # Jaccard of word 5-grams at or above this is a duplicate; 1.0 = exact only
+    decontaminate: list = field(default_factory=list)  # benchmark names, e.g. [gsm8k, math500]; 8-gram overlap
+    # non-reasoning data, answered with an empty think block
+    non_reasoning: str | None = None  # JSONL of {prompt, response}
+    non_reasoning_share: float = 0.0  # share of the output that is non-reasoning (R1: 200k of 800k = 0.25)
+    problems_per_batch: int = 0  # 0 = 64 // n; also the unit a resumed run redoes
+    out: str = "runs/sample"
+    seed: int = 0
+    threads: int = 0
+
+
+@dataclass
+class DistillConfig:
+    """``r1lab distill``: traces from a teacher (an OpenAI-compatible endpoint or a local model), verified and
+    filtered like ``r1lab sample``, then optionally SFT of a student on them."""
+
+    teacher: str = "smollm2-135m"  # a local model, or the model name at --base-url
+    base_url: str | None = None  # e.g. https://api.deepseek.com, http://127.0.0.1:8000/v1 (r1lab serve)
+    api_key_env: str = "OPENAI_API_KEY"  # the environment variable that holds the key for base_url
+    task: str = "arithmetic"
+    task_args: dict = field(default_factory=lambda: {"digits": 1, "operands": 2, "operators": "+-*",
+                                                     "n_train": 200, "n_test": 100})
+    limit: int = 0  # the first N training prompts; 0 = all
+    template: str = "native"  # for a local teacher
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_tokens: int = 2048
+    concurrency: int = 8  # requests in flight at once
+    max_retries: int = 5  # per prompt, on 429, 5xx and connection errors, with exponential backoff
+    backoff: float = 1.0  # seconds before the first retry; doubles each time
+    keep_wrong: bool = False  # keep traces the task's verifier rejects
+    student: str | None = None  # if set, SFT this model on the kept traces afterwards
+    out: str = "runs/distill"
+    seed: int = 0
+    threads: int = 0
+
+
+@dataclass
 class ServeConfig:
     """``r1lab serve MODEL``: an OpenAI-compatible chat server with reasoning_content, and a chat page at /."""
 
@@ -164,7 +224,7 @@ class ChatConfig:
     threads: int = 0
 
 
-COMMANDS = {"zero": ZeroConfig, "eval": EvalConfig, "sft": SftConfig, "coldstart": ColdstartConfig,
+COMMANDS = {"zero": ZeroConfig, "eval": EvalConfig, "sft": SftConfig, "coldstart": ColdstartConfig, "sample": SampleConfig, "distill": DistillConfig,
             "serve": ServeConfig, "chat": ChatConfig}
 
 

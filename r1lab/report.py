@@ -31,11 +31,7 @@ def plot_curves(path: Path, steps: list, series: dict[str, list], title: str, yl
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_runs(path: Path, runs: dict[str, list[dict]], keys: tuple[str, ...], smooth: int = 5) -> Path:
@@ -53,6 +49,10 @@ def plot_runs(path: Path, runs: dict[str, list[dict]], keys: tuple[str, ...], sm
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from r1lab.evaluate.runner import _folder_name  # noqa: E402
+from r1lab.report import save_figure  # noqa: E402
 
 
 def write_eval_report(out: Path, summary: dict) -> Path:
@@ -77,10 +78,7 @@ def plot_accuracy_vs_k(path: Path, name: str, result: dict) -> Path:
     ax.set_title(f"{name}: accuracy vs k (n = {result['n_problems']})")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_lengths(path: Path, name: str, records: list[dict]) -> Path:
@@ -95,10 +93,7 @@ def plot_lengths(path: Path, name: str, records: list[dict]) -> Path:
     ax.set_ylabel("samples")
     ax.set_title(f"{name}: response length, correct vs wrong")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _records(path: Path) -> list[dict]:

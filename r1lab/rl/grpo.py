@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from r1lab.chat import render
 from r1lab.config import ZeroConfig, save_config
 from r1lab.engine import SamplingParams, TorchEngine
+from r1lab.engine.onednn import onednn_linears
 from r1lab.evaluate.runner import sample_problems, summarize_records
 from r1lab.models import is_complete_checkpoint, load_model, no_adapter, save_checkpoint
 from r1lab.rewards import get_reward, score
@@ -77,7 +78,8 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
         groups = sample_groups(engine, task, train_set, rewards, cfg, step)
         t_gen = time.perf_counter() - t0
         set_advantages(groups, cfg.advantage)
-        stats = update_policy(model, reference, optimizer, groups, cfg, tokenizer.pad_token_id)
+        with onednn_linears(model):  # CPU fp32: oneDNN's products, 2x MKL's on AMD (r1lab.engine.onednn)
+            stats = update_policy(model, reference, optimizer, groups, cfg, tokenizer.pad_token_id)
         scheduler.step()
 
         metrics = step_metrics(step + 1, groups, stats, t_gen, time.perf_counter() - t0, cfg)

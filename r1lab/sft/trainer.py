@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from r1lab.config import SftConfig, save_config
+from r1lab.engine.onednn import onednn_linears
 from r1lab.models import load_model, save_checkpoint
 from r1lab.rl.grpo import LR_SCHEDULES, lr_factor
 from r1lab.rl.packing import pack_samples, token_logprobs
@@ -68,7 +69,8 @@ def train_sft(cfg: SftConfig, progress: bool = True) -> dict:
     for epoch, steps in enumerate(epochs):
         for rows in steps:
             t0 = time.perf_counter()
-            loss, tokens = sft_step(model, optimizer, rows, tokenizer.pad_token_id, cfg.max_grad_norm)
+            with onednn_linears(model):  # CPU fp32: oneDNN's products (r1lab.engine.onednn)
+                loss, tokens = sft_step(model, optimizer, rows, tokenizer.pad_token_id, cfg.max_grad_norm)
             scheduler.step()
             step += 1
             record = {"step": step, "epoch": epoch + 1, "loss": loss, "tokens": tokens, "lr": scheduler.get_last_lr()[0],
@@ -154,11 +156,12 @@ def eval_loss(model, samples, pad_id: int, row_tokens: int) -> float:
     model.eval()
     bins = first_fit([len(p) + len(r) for p, r in samples], row_tokens)
     total, count = 0.0, 0
-    for start in range(0, len(bins), 4):
-        rows = [[samples[i] for i in b] for b in bins[start:start + 4]]
-        logp = token_logprobs(model, pack_samples(rows, pad_id))
-        total += -logp.sum().item()
-        count += logp.numel()
+    with onednn_linears(model):
+        for start in range(0, len(bins), 4):
+            rows = [[samples[i] for i in b] for b in bins[start:start + 4]]
+            logp = token_logprobs(model, pack_samples(rows, pad_id))
+            total += -logp.sum().item()
+            count += logp.numel()
     return total / count
 
 

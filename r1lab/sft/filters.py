@@ -1,0 +1,122 @@
+"""Filters for rejection-sampled reasoning (R1 stage 3): each is a plain function of one sample that returns
+None to keep it or a short reason to drop it, so a report can count the drops per filter.
+
+R1 "filtered out chain-of-thought with mixed languages, long paragraphs, and code blocks". Here:
+
+- ``language``: the share of the reasoning's words in the target language's script
+  (:func:`r1lab.rewards.language.language_consistency`) is below a threshold;
+- ``long_paragraph``: a paragraph of the reasoning (text between blank lines) is longer than a limit;
+- ``code_block``: the reasoning holds a fenced code block;
+- ``truncated``: the reply hit the length limit.
+
+Duplicates and contamination need the other samples, so they are classes: :class:`Deduplicator` drops exact
+repeats (after normalising whitespace and case) and near repeats (Jaccard similarity of word 5-gram sets at or
+above a threshold) among one prompt's kept replies; :class:`Decontaminator` drops prompts sharing a word
+8-gram with any evaluation prompt (open-r1's rule).
+"""
+
+from __future__ import annotations
+
+import re
+
+from r1lab.chat import split_reasoning
+from r1lab.rewards.language import language_consistency
+
+_WORD = re.compile(r"\w+")
+
+
+def language_mixed(completion: str, language: str = "en", threshold: float = 0.95) -> str | None:
+    """Drop reasoning whose share of words in ``language`` is below ``threshold``.
+
+    >>> language_mixed("<think>Add 2 and 3 to get 5.</think>5"), language_mixed("<think>先加 2 and 3</think>5")
+    (None, 'language: 33% of the reasoning in en')
+    """
+    share = language_consistency(completion, language=language)
+    if share is not None and share < threshold:
+        return f"language: {share:.0%} of the reasoning in {language}"
+    return None
+
+
+def long_paragraph(completion: str, max_chars: int = 1500) -> str | None:
+    """Drop reasoning with a paragraph longer than ``max_chars``.
+
+    >>> long_paragraph("<think>short\\n\\nalso short</think>ok"), long_paragraph("<think>" + "x" * 20 + "</think>", 10)
+    (None, 'long_paragraph: 20 characters')
+    """
+    reasoning, _ = split_reasoning(completion)
+    longest = max((len(p.strip()) for p in re.split(r"\n\s*\n", reasoning)), default=0)
+    return f"long_paragraph: {longest} characters" if longest > max_chars else None
+
+
+def code_block(completion: str) -> str | None:
+    """Drop reasoning that holds a fenced code block (code in the answer is fine).
+
+    >>> code_block("<think>```python\\nprint(1)\\n```</think>1"), code_block("<think>no code</think>```x```")
+    ('code_block', None)
+    """
+    reasoning, _ = split_reasoning(completion)
+    return "code_block" if "```" in reasoning else None
+
+
+def truncated(finish_reason: str) -> str | None:
+    return "truncated" if finish_reason == "length" else None
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def shingles(text: str, n: int) -> set[tuple[str, ...]]:
+    words = _WORD.findall(text.lower())
+    return {tuple(words[i:i + n]) for i in range(max(1, len(words) - n + 1))} if words else set()
+
+
+class Deduplicator:
+    """Exact and near duplicates among the replies kept for one prompt (call :meth:`reset` between prompts)."""
+
+    def __init__(self, near_threshold: float = 0.9, n: int = 5):
+        self.near_threshold, self.n = near_threshold, n
+        self.reset()
+
+    def reset(self) -> None:
+        self._exact: set[str] = set()
+        self._shingles: list[set] = []
+
+    def check(self, text: str) -> str | None:
+        """None (and remember ``text``) if new; else why it is a duplicate.
+
+        >>> d = Deduplicator()
+        >>> d.check("The sum of 2 and 3 is 5, so the answer is 5."), d.check("the sum of 2 and 3  is 5, so the answer is 5.")
+        (None, 'duplicate: exact')
+        """
+        key = _normalise(text)
+        if key in self._exact:
+            return "duplicate: exact"
+        grams = shingles(text, self.n)
+        for seen in self._shingles:
+            union = len(grams | seen)
+            if union and len(grams & seen) / union >= self.near_threshold:
+                return "duplicate: near"
+        self._exact.add(key)
+        self._shingles.append(grams)
+        return None
+
+
+class Decontaminator:
+    """Drops training prompts that share a word n-gram (8 by default) with any evaluation prompt."""
+
+    def __init__(self, eval_prompts: list[str], n: int = 8):
+        self.n = n
+        self._grams = set().union(*(shingles(p, n) for p in eval_prompts)) if eval_prompts else set()
+        self._grams = {g for g in self._grams if len(g) == n}  # prompts shorter than n words cannot match
+
+    def check(self, prompt: str) -> str | None:
+        """None if ``prompt`` shares no n-gram with the evaluation prompts, else why it is dropped.
+
+        >>> d = Decontaminator(["Janet's ducks lay 16 eggs per day and she eats three"])
+        >>> d.check("Q: Janet's ducks lay 16 eggs per day and she eats three. Left?"), d.check("Ducks lay eggs.")
+        ('contaminated: shares an 8-gram with the evaluation set', None)
+        """
+        if any(g in self._grams for g in shingles(prompt, self.n)):
+            return f"contaminated: shares an {self.n}-gram with the evaluation set"
+        return None

@@ -1,0 +1,184 @@
+"""``r1lab sample``: rejection sampling from a checkpoint, R1's stage 3 data (paper section 2.3.3).
+
+For each training prompt of a Task: ``n`` samples through the engine, each verified by the Task (the same
+verifier as the RL reward and the benchmark score). Then, per prompt, in sample order, a sample is kept when
+it is correct and passes every filter (:mod:`r1lab.sft.filters`: language mixing, long paragraphs, code
+blocks in the reasoning, truncation, exact and near duplicates), up to ``keep`` per prompt. Prompts that share
+an 8-gram with the named evaluation sets are dropped first. Non-reasoning data (``{prompt, response}`` JSONL)
+is mixed in at ``non_reasoning_share`` of the output, answered with an empty think block as R1 does for simple
+queries.
+
+Outputs in ``OUT/``: ``sft.jsonl`` (ready for ``r1lab sft --data``; each row records where it came from: model,
+sampling settings, problem, sample index, verdict), ``report.md`` and ``summary.json`` with the count each filter
+dropped, and ``samples/`` (every sample with its verdict). Sampling is resumable exactly like ``r1lab eval``
+(fixed seeded batches, each written in one synced append): rerun the same command after an interruption.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections import Counter
+from pathlib import Path
+
+from r1lab.sft import filters
+
+
+def run_sample(cfg, progress: bool = True) -> dict:
+    import torch
+
+    from r1lab.config import save_config
+    from r1lab.engine import SamplingParams, TorchEngine
+    from r1lab.evaluate.runner import run_benchmark
+    from r1lab.models import load_model
+    from r1lab.tasks import get_task
+
+    check_config(cfg)
+    task = get_task(cfg.task, **cfg.task_args)
+    examples = [{"id": str(i), **e} for i, e in enumerate(task.examples("train")[:cfg.limit or None])]
+    decontaminator = filters.Decontaminator(_eval_prompts(cfg.decontaminate)) if cfg.decontaminate else None
+    non_reasoning = _read_non_reasoning(cfg.non_reasoning) if cfg.non_reasoning else []
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+
+    counts: Counter = Counter()
+    clean = []
+    for example in examples:
+        reason = decontaminator.check(example["prompt"]) if decontaminator else None
+        if reason:
+            counts["contaminated prompts"] += 1
+        else:
+            clean.append(example)
+    model, tokenizer = load_model(cfg.model)
+    engine = TorchEngine(model, tokenizer)
+    params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                            stop=cfg.stop, include_stop_str_in_output=True)
+    settings = {"model": cfg.model, "template": cfg.template, "prefill": cfg.prefill, "k": cfg.n,
+                "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": 0, "max_new_tokens": cfg.max_new_tokens,
+                "seed": cfg.seed, "problems_per_batch": cfg.problems_per_batch or max(1, 64 // cfg.n),
+                "source": f"task {cfg.task} {cfg.task_args}"}
+    context = getattr(model.config, "max_position_embeddings", None) or 1 << 30
+    problems, seconds = run_benchmark(engine, task, clean, params, cfg, out / "samples", settings, context, progress)
+
+    kept = select(problems, clean, task, cfg, counts)
+    rows = [{"prompt": _question(ex, task), "response": r["completion"],
+             "source": {"kind": "rejection_sampling", "model": cfg.model, "task": cfg.task, "problem": ex["id"],
+                        "sample": r["sample"], "verdict": r["correct"], "temperature": cfg.temperature,
+                        "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "template": cfg.template}}
+            for ex, r in kept]
+    extra = _mix_non_reasoning(non_reasoning, len(rows), cfg.non_reasoning_share, cfg.seed)
+    rows += extra
+    random.Random(cfg.seed).shuffle(rows)
+    tmp = out / "sft.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, out / "sft.jsonl")
+    summary = {"prompts": len(examples), "sampled_prompts": len(clean), "samples": sum(len(p) for p in problems),
+               "correct": sum(bool(r["correct"]) for p in problems for r in p), "kept_reasoning": len(kept),
+               "prompts_with_a_kept_sample": len({ex["id"] for ex, _ in kept}), "non_reasoning": len(extra),
+               "dropped": dict(counts), "seconds": seconds, "path": str(out / "sft.jsonl")}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    _report(out, summary, cfg)
+    return summary
+
+
+def select(problems: list[list[dict]], examples: list[dict], task, cfg, counts: Counter) -> list[tuple[dict, dict]]:
+    """The kept ``(example, sample)`` pairs: correct, through every filter, at most ``cfg.keep`` per prompt;
+    ``counts`` gets one count per dropped sample under the first reason that dropped it."""
+    dedupe = filters.Deduplicator(near_threshold=cfg.near_duplicate)
+    kept = []
+    for example, samples in zip(examples, problems):
+        dedupe.reset()
+        taken = 0
+        for r in samples:
+            reason = _drop_reason(r, cfg, dedupe)
+            if reason is None and taken >= cfg.keep:
+                reason = f"over keep={cfg.keep} per prompt"
+            if reason is not None:
+                counts[reason.split(":")[0]] += 1
+                continue
+            kept.append((example, r))
+            taken += 1
+    return kept
+
+
+def _drop_reason(r: dict, cfg, dedupe: filters.Deduplicator) -> str | None:
+    if not r["correct"]:
+        return "wrong"
+    checks = [
+        lambda: filters.truncated(r["finish_reason"]) if cfg.drop_truncated else None,
+        lambda: filters.language_mixed(r["completion"], cfg.language, cfg.min_language_share)
+        if cfg.min_language_share > 0 else None,
+        lambda: filters.long_paragraph(r["completion"], cfg.max_paragraph_chars) if cfg.max_paragraph_chars else None,
+        lambda: filters.code_block(r["completion"]) if cfg.drop_code_blocks else None,
+        lambda: dedupe.check(r["completion"]),  # last: only a sample that passed the rest is remembered
+    ]
+    for check in checks:
+        reason = check()
+        if reason:
+            return reason
+    return None
+
+
+def check_config(cfg) -> None:
+    from r1lab.chat import TEMPLATES
+
+    if cfg.template not in TEMPLATES:
+        raise ValueError(f"template {cfg.template!r} is unknown; choose one of {', '.join(TEMPLATES)}")
+    if cfg.n < 1 or cfg.keep < 1 or cfg.max_new_tokens < 1:
+        raise ValueError("n, keep and max_new_tokens must be at least 1")
+    if not 0 <= cfg.non_reasoning_share < 1:
+        raise ValueError(f"non_reasoning_share must be in [0, 1), got {cfg.non_reasoning_share}")
+    if cfg.non_reasoning_share and not cfg.non_reasoning:
+        raise ValueError("non_reasoning_share needs --non-reasoning FILE.jsonl of {prompt, response} rows")
+    if not 0 < cfg.near_duplicate <= 1:
+        raise ValueError(f"near_duplicate must be in (0, 1], got {cfg.near_duplicate}")
+
+
+def _question(example: dict, task) -> str:
+    return f"{example['prompt']}\n{task.instruction}" if task.instruction else example["prompt"]
+
+
+def _eval_prompts(names: list[str]) -> list[str]:
+    from r1lab.evaluate.benchmarks import load_benchmark
+
+    return [e["prompt"] for name in names for e in load_benchmark(name).examples("test")]
+
+
+def _read_non_reasoning(path: str) -> list[dict]:
+    from r1lab.tasks.dataset import read_jsonl
+
+    rows = []
+    for n, row in read_jsonl(Path(path)):
+        if not isinstance(row.get("prompt"), str) or not isinstance(row.get("response"), str):
+            raise ValueError(f"{path}:{n}: a non-reasoning row needs string 'prompt' and 'response' fields")
+        rows.append(row)
+    return rows
+
+
+def _mix_non_reasoning(rows: list[dict], n_reasoning: int, share: float, seed: int) -> list[dict]:
+    """``share`` of the final set from ``rows`` (as many as there are, at most), each answered without a chain
+    of thought: an empty think block, then the answer.
+
+    >>> [r["response"] for r in _mix_non_reasoning([{"prompt": "hi", "response": "Hello!"}], 3, 0.25, 0)]
+    ['<think>\\n\\n</think>\\n\\nHello!']
+    """
+    want = min(len(rows), round(share / (1 - share) * n_reasoning)) if share else 0
+    picked = random.Random(seed).sample(rows, want)
+    return [{"prompt": r["prompt"], "response": f"<think>\n\n</think>\n\n{r['response'].strip()}",
+             "source": {"kind": "non_reasoning"}} for r in picked]
+
+
+def _report(out: Path, summary: dict, cfg) -> None:
+    lines = [f"# Rejection sampling from `{cfg.model}` on task `{cfg.task}`", "",
+             f"{summary['sampled_prompts']} of {summary['prompts']} prompts sampled, {cfg.n} samples each "
+             f"(temperature {cfg.temperature}, top-p {cfg.top_p}, at most {cfg.max_new_tokens} tokens): "
+             f"{summary['samples']} samples, {summary['correct']} correct.", "",
+             f"Kept {summary['kept_reasoning']} reasoning samples from {summary['prompts_with_a_kept_sample']} "
+             f"prompts (at most {cfg.keep} each), plus {summary['non_reasoning']} non-reasoning samples.", "",
+             "| dropped because | count |", "|---|---:|"]
+    lines += [f"| {reason} | {count} |" for reason, count in sorted(summary["dropped"].items(), key=lambda x: -x[1])]
+    lines += ["", f"Output: `{summary['path']}`"]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
