@@ -127,10 +127,20 @@ class SftConfig:
 class ColdstartConfig:
     """``r1lab coldstart``: write a cold-start SFT set (reasoning in the think block, then the answer) for a task."""
 
+    source: str = "traces"  # traces (the task writes them) | model (few-shot sampling) | jsonl (your file)
     task: str = "arithmetic"
     task_args: dict = field(default_factory=lambda: {"digits": 1, "operands": 2, "operators": "+-*",
                                                      "n_train": 200, "n_test": 100})
     examples: int = 200  # how many training examples get a trace
+    model: str = "smollm2-135m"  # source=model: the model prompted with long chain-of-thought examples
+    shots: int = 3  # source=model: worked examples in the prompt
+    n: int = 4  # source=model: samples per prompt (the first verified, readable one is kept)
+    max_new_tokens: int = 512
+    temperature: float = 0.7
+    data: str | None = None  # source=jsonl: {messages} | {prompt, response} | {prompt, reasoning, answer}
+    max_paragraph_chars: int = 1500  # readability filters for source=model and source=jsonl
+    min_language_share: float = 0.95
+    language: str = "en"
     out: str = "runs/coldstart.jsonl"
     seed: int = 0
 

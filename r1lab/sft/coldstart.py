@@ -1,13 +1,18 @@
-"""``r1lab coldstart``: a cold-start SFT set written by a procedural task itself.
+"""``r1lab coldstart``: a cold-start SFT set (readable reasoning in the think block, then the answer).
 
-R1 fixes R1-Zero's unreadable, format-less start with a few thousand readable chains of thought before RL.
-For a procedural task the chain can be written exactly: :func:`arithmetic_trace` works an expression out
-step by step (products first, then sums left to right), checks the result, and gives the answer in the format
-the RL stage rewards: ``<think>\\nSTEPS\\n</think>\\n<answer>ANSWER</answer>``. Every trace is verified by the
-task's own verifier before it is written.
+R1 fixes R1-Zero's unreadable, format-less start with a few thousand readable chains of thought before RL,
+collected three ways, which are the three ``source`` settings here:
 
-Left out (for now): traces for countdown, and cold-start data sampled from a model prompted with long
-chain-of-thought examples; your own JSONL goes straight to ``r1lab sft --data``.
+- ``traces``: a procedural task writes its own. :func:`arithmetic_trace` works an expression out step by step
+  (products first, then sums left to right), checks the result, and answers in the format the RL stage
+  rewards: ``<think>\\nSTEPS\\n</think>\\n<answer>ANSWER</answer>``.
+- ``model``: a model is prompted with ``shots`` such worked examples and asked the task's questions; of its
+  ``n`` samples per question the first that the task verifies, that has the think/answer format and that passes
+  the readability filters (:mod:`r1lab.sft.filters`) is kept, with the plain question (no examples) as prompt.
+- ``jsonl``: your file, kept where the reply has a think block and passes the readability filters.
+
+Every kept sample is verified (sources ``traces`` and ``model``) and the file is written atomically.
+Left out: traces for countdown.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 from r1lab.tasks import get_task
@@ -75,24 +81,105 @@ TRACES = {"arithmetic": arithmetic_trace}
 
 
 def write_coldstart(cfg, progress: bool = True) -> dict:
-    """Trace ``cfg.examples`` training examples of the task, verify each, write JSONL (atomically)."""
-    if cfg.task not in TRACES:
-        raise ValueError(f"r1lab coldstart can write traces for {', '.join(TRACES)}; for task {cfg.task!r} bring "
-                         "your own JSONL to r1lab sft --data")
-    task = get_task(cfg.task, **cfg.task_args)
-    examples = task.examples("train")[:cfg.examples]
-    rows, rejected = [], 0
-    for example in examples:
-        reasoning, answer = TRACES[cfg.task](example["prompt"])
-        response = f"<think>\n{reasoning}\n</think>\n<answer>{answer}</answer>"
-        if task.verify(response, **example) != 1.0:
-            rejected += 1
-            continue
-        prompt = f"{example['prompt']}\n{task.instruction}" if task.instruction else example["prompt"]
-        rows.append({"prompt": prompt, "response": response, "source": f"coldstart:{cfg.task}"})
+    """Build the set from ``cfg.source``; returns counts and the path."""
+    sources = {"traces": _from_traces, "model": _from_model, "jsonl": _from_jsonl}
+    if cfg.source not in sources:
+        raise ValueError(f"source {cfg.source!r} is unknown; choose one of {', '.join(sources)}")
+    rows, dropped = sources[cfg.source](cfg, progress)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     os.replace(tmp, out)
-    return {"written": len(rows), "rejected": rejected, "path": str(out)}
+    return {"written": len(rows), "rejected": sum(dropped.values()), "dropped": dict(dropped), "path": str(out)}
+
+
+def _trace_task(cfg):
+    if cfg.task not in TRACES:
+        raise ValueError(f"r1lab coldstart can write traces for {', '.join(TRACES)}; for task {cfg.task!r} use "
+                         "--source model or --source jsonl")
+    return get_task(cfg.task, **cfg.task_args)
+
+
+def _question(example: dict, task) -> str:
+    return f"{example['prompt']}\n{task.instruction}" if task.instruction else example["prompt"]
+
+
+def _traced(example: dict, task_name: str) -> str:
+    reasoning, answer = TRACES[task_name](example["prompt"])
+    return f"<think>\n{reasoning}\n</think>\n<answer>{answer}</answer>"
+
+
+def _from_traces(cfg, progress: bool):
+    task = _trace_task(cfg)
+    rows, dropped = [], Counter()
+    for example in task.examples("train")[:cfg.examples]:
+        response = _traced(example, cfg.task)
+        if task.verify(response, **example) != 1.0:
+            dropped["wrong"] += 1
+            continue
+        rows.append({"prompt": _question(example, task), "response": response, "source": f"coldstart:{cfg.task}"})
+    return rows, dropped
+
+
+def _readable(response: str, cfg) -> str | None:
+    """Why ``response`` is not a readable R1-format reply, or None."""
+    from r1lab.sft import filters
+
+    if "</think>" not in response or not response.split("</think>", 1)[1].strip():
+        return "no think block and answer"
+    return (filters.language_mixed(response, cfg.language, cfg.min_language_share)
+            or filters.long_paragraph(response, cfg.max_paragraph_chars) or filters.code_block(response))
+
+
+def _from_model(cfg, progress: bool):
+    """Few-shot sampling: the shots are traces of other training examples; kept replies are verified and
+    readable, and are stored against the plain question."""
+    from r1lab.engine import SamplingParams, TorchEngine
+    from r1lab.models import load_model
+    from r1lab.rewards.format import format as format_reward
+    from r1lab.rl.grpo import generate_groups
+
+    task = _trace_task(cfg)
+    train = task.examples("train")
+    shots, examples = train[:cfg.shots], train[cfg.shots:cfg.shots + cfg.examples]
+    header = "Here are worked examples. Think step by step inside <think> </think>, then give the answer " \
+             "inside <answer> </answer>.\n\n" + "\n\n".join(
+                 f"Question: {s['prompt']}\nReply: {_traced(s, cfg.task)}" for s in shots)
+    model, tokenizer = load_model(cfg.model)
+    engine = TorchEngine(model, tokenizer)
+    params = SamplingParams(n=cfg.n, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                            stop=["</answer>"], include_stop_str_in_output=True, seed=cfg.seed)
+    prompted = [dict(e, prompt=f"{header}\n\nQuestion: {e['prompt']}\nReply:") for e in examples]
+    rows, dropped = [], Counter()
+    for start in range(0, len(prompted), 8):
+        groups = generate_groups(engine, prompted[start:start + 8], "native", None, params, task)
+        for example, group in zip(examples[start:start + 8], groups):
+            reasons = []
+            for response in group.responses:
+                reason = ("wrong" if task.verify(response, **example) != 1.0 else
+                          "format" if format_reward(response) != 1.0 else _readable(response, cfg))
+                if reason is None:
+                    rows.append({"prompt": _question(example, task), "response": response.strip(),
+                                 "source": f"coldstart-model:{cfg.model}"})
+                    break
+                reasons.append(reason.split(":")[0])
+            else:
+                dropped[Counter(reasons).most_common(1)[0][0]] += 1
+    return rows, dropped
+
+
+def _from_jsonl(cfg, progress: bool):
+    from r1lab.sft.data import load_sft_data
+
+    if not cfg.data:
+        raise ValueError("source=jsonl needs --data FILE.jsonl")
+    rows, dropped = [], Counter()
+    for messages in load_sft_data(cfg.data):
+        reply = messages[-1]["content"]
+        reason = _readable(reply, cfg)
+        if reason:
+            dropped[reason.split(":")[0]] += 1
+        else:
+            rows.append({"messages": messages, "source": f"coldstart-jsonl:{cfg.data}"})
+    return rows, dropped

@@ -87,3 +87,40 @@ def test_sft_end_to_end_lowers_the_held_out_loss(tmp_path):
         assert (tmp_path / "run" / name).is_file()
     with pytest.raises(ValueError, match="already holds"):
         train_sft(cfg, progress=False)
+
+
+def test_coldstart_from_your_jsonl_keeps_readable_r1_replies(tmp_path):
+    data = tmp_path / "mine.jsonl"
+    rows = [{"prompt": "2+2?", "reasoning": "Two and two make four.", "answer": "4"},
+            {"prompt": "3+3?", "response": "6"},  # no think block
+            {"prompt": "4+4?", "reasoning": "```python\nprint(4 + 4)\n```", "answer": "8"},  # code in the reasoning
+            {"prompt": "5+5?", "reasoning": "五 加 五 等于 十", "answer": "10"}]  # not in the target language
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    result = write_coldstart(ColdstartConfig(source="jsonl", data=str(data), out=str(tmp_path / "cs.jsonl")))
+    assert result["written"] == 1
+    assert result["dropped"] == {"no think block and answer": 1, "code_block": 1, "language": 1}
+
+
+def test_coldstart_from_a_model_verifies_what_it_samples(tmp_path):
+    tok = make_tokenizer()
+    model = str(save_checkpoint(make_model(tok), tok, tmp_path / "tiny"))
+    result = write_coldstart(ColdstartConfig(source="model", model=model, examples=4, n=2, max_new_tokens=8,
+                                             out=str(tmp_path / "cs.jsonl")))
+    assert result["written"] + result["rejected"] == 4  # a random model's samples are all rejected, and counted
+    assert result["dropped"].get("wrong", 0) == result["rejected"]
+
+
+def test_sft_with_lora_saves_a_merged_checkpoint(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    tok = make_tokenizer()
+    model_path = save_checkpoint(make_model(tok), tok, tmp_path / "tiny")
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{i}?", "response": f"{i}!"}) + "\n" for i in range(12)))
+    cfg = SftConfig(model=str(model_path), data=str(data), template="native", epochs=1, lr=1e-2, lora_r=4,
+                    warmup_steps=0, tokens_per_step=100, eval_size=2, out=str(tmp_path / "run"), threads=1)
+    summary = train_sft(cfg, progress=False)
+    merged = AutoModelForCausalLM.from_pretrained(summary["checkpoint"])
+    base = AutoModelForCausalLM.from_pretrained(model_path)
+    changed = [n for n, p in merged.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
+    assert changed and not any("lora" in n for n in merged.state_dict())
