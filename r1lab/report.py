@@ -46,7 +46,9 @@ def plot_runs(path: Path, runs: dict[str, list[dict]], keys: tuple[str, ...], sm
             ax.plot(steps, running_mean(values, smooth), color=f"C{i}", linewidth=2, label=label)
         ax.set_title(key.replace("_", " "))
         ax.set_xlabel("training step")
-        ax.set_ylim(-0.02, 1.02)
+        seen = [h.get(key, math.nan) for history in runs.values() for h in history]
+        if all(0 <= v <= 1 for v in seen if not math.isnan(v)):  # rates share one 0-1 scale
+            ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend()
     return save_figure(fig, path)

@@ -72,6 +72,7 @@ class ReasoningSplitter:
         self.state = "reasoning" if thinking else "start"
         self.buffer = ""
         self.content_started = False
+        self.reasoning_started = False
 
     def feed(self, text: str) -> tuple[str, str]:
         self.buffer += text
@@ -87,6 +88,11 @@ class ReasoningSplitter:
                     self.state = "content"
                 continue
             if self.state == "reasoning":
+                if not self.reasoning_started:  # drop the newline(s) after <think>
+                    self.buffer = self.buffer.lstrip()
+                    if not self.buffer:
+                        return reasoning, content
+                    self.reasoning_started = True
                 index = self.buffer.find(CLOSE)
                 if index >= 0:
                     reasoning += self.buffer[:index]

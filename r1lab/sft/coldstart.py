@@ -12,7 +12,7 @@ collected three ways, which are the three ``source`` settings here:
 - ``jsonl``: your file, kept where the reply has a think block and passes the readability filters.
 
 Every kept sample is verified (sources ``traces`` and ``model``) and the file is written atomically.
-Left out: traces for countdown.
+Procedural traces exist for ``arithmetic`` and ``countdown`` (from the solution the problem was drawn with).
 """
 
 from __future__ import annotations
@@ -77,7 +77,50 @@ def _show(numbers: list[int], ops: list[str]) -> str:
     return " ".join(out)
 
 
-TRACES = {"arithmetic": arithmetic_trace}
+def countdown_trace(numbers: list[int], target: int, solution: str) -> tuple[str, str]:
+    """``(reasoning, answer)`` for a countdown problem, from the solution the task drew it with: the steps are
+    the expression's operations, innermost first (the expression is parsed, never evaluated as code).
+
+    >>> reasoning, answer = countdown_trace([15, 20, 12], 60, "12 * (20 - 15)")
+    >>> print(reasoning)
+    We have 15, 20, 12 and need 60, using each number once.
+    20 - 15 = 5.
+    12 * 5 = 60.
+    That is the target, and 15, 20 and 12 are each used once.
+    >>> answer
+    '12 * (20 - 15)'
+    """
+    import ast
+    from fractions import Fraction
+
+    symbols = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+    lines = [f"We have {', '.join(map(str, numbers))} and need {target}, using each number once."]
+
+    def walk(node) -> Fraction:
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return Fraction(node.value)
+        if isinstance(node, ast.BinOp) and type(node.op) in symbols:
+            a, b = walk(node.left), walk(node.right)
+            op = symbols[type(node.op)]
+            value = a + b if op == "+" else a - b if op == "-" else a * b if op == "*" else a / b
+            lines.append(f"{_num(a)} {op} {_num(b)} = {_num(value)}.")
+            return value
+        raise ValueError(f"not a countdown expression: {solution!r}")
+
+    result = walk(ast.parse(solution, mode="eval").body)
+    if result != target:
+        raise ValueError(f"{solution!r} gives {_num(result)}, not {target}")
+    used = [str(n) for n in numbers]
+    lines.append(f"That is the target, and {', '.join(used[:-1])} and {used[-1]} are each used once.")
+    return "\n".join(lines), solution
+
+
+def _num(value) -> str:
+    return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+
+
+TRACES = {"arithmetic": lambda example: arithmetic_trace(example["prompt"]),
+          "countdown": lambda example: countdown_trace(example["numbers"], example["target"], example["answer"])}
 
 
 def write_coldstart(cfg, progress: bool = True) -> dict:
@@ -106,7 +149,7 @@ def _question(example: dict, task) -> str:
 
 
 def _traced(example: dict, task_name: str) -> str:
-    reasoning, answer = TRACES[task_name](example["prompt"])
+    reasoning, answer = TRACES[task_name](example)
     return f"<think>\n{reasoning}\n</think>\n<answer>{answer}</answer>"
 
 

@@ -124,3 +124,9 @@ def test_sft_with_lora_saves_a_merged_checkpoint(tmp_path):
     base = AutoModelForCausalLM.from_pretrained(model_path)
     changed = [n for n, p in merged.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
     assert changed and not any("lora" in n for n in merged.state_dict())
+
+
+def test_countdown_traces_verify(tmp_path):
+    result = write_coldstart(ColdstartConfig(task="countdown", task_args={"n_train": 60, "n_test": 5}, examples=60,
+                                             out=str(tmp_path / "cd.jsonl")))
+    assert result["written"] == 60 and result["rejected"] == 0
