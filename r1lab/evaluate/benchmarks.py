@@ -186,7 +186,10 @@ def read_rows(path: Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"no such file or folder: {path}")
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ImportError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow") from None
 
         return pq.read_table(path).to_pylist()
     if path.suffix in (".jsonl", ".json"):
