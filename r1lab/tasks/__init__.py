@@ -12,3 +12,5 @@ from r1lab.tasks.dataset import DatasetTask
 
 __all__ = ["Task", "get_task", "TASKS", "seeded_split", "register_task", "ArithmeticTask", "CountdownTask",
            "DatasetTask"]
+
+from r1lab.sandbox import code as _code  # noqa: E402,F401  (registers the code tasks and the code reward)

@@ -1,0 +1,139 @@
+"""Code rewards and code tasks on top of the sandbox.
+
+- :func:`extract_code`: the last fenced block of the reply's final part (```python first, else any fence).
+- ``code`` reward: the share of tests passed, or 1.0 only when all pass (``partial=False``, the default, as
+  R1's "passing test cases"); None when there are no tests or the sandbox itself failed.
+- Tasks: ``code_functions`` (procedural: generated function specs with hidden tests computed in the parent by a
+  reference implementation), and ``code_dataset`` reading MBPP/HumanEval-style JSONL (a function and
+  ``assert f(...) == ...`` lines, parsed in the parent) or CodeContests/LiveCodeBench-style JSONL (stdin/stdout
+  ``tests``).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+from r1lab.rewards.registry import register
+from r1lab.sandbox.judge import CallTest, IOTest, judge_calls, judge_io, parse_assert
+from r1lab.tasks.answers import final_answer_span
+from r1lab.tasks.base import Task, register_task, seeded_split
+
+_FENCE = re.compile(r"```([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
+
+
+def extract_code(completion: str, language: str = "python") -> str | None:
+    """The last fenced block in the reply's final part, preferring blocks tagged ``language``.
+
+    >>> extract_code("<think>```python\\nx = 1\\n```</think>Here:\\n```python\\nprint(2)\\n```\\n```text\\nout\\n```")
+    'print(2)\\n'
+    >>> extract_code("no code"), extract_code("```\\nprint(3)\\n```")
+    (None, 'print(3)\\n')
+    """
+    span = final_answer_span(completion) or completion
+    blocks = _FENCE.findall(span)
+    tagged = [code for lang, code in blocks if lang.lower() in (language, "py", "python3")]
+    untagged = [code for lang, code in blocks if not lang]
+    chosen = tagged or untagged
+    return chosen[-1] if chosen else None
+
+
+@register("code")
+def code_reward(completion: str, tests: list | None = None, func: str | None = None, partial: bool = False,
+                **_) -> float | None:
+    """Run the reply's program on the example's tests in the sandbox (see :mod:`r1lab.sandbox.judge`)."""
+    if not tests:
+        return None
+    program = extract_code(completion)
+    if program is None:
+        return 0.0
+    if func:
+        verdict = judge_calls(program, func, [t if isinstance(t, CallTest) else CallTest(**t) for t in tests])
+    else:
+        verdict = judge_io(program, [t if isinstance(t, IOTest) else IOTest(**t) for t in tests])
+    return verdict.score(partial)
+
+
+# ------------------------------------------------------------------------------------------------ tasks
+_SPECS = [
+    ("sum_even", "takes a list of integers `xs` and returns the sum of its even numbers",
+     lambda rng: [[rng.randint(-20, 20) for _ in range(rng.randint(0, 8))]], lambda xs: sum(x for x in xs if x % 2 == 0)),
+    ("count_vowels", "takes a string `s` and returns how many of its characters are vowels (a, e, i, o, u, "
+     "upper or lower case)", lambda rng: ["".join(rng.choice("abcdeiouXYZ ") for _ in range(rng.randint(0, 12)))],
+     lambda s: sum(c in "aeiouAEIOU" for c in s)),
+    ("second_largest", "takes a list of integers `xs` with at least two distinct values and returns the second "
+     "largest distinct value", lambda rng: [rng.sample(range(-50, 50), rng.randint(2, 7))],
+     lambda xs: sorted(set(xs))[-2]),
+    ("run_lengths", "takes a string `s` and returns a list of [character, count] pairs for its runs of equal "
+     "characters, in order", lambda rng: ["".join(rng.choice("aab") for _ in range(rng.randint(0, 9)))],
+     lambda s: [[c, len(m.group())] for m in re.finditer(r"(.)\1*", s) for c in [m.group()[0]]]),
+    ("is_palindrome", "takes a string `s` and returns True if it reads the same backwards ignoring case, else "
+     "False", lambda rng: [rng.choice(["Abba", "abc", "", "racecaR", "ab"])], lambda s: s.lower() == s.lower()[::-1]),
+]
+
+
+@register_task("code_functions")
+class CodeFunctionsTask(Task):
+    """Write one small function; hidden tests (arguments and the reference's results) stay in the parent."""
+
+    name = "code_functions"
+    instruction = "Write the function in Python inside a ```python code block."
+
+    def __init__(self, n_train: int = 200, n_test: int = 50, tests: int = 6, seed: int = 0):
+        rng = random.Random(seed)
+        examples = []
+        for i in range(n_train + n_test):
+            name, text, draw, reference = _SPECS[i % len(_SPECS)]
+            cases = [draw(rng) for _ in range(tests)]
+            examples.append({"prompt": f"Write a Python function `{name}` that {text}.", "func": name,
+                             "tests": [{"args": c, "expected": reference(*c)} for c in cases], "answer": ""})
+        self._splits = dict(zip(("train", "test"), seeded_split(examples, n_test, seed)))
+
+    def examples(self, split: str) -> list[dict]:
+        return [dict(e) for e in self._splits[split]]
+
+    def verify(self, completion: str, **example) -> float | None:
+        return code_reward(completion, **example)
+
+
+@register_task("code_dataset")
+class CodeDatasetTask(Task):
+    """MBPP/HumanEval-style rows (``text``/``prompt``, ``test_list`` or ``test`` asserts, optional ``entry_point``)
+    or CodeContests/LiveCodeBench-style rows (``question``, ``tests``: [{input, output}])."""
+
+    name = "code_dataset"
+    instruction = "Write your solution in Python inside a ```python code block."
+
+    def __init__(self, path: str, test_size: int | float = 0.2, seed: int = 0):
+        from r1lab.tasks.dataset import read_jsonl
+
+        examples = [self._example(row, f"{path}:{n}") for n, row in read_jsonl(Path(path))]
+        examples = [e for e in examples if e["tests"]]
+        if not examples:
+            raise ValueError(f"{path}: no row has tests r1lab can judge (asserts of the form f(...) == literal, "
+                             "or stdin/stdout tests)")
+        self._splits = dict(zip(("train", "test"), seeded_split(examples, test_size, seed)))
+
+    @staticmethod
+    def _example(row: dict, where: str) -> dict:
+        prompt = row.get("prompt") or row.get("text") or row.get("question")
+        if not isinstance(prompt, str):
+            raise ValueError(f"{where}: no prompt, text or question field")
+        if "tests" in row and row["tests"] and isinstance(row["tests"][0], dict) and "input" in row["tests"][0]:
+            return {"prompt": prompt, "tests": [{"input": t["input"], "output": t["output"]} for t in row["tests"]],
+                    "func": None, "answer": ""}
+        lines = row.get("test_list") or str(row.get("test", "")).splitlines()
+        parsed = [p for p in (parse_assert(line.replace("candidate(", f"{row.get('entry_point', 'candidate')}("))
+                              for line in lines) if p]
+        funcs = {name for name, _ in parsed}
+        if len(funcs) != 1:
+            return {"prompt": prompt, "tests": [], "func": None, "answer": ""}
+        return {"prompt": prompt, "func": funcs.pop(), "answer": "",
+                "tests": [{"args": t.args, "expected": t.expected} for _, t in parsed]}
+
+    def examples(self, split: str) -> list[dict]:
+        return [dict(e) for e in self._splits[split]]
+
+    def verify(self, completion: str, **example) -> float | None:
+        return code_reward(completion, **example)
