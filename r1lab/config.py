@@ -17,6 +17,16 @@ from pathlib import Path
 import yaml
 
 
+#: what ``task_args: None`` means for each task. For arithmetic: 1-digit +, -, *, all 300 such problems, 100 held
+#: out. SmolLM2-135M gets ~31% right at T=0.7 and about half the groups have mixed rewards, so there is signal.
+DEFAULT_TASK_ARGS = {"arithmetic": {"digits": 1, "operands": 2, "operators": "+-*", "n_train": 200, "n_test": 100}}
+
+
+def task_args_for(task: str, task_args: dict | None) -> dict:
+    """The options to build ``task`` with: the given ones, else its defaults here (none for most tasks)."""
+    return dict(task_args) if task_args is not None else dict(DEFAULT_TASK_ARGS.get(task, {}))
+
+
 @dataclass
 class ZeroConfig:
     """``r1lab zero``: GRPO from a model's own samples with rule rewards (R1-Zero)."""
@@ -24,10 +34,7 @@ class ZeroConfig:
     # what to train
     model: str = "smollm2-135m"
     task: str = "arithmetic"
-    # 1-digit +, -, *: all 300 such problems, 100 held out. SmolLM2-135M gets ~31% right at T=0.7 and about
-    # half the groups have mixed rewards, so there is signal; it almost never uses think/answer tags.
-    task_args: dict = field(default_factory=lambda: {"digits": 1, "operands": 2, "operators": "+-*",
-                                                     "n_train": 200, "n_test": 100})
+    task_args: dict | None = None  # None: the task's defaults here (DEFAULT_TASK_ARGS: arithmetic 1-digit +-*)
     template: str = "native-zero"  # r1zero | r1 | native | native-zero (see r1lab.chat)
     prefill: str | None = None  # None: the template's own
     rewards: dict = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.5})
@@ -129,8 +136,7 @@ class ColdstartConfig:
 
     source: str = "traces"  # traces (the task writes them) | model (few-shot sampling) | jsonl (your file)
     task: str = "arithmetic"
-    task_args: dict = field(default_factory=lambda: {"digits": 1, "operands": 2, "operators": "+-*",
-                                                     "n_train": 200, "n_test": 100})
+    task_args: dict | None = None  # None: the task's defaults here (DEFAULT_TASK_ARGS)
     examples: int = 200  # how many training examples get a trace
     model: str = "smollm2-135m"  # source=model: the model prompted with long chain-of-thought examples
     shots: int = 3  # source=model: worked examples in the prompt
@@ -151,8 +157,7 @@ class SampleConfig:
 
     model: str = "smollm2-135m"
     task: str = "arithmetic"
-    task_args: dict = field(default_factory=lambda: {"digits": 1, "operands": 2, "operators": "+-*",
-                                                     "n_train": 200, "n_test": 100})
+    task_args: dict | None = None  # None: the task's defaults here (DEFAULT_TASK_ARGS)
     limit: int = 0  # the first N training prompts; 0 = all
     n: int = 4  # samples per prompt
     keep: int = 1  # at most this many correct samples per prompt
@@ -188,8 +193,7 @@ class DistillConfig:
     base_url: str | None = None  # e.g. https://api.deepseek.com, http://127.0.0.1:8000/v1 (r1lab serve)
     api_key_env: str = "OPENAI_API_KEY"  # the environment variable that holds the key for base_url
     task: str = "arithmetic"
-    task_args: dict = field(default_factory=lambda: {"digits": 1, "operands": 2, "operators": "+-*",
-                                                     "n_train": 200, "n_test": 100})
+    task_args: dict | None = None  # None: the task's defaults here (DEFAULT_TASK_ARGS)
     limit: int = 0  # the first N training prompts; 0 = all
     template: str = "native"  # for a local teacher
     temperature: float = 0.6

@@ -36,3 +36,23 @@ def test_unknown_recipe_key_is_named(tmp_path):
         load_config(ZeroConfig, ["--config", str(recipe)])
     with pytest.raises(SystemExit, match="not found"):
         load_config(ZeroConfig, ["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_every_task_builds_with_the_default_task_args():
+    from r1lab.config import ZeroConfig, task_args_for
+    from r1lab.tasks import TASKS, get_task
+
+    for name in sorted(TASKS):
+        if name in ("dataset", "code_dataset", "gsm8k"):
+            continue  # these need a data path
+        cfg = ZeroConfig(task=name)
+        assert get_task(name, **task_args_for(name, cfg.task_args)).examples("train")
+
+
+def test_an_option_the_task_does_not_take_is_a_clear_error():
+    import pytest
+
+    from r1lab.tasks import get_task
+
+    with pytest.raises(ValueError, match="task 'countdown'.*--task-args"):
+        get_task("countdown", digits=2)

@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from r1lab.chat import render
-from r1lab.config import ZeroConfig, save_config
+from r1lab.config import ZeroConfig, save_config, task_args_for
 from r1lab.engine import SamplingParams, TorchEngine
 from r1lab.engine.onednn import onednn_linears
 from r1lab.evaluate.runner import sample_problems, summarize_records
@@ -52,7 +52,7 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
     run = Path(cfg.out)
     check_config(cfg)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-    task = get_task(cfg.task, **cfg.task_args)
+    task = get_task(cfg.task, **task_args_for(cfg.task, cfg.task_args))
     train_set = task.examples("train")
     test_set = task.examples("test")[:cfg.eval_examples]
 

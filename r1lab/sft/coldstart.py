@@ -23,6 +23,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from r1lab.config import task_args_for
 from r1lab.tasks import get_task
 
 _QUESTION = re.compile(r"What is (.+)\?$")
@@ -141,7 +142,7 @@ def _trace_task(cfg):
     if cfg.task not in TRACES:
         raise ValueError(f"r1lab coldstart can write traces for {', '.join(TRACES)}; for task {cfg.task!r} use "
                          "--source model or --source jsonl")
-    return get_task(cfg.task, **cfg.task_args)
+    return get_task(cfg.task, **task_args_for(cfg.task, cfg.task_args))
 
 
 def _question(example: dict, task) -> str:

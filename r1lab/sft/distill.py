@@ -63,10 +63,11 @@ class Teacher:
 
 
 def run_distill(cfg, progress: bool = True) -> dict:
+    from r1lab.config import task_args_for
     from r1lab.tasks import get_task
 
     check_config(cfg)
-    task = get_task(cfg.task, **cfg.task_args)
+    task = get_task(cfg.task, **task_args_for(cfg.task, cfg.task_args))
     examples = [{"id": str(i), **e} for i, e in enumerate(task.examples("train")[:cfg.limit or None])]
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -28,14 +28,14 @@ from r1lab.sft import filters
 def run_sample(cfg, progress: bool = True) -> dict:
     import torch
 
-    from r1lab.config import save_config
+    from r1lab.config import save_config, task_args_for
     from r1lab.engine import SamplingParams, TorchEngine
     from r1lab.evaluate.runner import run_benchmark
     from r1lab.models import load_model
     from r1lab.tasks import get_task
 
     check_config(cfg)
-    task = get_task(cfg.task, **cfg.task_args)
+    task = get_task(cfg.task, **task_args_for(cfg.task, cfg.task_args))
     examples = [{"id": str(i), **e} for i, e in enumerate(task.examples("train")[:cfg.limit or None])]
     decontaminator = filters.Decontaminator(_eval_prompts(cfg.decontaminate)) if cfg.decontaminate else None
     non_reasoning = _read_non_reasoning(cfg.non_reasoning) if cfg.non_reasoning else []

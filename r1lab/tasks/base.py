@@ -64,4 +64,7 @@ def get_task(name: str, **kwargs) -> Task:
     if name not in TASKS:
         raise KeyError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}. "
                        "For your own data use task=dataset with path=FILE.jsonl")
-    return TASKS[name](**kwargs)
+    try:
+        return TASKS[name](**kwargs)
+    except TypeError as exc:  # an option the task does not take
+        raise ValueError(f"task {name!r}: {exc}. Set --task-args to options of this task (or leave them out)") from None

@@ -63,3 +63,13 @@ def test_mbpp_and_stdin_style_rows_load_and_judge(tmp_path):
         else:
             assert task.verify("```python\na, b = map(int, input().split())\nprint(a * b)\n```", **example) == 1.0
     assert extract_code("```js\nx\n```") is None
+
+
+def test_a_sandbox_that_fails_on_its_own_gives_no_verdict_not_a_zero(monkeypatch):
+    from r1lab.sandbox import judge
+    from r1lab.sandbox.run import Result
+
+    monkeypatch.setattr(judge, "run", lambda *a, **k: Result("sandbox_error", 125, "", "mount failed", 0.1, "namespaces"))
+    assert judge.judge_calls("def f(x): return x", "f", [CallTest([1], 1)]).score() is None
+    assert judge.judge_io("print(1)", [judge.IOTest("", "1")]).score() is None
+    assert code_reward("```python\ndef f(x): return x\n```", tests=[{"args": [1], "expected": 1}], func="f") is None
