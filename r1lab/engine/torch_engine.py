@@ -37,6 +37,7 @@ class TorchEngine:
                  use_fast_decode: bool = True):
         self.model = model
         self.use_fast_decode = use_fast_decode
+        self._fast: tuple[tuple, FastDecoder] | None = None  # (weight versions it was built from, decoder)
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.compact_fraction = compact_fraction
@@ -63,7 +64,7 @@ class TorchEngine:
                 raise ValueError(f"prompt {i} is empty: give at least one token")
         generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
         per_chunk = max(1, self.max_batch // params.n)
-        fast = FastDecoder(self.model, batch_hint=min(len(prompts), per_chunk) * params.n) if self.use_fast_decode and supports(self.model) else None
+        fast = self._fast_decoder(min(len(prompts), per_chunk) * params.n)
         results: list[list[Completion]] = []
         was_training = self.model.training
         self.model.eval()
@@ -74,6 +75,16 @@ class TorchEngine:
         finally:
             self.model.train(was_training)
         return results
+
+    def _fast_decoder(self, batch_hint: int) -> FastDecoder | None:
+        """The fused/packed decoder, rebuilt only when a weight changed since the last call (an optimizer step
+        bumps every trained tensor's version), so a server or an evaluation does not repack per request."""
+        if not (self.use_fast_decode and supports(self.model)):
+            return None
+        versions = tuple(p._version for p in self.model.parameters())
+        if self._fast is None or self._fast[0] != versions:
+            self._fast = (versions, FastDecoder(self.model, batch_hint=batch_hint))
+        return self._fast[1]
 
     def _generate_chunk(self, prompts, offset, params: SamplingParams, generator, fast, on_token=None):
         n, device = params.n, _device(self.model)

@@ -102,9 +102,12 @@ def run_distill(cfg, progress: bool = True) -> dict:
             record(example, reasoning, content, usage, retries)
             bar.update(1)
 
-        with ThreadPoolExecutor(cfg.concurrency) as pool:
+        pool = ThreadPoolExecutor(cfg.concurrency)
+        try:
             for future in [pool.submit(one, e) for e in todo]:
                 future.result()
+        finally:  # on an error or Ctrl-C: finish (and record) what is in flight, send nothing more
+            pool.shutdown(wait=True, cancel_futures=True)
     elif todo:
         _local_teacher(cfg, todo, question, record, bar)
     bar.close()

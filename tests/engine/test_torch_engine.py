@@ -179,3 +179,23 @@ def test_nucleus_from_candidates_equals_the_full_sort(scale, top_p):
     assert torch.equal(fast == float("-inf"), _nucleus_by_full_sort(logits, top_p) == float("-inf"))
     kept = fast > float("-inf")
     assert torch.equal(fast[kept], logits[kept]) and kept.any(dim=-1).all()
+
+
+def test_the_packed_decoder_is_reused_until_a_weight_changes(tiny):
+    model, tok = tiny
+    engine = TorchEngine(model, tok)
+    prompts = prompts_of(tok, "Hi")
+    params = SamplingParams(n=2, temperature=0.0, max_new_tokens=6)
+    first = engine.generate(prompts, params)
+    decoder = engine._fast[1]
+    engine.generate(prompts, params)
+    assert engine._fast[1] is decoder  # same weights: not rebuilt
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))  # in-place updates, as an optimizer step makes
+    changed = engine.generate(prompts, params)
+    assert engine._fast[1] is not decoder
+    slow = TorchEngine(model, tok, use_fast_decode=False).generate(prompts, params)
+    assert [c.token_ids for c in changed[0]] == [c.token_ids for c in slow[0]]
+    assert [c.token_ids for c in changed[0]] != [c.token_ids for c in first[0]]
