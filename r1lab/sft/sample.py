@@ -63,7 +63,7 @@ def run_sample(cfg, progress: bool = True) -> dict:
     context = getattr(model.config, "max_position_embeddings", None) or 1 << 30
     problems, seconds = run_benchmark(engine, task, clean, params, cfg, out / "samples", settings, context, progress)
 
-    kept = select(problems, clean, task, cfg, counts)
+    kept = select(problems, clean, cfg, counts)
     rows = [{"prompt": _question(ex, task), "response": r["completion"],
              "source": {"kind": "rejection_sampling", "model": cfg.model, "task": cfg.task, "problem": ex["id"],
                         "sample": r["sample"], "verdict": r["correct"], "temperature": cfg.temperature,
@@ -84,7 +84,7 @@ def run_sample(cfg, progress: bool = True) -> dict:
     return summary
 
 
-def select(problems: list[list[dict]], examples: list[dict], task, cfg, counts: Counter) -> list[tuple[dict, dict]]:
+def select(problems: list[list[dict]], examples: list[dict], cfg, counts: Counter) -> list[tuple[dict, dict]]:
     """The kept ``(example, sample)`` pairs: correct, through every filter, at most ``cfg.keep`` per prompt;
     ``counts`` gets one count per dropped sample under the first reason that dropped it."""
     dedupe = filters.Deduplicator(near_threshold=cfg.near_duplicate)

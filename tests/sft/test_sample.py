@@ -60,7 +60,7 @@ def test_selection_keeps_at_most_m_correct_filtered_samples_per_prompt():
     problems = [[record(0, 0.0), record(1, 1.0), record(2, 1.0), record(3, 1.0, GOOD.replace("5", "five") + " ok")],
                 [record(0, 1.0, finish="length"), record(1, 1.0, "<think>\n```x```\n</think>5")]]
     counts = Counter()
-    kept = select(problems, [{"id": "a"}, {"id": "b"}], None, cfg, counts)
+    kept = select(problems, [{"id": "a"}, {"id": "b"}], cfg, counts)
     assert [(ex["id"], r["sample"]) for ex, r in kept] == [("a", 1), ("a", 3)]
     assert counts == {"wrong": 1, "duplicate": 1, "truncated": 1, "code_block": 1}
 
