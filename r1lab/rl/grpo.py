@@ -45,6 +45,7 @@ from r1lab.rl.losses import LOSS_AGGREGATIONS, grpo_loss, token_weights
 from r1lab.rl.packing import pack, token_logprobs
 from r1lab.rl.types import Group
 from r1lab.tasks import get_task
+from r1lab.tasks.base import question_text
 
 
 def train(cfg: ZeroConfig, progress: bool = True) -> dict:
@@ -172,10 +173,6 @@ def generate_groups(engine, examples: list[dict], template: str, prefill: str | 
     outputs = engine.generate(prompts, params)
     return [Group(example=ex, prompt_ids=ids, prefill=r.prefill, completions=out)
             for ex, ids, r, out in zip(examples, prompts, rendered, outputs)]
-
-
-def question_text(example: dict, task) -> str:
-    return f"{example['prompt']}\n{task.instruction}" if task.instruction else example["prompt"]
 
 
 def score_group(group: Group, rewards: dict) -> None:

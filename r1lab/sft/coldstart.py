@@ -25,6 +25,7 @@ from pathlib import Path
 
 from r1lab.config import task_args_for
 from r1lab.tasks import get_task
+from r1lab.tasks.base import question_text
 
 _QUESTION = re.compile(r"What is (.+)\?$")
 _TOKEN = re.compile(r"-?\d+|[+\-*]")
@@ -145,10 +146,6 @@ def _trace_task(cfg):
     return get_task(cfg.task, **task_args_for(cfg.task, cfg.task_args))
 
 
-def _question(example: dict, task) -> str:
-    return f"{example['prompt']}\n{task.instruction}" if task.instruction else example["prompt"]
-
-
 def _traced(example: dict, task_name: str) -> str:
     reasoning, answer = TRACES[task_name](example)
     return f"<think>\n{reasoning}\n</think>\n<answer>{answer}</answer>"
@@ -162,7 +159,7 @@ def _from_traces(cfg, progress: bool):
         if task.verify(response, **example) != 1.0:
             dropped["wrong"] += 1
             continue
-        rows.append({"prompt": _question(example, task), "response": response, "source": f"coldstart:{cfg.task}"})
+        rows.append({"prompt": question_text(example, task), "response": response, "source": f"coldstart:{cfg.task}"})
     return rows, dropped
 
 
@@ -204,7 +201,7 @@ def _from_model(cfg, progress: bool):
                 reason = ("wrong" if task.verify(response, **example) != 1.0 else
                           "format" if format_reward(response) != 1.0 else _readable(response, cfg))
                 if reason is None:
-                    rows.append({"prompt": _question(example, task), "response": response.strip(),
+                    rows.append({"prompt": question_text(example, task), "response": response.strip(),
                                  "source": f"coldstart-model:{cfg.model}"})
                     break
                 reasons.append(reason.split(":")[0])

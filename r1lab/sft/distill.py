@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from r1lab.sft import filters
 from r1lab.sft.data import r1_response
+from r1lab.tasks.base import question_text
 
 RETRY_STATUS = {408, 409, 429} | set(range(500, 600))
 
@@ -77,12 +78,9 @@ def run_distill(cfg, progress: bool = True) -> dict:
     lock = threading.Lock()
     totals = Counter()
 
-    def question(example: dict) -> str:
-        return f"{example['prompt']}\n{task.instruction}" if task.instruction else example["prompt"]
-
     def record(example: dict, reasoning: str, content: str, usage: dict, retries: int) -> None:
         response = r1_response(reasoning, content) if reasoning else content
-        row = {"id": example["id"], "prompt": question(example), "reasoning": reasoning, "content": content,
+        row = {"id": example["id"], "prompt": question_text(example, task), "reasoning": reasoning, "content": content,
                "response": response, "verdict": task.verify(response, **example), "retries": retries,
                "usage": usage, "teacher": cfg.teacher, "base_url": cfg.base_url}
         with lock:  # one synced append per prompt: a crash never leaves half a record behind
@@ -98,7 +96,7 @@ def run_distill(cfg, progress: bool = True) -> dict:
         teacher = Teacher(cfg)
 
         def one(example: dict) -> None:
-            reasoning, content, usage, retries = teacher.ask(question(example))
+            reasoning, content, usage, retries = teacher.ask(question_text(example, task))
             record(example, reasoning, content, usage, retries)
             bar.update(1)
 
@@ -109,7 +107,7 @@ def run_distill(cfg, progress: bool = True) -> dict:
         finally:  # on an error or Ctrl-C: finish (and record) what is in flight, send nothing more
             pool.shutdown(wait=True, cancel_futures=True)
     elif todo:
-        _local_teacher(cfg, todo, question, record, bar)
+        _local_teacher(cfg, todo, lambda example: question_text(example, task), record, bar)
     bar.close()
 
     rows = [done[e["id"]] for e in examples if e["id"] in done]

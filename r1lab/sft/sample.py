@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from r1lab.sft import filters
+from r1lab.tasks.base import question_text
 
 
 def run_sample(cfg, progress: bool = True) -> dict:
@@ -64,7 +65,7 @@ def run_sample(cfg, progress: bool = True) -> dict:
     problems, seconds = run_benchmark(engine, task, clean, params, cfg, out / "samples", settings, context, progress)
 
     kept = select(problems, clean, cfg, counts)
-    rows = [{"prompt": _question(ex, task), "response": r["completion"],
+    rows = [{"prompt": question_text(ex, task), "response": r["completion"],
              "source": {"kind": "rejection_sampling", "model": cfg.model, "task": cfg.task, "problem": ex["id"],
                         "sample": r["sample"], "verdict": r["correct"], "temperature": cfg.temperature,
                         "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "template": cfg.template}}
@@ -135,10 +136,6 @@ def check_config(cfg) -> None:
         raise ValueError("non_reasoning_share needs --non-reasoning FILE.jsonl of {prompt, response} rows")
     if not 0 < cfg.near_duplicate <= 1:
         raise ValueError(f"near_duplicate must be in (0, 1], got {cfg.near_duplicate}")
-
-
-def _question(example: dict, task) -> str:
-    return f"{example['prompt']}\n{task.instruction}" if task.instruction else example["prompt"]
 
 
 def _eval_prompts(names: list[str]) -> list[str]:

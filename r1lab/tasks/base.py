@@ -43,6 +43,21 @@ class Task(ABC):
         """1.0 if the completion's final answer is correct, 0.0 if not, None if it cannot judge."""
 
 
+def question_text(example: dict, task: Task) -> str:
+    """The user turn for ``example``: its question, then the task's instruction (if any), the same for RL,
+    evaluation, rejection sampling, cold start and distillation.
+
+    >>> class T(Task):
+    ...     instruction = "Answer in words."
+    ...     def examples(self, split): return []
+    ...     def verify(self, completion, **example): return None
+    >>> print(question_text({"prompt": "2+3?"}, T()))
+    2+3?
+    Answer in words.
+    """
+    return f"{example['prompt']}\n{task.instruction}" if task.instruction else example["prompt"]
+
+
 def seeded_split(items: list, test_size: int | float, seed: int) -> tuple[list, list]:
     """Shuffle ``items`` with ``seed`` and cut off a test part (a count, or a fraction when < 1).
 
