@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from r1lab.engine import SamplingParams
 from r1lab.evaluate.benchmarks import BENCHMARKS, default_k, load_benchmark, task_benchmark
 from r1lab.evaluate.metrics import CI_METHODS, summarize
+from r1lab.files import write_atomic
 from r1lab.tasks.answers import extract_answer
 
 SETTINGS_KEYS = ("model", "template", "prefill", "k", "temperature", "top_p", "top_k", "max_new_tokens",
@@ -209,10 +210,8 @@ def read_complete_batches(path: Path, n_problems: int, size: int, k: int) -> dic
         written.setdefault((r["batch"], r["batch_problems"]), []).append(r)
     complete = {key for key, recs in written.items() if len(recs) == key[1] * k}
     if torn or len(complete) < len(written):
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line for line, r in zip(lines, records) if (r["batch"], r["batch_problems"]) in complete),
-                       encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, "".join(line for line, r in zip(lines, records)
+                                   if (r["batch"], r["batch_problems"]) in complete))
     usable = {}
     for b in range((n_problems + size - 1) // size):
         needed = set(range(b * size, min(n_problems, (b + 1) * size)))
@@ -252,9 +251,7 @@ def _folder_name(name: str) -> str:
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False))
 
 
 def _log(text: str) -> None:

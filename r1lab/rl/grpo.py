@@ -35,6 +35,7 @@ from r1lab.chat import render
 from r1lab.config import ZeroConfig, save_config, task_args_for
 from r1lab.engine import SamplingParams, TorchEngine
 from r1lab.engine.onednn import onednn_linears
+from r1lab.files import write_atomic
 from r1lab.evaluate.runner import sample_problems, summarize_records
 from r1lab.models import is_complete_checkpoint, load_model, no_adapter, save_checkpoint
 from r1lab.rewards import get_reward, score
@@ -425,9 +426,7 @@ def _start_run_dir(run: Path, cfg: ZeroConfig, start_step: int) -> None:
         path = run / name
         if path.exists():
             rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(r + "\n" for r in rows))
-            os.replace(tmp, path)
+            write_atomic(path, "".join(r + "\n" for r in rows))
 
 
 def _resume_point(run: Path, cfg: ZeroConfig) -> tuple[int, Path | None]:

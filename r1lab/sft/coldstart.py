@@ -17,13 +17,12 @@ Procedural traces exist for ``arithmetic`` and ``countdown`` (from the solution 
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from collections import Counter
 from pathlib import Path
 
 from r1lab.config import task_args_for
+from r1lab.files import write_jsonl
 from r1lab.tasks import get_task
 from r1lab.tasks.base import question_text
 
@@ -133,9 +132,7 @@ def write_coldstart(cfg, progress: bool = True) -> dict:
     rows, dropped = sources[cfg.source](cfg, progress)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, out)
+    write_jsonl(out, rows)
     return {"written": len(rows), "rejected": sum(dropped.values()), "dropped": dict(dropped), "path": str(out)}
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from r1lab.files import write_jsonl
 from r1lab.sft import filters
 from r1lab.sft.data import r1_response
 from r1lab.tasks.base import question_text
@@ -123,9 +124,7 @@ def run_distill(cfg, progress: bool = True) -> dict:
             kept.append({"prompt": row["prompt"], "response": row["response"],
                          "source": {"kind": "distill", "teacher": cfg.teacher, "base_url": cfg.base_url,
                                     "problem": row["id"], "verdict": row["verdict"]}})
-    tmp = out / "sft.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
-    os.replace(tmp, out / "sft.jsonl")
+    write_jsonl(out / "sft.jsonl", kept)
     for row in rows:
         totals["retries"] += row["retries"]
         for key in ("prompt_tokens", "completion_tokens"):

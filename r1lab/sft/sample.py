@@ -22,6 +22,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
+from r1lab.files import write_jsonl
 from r1lab.sft import filters
 from r1lab.tasks.base import question_text
 
@@ -73,9 +74,7 @@ def run_sample(cfg, progress: bool = True) -> dict:
     extra = _mix_non_reasoning(non_reasoning, len(rows), cfg.non_reasoning_share, cfg.seed)
     rows += extra
     random.Random(cfg.seed).shuffle(rows)
-    tmp = out / "sft.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, out / "sft.jsonl")
+    write_jsonl(out / "sft.jsonl", rows)
     summary = {"prompts": len(examples), "sampled_prompts": len(clean), "samples": sum(len(p) for p in problems),
                "correct": sum(bool(r["correct"]) for p in problems for r in p), "kept_reasoning": len(kept),
                "prompts_with_a_kept_sample": len({ex["id"] for ex, _ in kept}), "non_reasoning": len(extra),
