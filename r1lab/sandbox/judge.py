@@ -17,6 +17,7 @@ A run that failed for the sandbox's own reasons (it could not start) is an error
 from __future__ import annotations
 
 import ast
+import inspect
 import json
 import math
 import secrets
@@ -50,57 +51,52 @@ class Verdict:
         return self.passed / self.total if partial else float(self.passed == self.total)
 
 
-def tag(value):
-    """Type-tagged JSON form, so equality is strict about types.
+def _r1lab_tag(value):
+    """Type-tagged JSON form, so equality is strict about types. The same source runs inside the sandbox (see
+    ``_DRIVER``): its name and local imports keep it apart from anything the solution defines.
 
-    >>> tag([1, True, 1.0, "1", (2,)])
+    >>> _r1lab_tag([1, True, 1.0, "1", (2,)])
     ['list', [['int', 1], ['bool', True], ['float', 1.0], ['str', '1'], ['tuple', [['int', 2]]]]]
     """
+    import json
+    import math
+
     kind = type(value)
     if kind in (int, bool, str) or value is None:
         return [kind.__name__, value]
     if kind is float:
         return ["float", value if math.isfinite(value) else repr(value)]
     if kind in (list, tuple, set, frozenset):
-        items = [tag(v) for v in value]
+        items = [_r1lab_tag(v) for v in value]
         if kind in (set, frozenset):
             items.sort(key=json.dumps)
         return [kind.__name__, items]
     if kind is dict:
-        return ["dict", sorted(([tag(k), tag(v)] for k, v in value.items()), key=json.dumps)]
+        return ["dict", sorted(([_r1lab_tag(k), _r1lab_tag(v)] for k, v in value.items()), key=json.dumps)]
     raise TypeError(f"cannot compare a {kind.__name__}")
 
 
-_DRIVER = '''
+tag = _r1lab_tag
+
+# Appended to the solution and run in the sandbox: call the function on each case, print each tagged result
+# after the run's marker.
+_DRIVER = """
+
+%(tag_source)s
 
 def __r1lab_driver():
-    import json as _json, math as _math, sys as _sys
-
-    def _tag(value):
-        kind = type(value)
-        if kind in (int, bool, str) or value is None:
-            return [kind.__name__, value]
-        if kind is float:
-            return ["float", value if _math.isfinite(value) else repr(value)]
-        if kind in (list, tuple, set, frozenset):
-            items = [_tag(v) for v in value]
-            if kind in (set, frozenset):
-                items.sort(key=_json.dumps)
-            return [kind.__name__, items]
-        if kind is dict:
-            return ["dict", sorted(([_tag(k), _tag(v)] for k, v in value.items()), key=_json.dumps)]
-        raise TypeError("cannot compare a " + kind.__name__)
+    import json as _json, sys as _sys
 
     for args in _json.loads(%(cases)r):
         try:
-            line = _json.dumps(["ok", _tag(%(func)s(*args))])
+            line = _json.dumps(["ok", _r1lab_tag(%(func)s(*args))])
         except BaseException as exc:
             line = _json.dumps(["raised", type(exc).__name__])
         _sys.stdout.write(%(marker)r + line + "\\n")
         _sys.stdout.flush()
 
 __r1lab_driver()
-'''
+"""
 
 
 def judge_calls(solution: str, func: str, tests: list[CallTest], limits: Limits | None = None,
@@ -109,7 +105,8 @@ def judge_calls(solution: str, func: str, tests: list[CallTest], limits: Limits 
         raise ValueError(f"not a function name: {func!r}")
     marker = f"@@r1lab-{secrets.token_hex(8)}@@"
     cases = json.dumps([list(t.args) for t in tests])
-    result = run(solution + _DRIVER % {"cases": cases, "func": func, "marker": marker}, limits=limits)
+    driver = _DRIVER % {"tag_source": inspect.getsource(_r1lab_tag), "cases": cases, "func": func, "marker": marker}
+    result = run(solution + driver, limits=limits)
     if result.status == "sandbox_error":
         return Verdict(0, len(tests), error=result.stderr[-500:] or "sandbox error")
     lines = [line[len(marker):] for line in result.stdout.splitlines() if line.startswith(marker)]
