@@ -7,20 +7,23 @@ stack adds per-call overhead that the maths does not need. This step computes th
 - grouped-query attention as two batched products over the cache (no mask tensor built per layer: padding
   comes in as one additive bias per row);
 - K/V written straight into the preallocated buffers of :class:`r1lab.engine.kv_cache.BufferLayer`;
-- on a CPU in fp32, weights packed once per ``generate`` call into oneDNN's blocked layout and multiplied by
+- on a CPU in fp32, weights packed once into oneDNN's blocked layout and multiplied by
   oneDNN (:class:`PackedLinear`). PyTorch's CPU ``mm`` goes to MKL, which on AMD processors takes a generic code
   path: measured on this AMD EPYC (AVX-512), 32x576 @ 576x49152 takes 16.2 ms in MKL and 5.5 ms in oneDNN with
   packed weights (same fp32 result to 1e-4). Where the oneDNN op is missing or disagrees, MKL is used.
 
 It reuses the model's own modules for RMSNorm and rotary embeddings, so rope scaling variants behave as in
 transformers. Models it does not recognise (or LoRA-wrapped ones) use the plain HF forward instead.
-The fused weights are a snapshot taken per ``generate`` call, so training between calls is seen.
+The fused and packed weights are a snapshot: :class:`r1lab.engine.TorchEngine` builds a new decoder when a weight
+has changed since (an optimizer step), so training between calls is seen.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from r1lab.engine import onednn
 
 SUPPORTED = ("llama", "mistral", "qwen2")
 
@@ -111,26 +114,9 @@ class PackedLinear:
     def factory(model, batch_hint: int):
         """A constructor ``(weight, bias=None) -> callable``: packed oneDNN where it is available for this model
         (CPU, fp32) and agrees with ``torch.mm`` on a probe, else :class:`Linear`."""
-        param = next(model.parameters())
-        if param.device.type != "cpu" or param.dtype != torch.float32 or not _onednn_works():
+        if not onednn.applies(model):
             return Linear
         return lambda weight, bias=None: PackedLinear(weight, bias, batch_hint)
-
-
-_ONEDNN_OK: bool | None = None
-
-
-def _onednn_works() -> bool:
-    """Probe the private oneDNN ops once per process: present in this build, and the same numbers as mm."""
-    global _ONEDNN_OK
-    if _ONEDNN_OK is None:
-        try:
-            g = torch.Generator().manual_seed(0)
-            w, b, x = torch.randn(24, 40, generator=g), torch.randn(24, generator=g), torch.randn(5, 40, generator=g)
-            _ONEDNN_OK = bool(torch.allclose(PackedLinear(w, b, 8)(x), x @ w.t() + b, atol=1e-4))
-        except (RuntimeError, AttributeError, NotImplementedError):
-            _ONEDNN_OK = False
-    return _ONEDNN_OK
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,24 @@ import contextlib
 
 import torch
 
-from r1lab.engine.fast_decode import _onednn_works
+_AVAILABLE: bool | None = None
+
+
+def available() -> bool:
+    """Probe the private oneDNN ops once per process: present in this build, and the same numbers as ``mm``
+    for a plain weight and for one packed in oneDNN's layout (as the decoder uses)."""
+    global _AVAILABLE
+    if _AVAILABLE is None:
+        try:
+            g = torch.Generator().manual_seed(0)
+            w, b, x = torch.randn(24, 40, generator=g), torch.randn(24, generator=g), torch.randn(5, 40, generator=g)
+            packed = torch.ops.mkldnn._reorder_linear_weight(w, 8)
+            want = x @ w.t() + b
+            _AVAILABLE = bool(torch.allclose(torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], ""), want,
+                                             atol=1e-4) and torch.allclose(_mm(x, w) + b, want, atol=1e-4))
+        except (RuntimeError, AttributeError, NotImplementedError):
+            _AVAILABLE = False
+    return _AVAILABLE
 
 
 def _mm(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
@@ -55,8 +72,9 @@ def _forward(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 def applies(model) -> bool:
+    """oneDNN linears for this model: CPU, fp32, and the ops present and correct here."""
     param = next(model.parameters())
-    return param.device.type == "cpu" and param.dtype == torch.float32 and _onednn_works()
+    return param.device.type == "cpu" and param.dtype == torch.float32 and available()
 
 
 @contextlib.contextmanager

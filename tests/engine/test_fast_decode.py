@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from r1lab.engine import fast_decode
+from r1lab.engine import onednn
 from r1lab.engine.fast_decode import Linear, PackedLinear
 
 
@@ -12,7 +12,7 @@ def test_linear_is_x_times_weight_transposed_plus_bias():
     assert torch.allclose(Linear(w)(x), x @ w.t())
 
 
-@pytest.mark.skipif(not fast_decode._onednn_works(), reason="this torch build has no oneDNN linear")
+@pytest.mark.skipif(not onednn.available(), reason="this torch build has no oneDNN linear")
 @pytest.mark.parametrize("rows", [1, 5, 32, 33])
 def test_packed_linear_matches_mm_for_any_row_count(rows):
     g = torch.Generator().manual_seed(1)
@@ -27,11 +27,11 @@ def test_factory_uses_plain_mm_off_fp32(tiny):
     model, _ = tiny
     model64 = type(model)(model.config).double()
     assert PackedLinear.factory(model64, 8) is Linear
-    if fast_decode._onednn_works():
+    if onednn.available():
         assert PackedLinear.factory(model, 8) is not Linear
 
 
 def test_factory_falls_back_when_the_probe_fails(tiny, monkeypatch):
     model, _ = tiny
-    monkeypatch.setattr(fast_decode, "_ONEDNN_OK", False)
+    monkeypatch.setattr(onednn, "_AVAILABLE", False)
     assert PackedLinear.factory(model, 8) is Linear

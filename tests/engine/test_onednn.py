@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from r1lab.engine.fast_decode import _onednn_works
+from r1lab.engine.onednn import available
 from r1lab.engine.onednn import onednn_linears
 from r1lab.rl.packing import pack_samples, token_logprobs
 
-pytestmark = pytest.mark.skipif(not _onednn_works(), reason="this torch build has no oneDNN linear")
+pytestmark = pytest.mark.skipif(not available(), reason="this torch build has no oneDNN linear")
 
 
 def grads(model, fn):
