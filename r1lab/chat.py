@@ -40,6 +40,12 @@ class Rendered:
     text: str  # the full prompt, ending with the prefill
     prefill: str  # the forced start of the assistant's reply ("" if none)
 
+    @property
+    def thinking(self) -> bool:
+        """The prompt opens the think block (R1's prefill, or a model template that ends in ``<think>``), so the
+        reply starts as reasoning."""
+        return self.text.rstrip().endswith("<think>")
+
 
 def prepare_messages(messages: list[dict]) -> list[dict]:
     """Apply R1's usage rules: check roles, fold the system prompt into the first user turn, drop old reasoning.

@@ -99,8 +99,7 @@ def create_app(engine, model_name: str, template: str = "native", api_key: str |
         params = SamplingParams(n=req.n, temperature=req.temperature, top_p=req.top_p,
                                 max_new_tokens=req.max_tokens or min(room, default_max_tokens), stop=req.stop,
                                 seed=req.seed)
-        thinking = rendered.text.rstrip().endswith("<think>")
-        job = Job(prompt_ids, params, thinking, asyncio.get_running_loop())
+        job = Job(prompt_ids, params, rendered.thinking, asyncio.get_running_loop())
         try:
             batcher.submit(job)
         except Overloaded:

@@ -22,7 +22,7 @@ def reply(engine, messages: list[dict], template: str, params: SamplingParams, w
     write = write or (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
     rendered = render(messages, template, engine.tokenizer)
     stream = TextStream(engine.tokenizer, tuple(params.stop))
-    splitter = ReasoningSplitter(rendered.text.rstrip().endswith("<think>"))
+    splitter = ReasoningSplitter(rendered.thinking)
     parts = {"reasoning": "", "content": ""}
 
     def show(reasoning: str, content: str) -> None:

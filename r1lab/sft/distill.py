@@ -170,10 +170,11 @@ def _local_teacher(cfg, todo, question, record, bar) -> None:
     for start in range(0, len(todo), 16):
         batch = todo[start:start + 16]
         rendered = [render([{"role": "user", "content": question(e)}], cfg.template, tokenizer) for e in batch]
-        outputs = engine.generate([engine.encode(r.text) for r in rendered], params)
-        for example, r, (completion,) in zip(batch, rendered, outputs):
-            reasoning, content = split_whole(completion.text, thinking=r.text.rstrip().endswith("<think>"))
-            usage = {"prompt_tokens": len(engine.encode(r.text)), "completion_tokens": len(completion.token_ids),
+        prompts = [engine.encode(r.text) for r in rendered]
+        outputs = engine.generate(prompts, params)
+        for example, r, prompt, (completion,) in zip(batch, rendered, prompts, outputs):
+            reasoning, content = split_whole(completion.text, thinking=r.thinking)
+            usage = {"prompt_tokens": len(prompt), "completion_tokens": len(completion.token_ids),
                      "finish_reason": completion.finish_reason}
             record(example, reasoning.strip(), content, usage, 0)
             bar.update(1)

@@ -95,3 +95,16 @@ def test_a_prompt_that_keeps_failing_stops_the_run_after_max_retries(tmp_path):
             distill.run_distill(cfg_for(url, tmp_path / "run", max_retries=2, concurrency=1,
                                         task_args={"n_train": 2, "n_test": 2}), progress=False)
     assert max(seen.values()) == 3  # the first try and two retries
+
+
+def test_a_local_teacher_goes_through_the_engine(tmp_path):
+    from conftest import make_model, make_tokenizer
+    from r1lab.models import save_checkpoint
+
+    tok = make_tokenizer()
+    model = str(save_checkpoint(make_model(tok), tok, tmp_path / "tiny"))
+    summary = distill.run_distill(DistillConfig(teacher=model, task_args={"n_train": 5, "n_test": 2}, max_tokens=8,
+                                                out=str(tmp_path / "run"), threads=1), progress=False)
+    rows = [json.loads(l) for l in (tmp_path / "run" / "traces.jsonl").read_text().splitlines()]
+    assert summary["traces"] == 5 and sorted(r["id"] for r in rows) == ["0", "1", "2", "3", "4"]
+    assert all(0 < r["usage"]["completion_tokens"] <= 8 and r["usage"]["prompt_tokens"] > 0 for r in rows)
