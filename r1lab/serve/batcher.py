@@ -50,7 +50,9 @@ class Batcher:
 
     @property
     def pending(self) -> int:
-        return len(self._waiting) + self.running
+        """Jobs waiting or running; one whose client left while it waited no longer counts."""
+        with self._lock:  # a reentrant lock: submit() holds it already
+            return sum(not job.cancelled.is_set() for job in self._waiting) + self.running
 
     def submit(self, job: Job) -> None:
         with self._lock:

@@ -1,8 +1,9 @@
 """Checking a chat-completions request by hand, so every mistake gets a 400 that names the field.
 
-Errors follow OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``. Fields OpenAI defines
-that r1lab does not act on (``presence_penalty``, ``logit_bias``, ...) are accepted and ignored, as other
-OpenAI-compatible servers do; fields of the wrong type are refused.
+Errors follow OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``. Every field of OpenAI's
+request is in one of the tables below: honoured, accepted because it asks nothing of the reply, accepted only at
+the value that changes nothing, or refused. A field OpenAI does not define is refused too, as OpenAI does, so a
+request is never answered as if a setting had been applied when it was not. Fields of the wrong type are refused.
 """
 
 from __future__ import annotations
@@ -13,6 +14,20 @@ from dataclasses import dataclass, field
 
 ROLES = ("system", "user", "assistant", "developer")
 DEFAULT_TEMPERATURE, DEFAULT_TOP_P = 0.6, 0.95  # DeepSeek's advice for R1
+
+# OpenAI's chat-completions request fields and what r1lab serve does with each; null is taken as absent.
+#: Honoured.
+SUPPORTED = ("messages", "model", "stream", "stream_options", "temperature", "top_p", "top_k", "max_tokens",
+             "max_completion_tokens", "n", "stop", "seed")
+#: Accepted with any value: they ask nothing of the reply (bookkeeping, billing and caching hints).
+IGNORED = ("user", "safety_identifier", "store", "metadata", "service_tier", "prompt_cache_key",
+           "prompt_cache_retention", "prompt_cache_options", "parallel_tool_calls")
+#: Accepted only at the values that change nothing; any other value is refused.
+NEUTRAL = {"frequency_penalty": (0,), "presence_penalty": (0,), "logit_bias": ({},), "logprobs": (False,),
+           "top_logprobs": (0,), "response_format": ({"type": "text"},), "tools": ([],), "functions": ([],),
+           "tool_choice": ("none", "auto"), "function_call": ("none", "auto"), "modalities": (["text"],)}
+#: Refused at any value: r1lab has no such feature.
+UNSUPPORTED = ("audio", "prediction", "reasoning_effort", "verbosity", "web_search_options", "moderation")
 
 
 class ApiError(Exception):
@@ -35,6 +50,7 @@ class ChatRequest:
     stream: bool = False
     temperature: float = DEFAULT_TEMPERATURE
     top_p: float = DEFAULT_TOP_P
+    top_k: int = 0  # not OpenAI's, but vLLM's and others'; 0 = off
     max_tokens: int | None = None
     n: int = 1
     stop: list[str] = field(default_factory=list)
@@ -53,6 +69,8 @@ def parse_chat_request(raw: bytes, max_n: int) -> ChatRequest:
         raise bad(f"the body is not valid JSON ({exc}); send a JSON object") from None
     if not isinstance(body, dict):
         raise bad(f"the body must be a JSON object, got {type(body).__name__}")
+    for name, value in body.items():
+        _check_field(name, value)
     messages = body.get("messages")
     if messages is None:
         raise bad("'messages' is required: a list of {role, content} objects", "messages")
@@ -91,6 +109,9 @@ def parse_chat_request(raw: bytes, max_n: int) -> ChatRequest:
     req.top_p = _number(body, "top_p", DEFAULT_TOP_P)
     if not 0 < req.top_p <= 1:
         raise bad(f"top_p must be in (0, 1], got {req.top_p}", "top_p")
+    req.top_k = _typed(body, "top_k", int, 0)
+    if req.top_k < 0:
+        raise bad(f"top_k must be 0 (off) or positive, got {req.top_k}", "top_k")
     for name in ("max_tokens", "max_completion_tokens"):
         value = _typed(body, name, int, None)
         if value is not None:
@@ -113,6 +134,22 @@ def parse_chat_request(raw: bytes, max_n: int) -> ChatRequest:
             raise bad("stream_options must be an object", "stream_options")
         req.include_usage = bool(options.get("include_usage", False))
     return req
+
+
+def _check_field(name: str, value) -> None:
+    """Refuse a field r1lab would otherwise ignore while it asks for something (see the tables above)."""
+    if name in SUPPORTED or name in IGNORED or value is None and (name in NEUTRAL or name in UNSUPPORTED):
+        return
+    if name in NEUTRAL:
+        if not any(value == v and isinstance(value, bool) == isinstance(v, bool) for v in NEUTRAL[name]):
+            accepted = " or ".join(json.dumps(v) for v in NEUTRAL[name])
+            raise bad(f"{name} is not supported by r1lab serve: it accepts only {accepted}, which changes "
+                      f"nothing; leave {name} out", name)
+    elif name in UNSUPPORTED:
+        raise bad(f"{name} is not supported by r1lab serve; leave {name} out", name)
+    else:
+        raise bad(f"unknown field {name!r}: r1lab serve takes the fields of OpenAI's chat-completions request "
+                  f"and honours {', '.join(SUPPORTED)}; leave {name} out", name)
 
 
 def _typed(body: dict, name: str, kind: type, default):

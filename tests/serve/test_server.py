@@ -2,6 +2,9 @@
 
 import concurrent.futures
 import json
+import logging
+import re
+import socket
 import time
 
 import httpx
@@ -126,8 +129,23 @@ BAD = [
     ("n zero", {"n": 0}, "n"),
     ("stream not a bool", {"stream": "yes"}, "stream"),
     ("stop wrong type", {"stop": 7}, "stop"),
+    ("top_k negative", {"top_k": -1}, "top_k"),
     ("last turn from the assistant", {"messages": [{"role": "assistant", "content": "hi"}]}, "messages"),
 ]
+REFUSED = [  # what r1lab would ignore although it asks for something: refused, not answered as if applied
+    ("presence_penalty not 0", {"presence_penalty": 0.5}, "presence_penalty"),
+    ("frequency_penalty not 0", {"frequency_penalty": -1}, "frequency_penalty"),
+    ("logprobs wanted", {"logprobs": True}, "logprobs"),
+    ("top_logprobs wanted", {"top_logprobs": 3}, "top_logprobs"),
+    ("logit_bias given", {"logit_bias": {"42": 10}}, "logit_bias"),
+    ("a JSON response format", {"response_format": {"type": "json_object"}}, "response_format"),
+    ("tools", {"tools": [{"type": "function", "function": {"name": "add"}}]}, "tools"),
+    ("a tool required", {"tool_choice": "required"}, "tool_choice"),
+    ("audio", {"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+    ("reasoning_effort", {"reasoning_effort": "low"}, "reasoning_effort"),
+    ("a field OpenAI does not have", {"min_p": 0.1}, "min_p"),
+]
+BAD += REFUSED
 
 
 @pytest.mark.parametrize("name, body, param", BAD, ids=[b[0] for b in BAD])
@@ -141,6 +159,8 @@ def test_bad_input_gets_400_with_an_openai_error_object(bad_server, name, body, 
     assert set(error) == {"message", "type", "param", "code"}
     assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
     assert "Traceback" not in r.text
+    if name in [n for n, _, _ in REFUSED]:
+        assert "r1lab serve" in error["message"] and f"leave {param} out" in error["message"]  # why, what to do
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +225,76 @@ def test_overload_answers_429_with_retry_after_and_never_5xx():
     for code, retry, body in results:
         if code == 429:
             assert retry == "1" and body["error"]["type"] == "rate_limit_error"
+
+
+def test_fields_at_values_that_change_nothing_are_accepted(bad_server):
+    c = client(bad_server)
+    neutral = dict(presence_penalty=0, frequency_penalty=0.0, logprobs=False, top_logprobs=0, logit_bias={},
+                   response_format={"type": "text"}, tools=[], tool_choice="none", parallel_tool_calls=True,
+                   user="me", store=False, metadata={"run": "1"}, service_tier="auto")
+    ask = dict(model="s", messages=[{"role": "user", "content": "hi"}], **neutral)
+    assert c.chat.completions.create(**ask).choices[0].message.content == "ok"
+    assert streamed(c, **ask)[1:3] == ("ok", "stop")
+    # include_usage: as OpenAI, usage is null on every chunk but the last, which has it and no choices
+    with httpx.stream("POST", bad_server + "/v1/chat/completions", json={
+            "stream": True, "stream_options": {"include_usage": True}, "messages": ask["messages"]}) as r:
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    assert [c["usage"] for c in chunks[:-1]] == [None] * (len(chunks) - 1) and chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"]["completion_tokens"] == 3  # "o", "k", end of sequence
+
+
+def test_models_retrieve_answers_for_the_served_model_only():
+    tok = make_tokenizer()
+    with running(create_app(ScriptedEngine(tok, "ok"), "org/tiny-r1")) as url:  # a hub id, slash and all
+        c = client(url)
+        model = c.models.retrieve("org/tiny-r1")
+        assert (model.id, model.object, model.owned_by) == ("org/tiny-r1", "model", "r1lab")
+        with pytest.raises(openai.NotFoundError) as caught:
+            c.models.retrieve("gpt-4o")
+        assert caught.value.body["code"] == "model_not_found" and "org/tiny-r1" in caught.value.body["message"]
+
+
+def until(condition, seconds=10.0):
+    """Wait for ``condition()``: generous, so a slow machine passes; a server that never gets there fails."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {seconds} s"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_a_client_that_hangs_up_mid_generation_stops_it_and_frees_the_server(stream):
+    tok = make_tokenizer()
+    engine = ScriptedEngine(tok, "y" * 5000, delay=0.01, context=8192)  # ~50 s of tokens if nobody stopped it
+    with running(create_app(engine, "s")) as url:
+        body = json.dumps({"stream": stream, "max_tokens": 5000, "messages": [{"role": "user", "content": "hi"}]})
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as s:  # curl -m: send, wait, hang up
+            s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+            until(lambda: engine.tokens_made > 50)  # tokens come every 10 ms: the server is never idle
+        until(lambda: httpx.get(url + "/health").json()["running"] == 0)
+        made = engine.tokens_made
+        time.sleep(0.3)
+        assert engine.tokens_made == made < 5000  # stopped, not finished
+        short = httpx.post(url + "/v1/chat/completions", timeout=30,
+                           json={"max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]})
+        assert short.status_code == 200 and short.json()["usage"]["completion_tokens"] == 3
+
+
+def test_each_request_is_logged_in_one_line(caplog):
+    tok = make_tokenizer()
+    ask = {"messages": [{"role": "user", "content": "hi"}]}
+    with caplog.at_level(logging.INFO, logger="r1lab.serve"):
+        with running(create_app(ScriptedEngine(tok, "four"), "s")) as url:
+            usage = httpx.post(url + "/v1/chat/completions", json=ask).json()["usage"]
+            httpx.post(url + "/v1/chat/completions", json={"stream": True, **ask}).raise_for_status()
+            httpx.get(url + "/v1/nothing")
+        with running(create_app(ScriptedEngine(tok, "four"), "quiet", access_log=False)) as url:
+            httpx.post(url + "/v1/chat/completions", json=ask).raise_for_status()
+    lines = [r.getMessage() for r in caplog.records if r.name == "r1lab.serve"]
+    completion = r"127\.0\.0\.1:\d+ POST /v1/chat/completions 200 \d+\.\d{3}s " + re.escape(
+        f"tokens {usage['prompt_tokens']}+{usage['completion_tokens']}")
+    assert len(lines) == 3, lines  # the stream's line is written when it ends; the quiet server wrote none
+    assert re.fullmatch(completion, lines[0]) and re.fullmatch(completion, lines[1]), lines
+    assert re.fullmatch(r"127\.0\.0\.1:\d+ GET /v1/nothing 404 \d+\.\d{3}s", lines[2])
