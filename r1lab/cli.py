@@ -41,16 +41,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def zero(argv: list[str]) -> int:
-    from r1lab.config import ZeroConfig, load_config
+    from r1lab.config import ZeroConfig, make_config, parse_values, values_for_resume
     from r1lab.rl.grpo import train
 
-    cfg = load_config(ZeroConfig, argv, prog="r1lab zero")
+    values = parse_values(ZeroConfig, argv, prog="r1lab zero")
+    if values.get("resume"):  # continue with the run's own settings; refuse flags that change them
+        values = values_for_resume(ZeroConfig, values)
+    cfg = make_config(ZeroConfig, values)
     summary = train(cfg)
     before, after = summary["eval_before"], summary["eval_after"]
     print(f"held-out accuracy {before['accuracy']:.1%} -> {after['accuracy']:.1%}; "
           f"mean reward {summary['reward_first_steps']:.3f} -> {summary['reward_last_steps']:.3f}; "
           f"report: {cfg.out}/report.md")
     return 0
+
+
+COMPARE_HELP = """compare two runs:
+  r1lab eval --compare RUN_A RUN_B   paired difference of pass@1 per benchmark (B - A) with its 95% interval,
+                                     from the samples two finished eval runs wrote: noise or not?"""
 
 
 def evaluate(argv: list[str]) -> int:
@@ -65,7 +73,7 @@ def evaluate(argv: list[str]) -> int:
     from r1lab.config import EvalConfig, load_config
     from r1lab.evaluate.runner import run_eval
 
-    cfg = load_config(EvalConfig, argv, prog="r1lab eval")
+    cfg = load_config(EvalConfig, argv, prog="r1lab eval", epilog=COMPARE_HELP)
     summary = run_eval(cfg)
     for name, result in summary["benchmarks"].items():
         pass1 = result["metrics"]["pass@1"]
@@ -81,6 +89,11 @@ def coldstart(argv: list[str]) -> int:
 
     cfg = load_config(ColdstartConfig, argv, prog="r1lab coldstart")
     result = write_coldstart(cfg)
+    if not result["written"]:
+        print(f"r1lab coldstart: no sample passed ({result['rejected']} failed verification or the filters), so "
+              f"nothing was written; try more --examples, a larger --n or --max-new-tokens, or --source traces",
+              file=sys.stderr)
+        return 1
     print(f"wrote {result['written']} cold-start samples to {result['path']} ({result['rejected']} failed "
           f"verification); next: r1lab sft --data {result['path']}")
     return 0

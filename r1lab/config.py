@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from r1lab.files import CHECKPOINT_MARKER, write_atomic
 
 
 #: what ``task_args: None`` means for each task. For arithmetic: 1-digit +, -, *, all 300 such problems, 100 held
@@ -34,10 +38,10 @@ class ZeroConfig:
     # what to train
     model: str = "smollm2-135m"
     task: str = "arithmetic"
-    task_args: dict | None = None  # None: the task's defaults here (DEFAULT_TASK_ARGS: arithmetic 1-digit +-*)
-    template: str = "native-zero"  # r1zero | r1 | native | native-zero (see r1lab.chat)
-    prefill: str | None = None  # None: the template's own
-    rewards: dict = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.5})
+    task_args: dict | None = None  # the task's options as YAML, e.g. '{digits: 2}'; null = its defaults (arithmetic: 1-digit +-*)
+    template: str = "native-zero"
+    prefill: str | None = None
+    rewards: dict = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.5})  # name: weight; accuracy | format | tag_count | language_consistency | overlong | code | your registered ones
     language: str = "en"  # target language for the language_consistency reward
     lora_r: int = 0  # 0 = full fine-tuning
     lora_alpha: int = 32
@@ -51,30 +55,30 @@ class ZeroConfig:
     top_k: int = 0
     stop: list = field(default_factory=lambda: ["</answer>"])
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, sample more
-    max_sampling_rounds: int = 4
+    max_sampling_rounds: int = 4  # with dynamic_sampling: at most this many draws of prompts per step
     # optimisation
     advantage: str = "grpo"  # grpo | drgrpo | batch_std
     loss_aggregation: str = "token"  # token | sequence
     clip_low: float = 0.2
     clip_high: float = 0.28
     beta: float = 0.0  # KL weight; 0 skips the reference model entirely
-    updates_per_batch: int = 1  # mu
+    updates_per_batch: int = 1  # optimizer steps on each batch of samples (mu; > 1 reuses them, clipped)
     lr: float = 2e-5
     warmup_steps: int = 2
     lr_schedule: str = "cosine"  # cosine | linear | constant
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    groups_per_micro_batch: int = 2
+    groups_per_micro_batch: int = 2  # groups per forward/backward pass (memory vs speed)
     # evaluation, logging, checkpoints
-    eval_examples: int = 100
+    eval_examples: int = 100  # held-out problems evaluated before and after training
     eval_every: int = 0  # 0 = only before and after
     eval_samples: int = 1  # samples per held-out problem; 1 = one greedy answer
     eval_temperature: float = 0.6  # with eval_samples > 1 (top-p 0.95, as r1lab eval)
-    eval_max_new_tokens: int = 64
-    save_every: int = 20
-    keep_checkpoints: int = 2
+    eval_max_new_tokens: int = 64  # the length limit of a held-out answer
+    save_every: int = 20  # steps between checkpoints (the last step is always one)
+    keep_checkpoints: int = 2  # older checkpoints are deleted
     out: str = "runs/zero"
-    resume: bool = False
+    resume: bool = False  # continue the run in --out from its last checkpoint, with its saved settings
     seed: int = 0
     threads: int = 0  # 0 = all cores
 
@@ -84,8 +88,7 @@ class EvalConfig:
     """``r1lab eval``: the R1 evaluation protocol (k samples at T=0.6, top-p 0.95; pass@1, pass@k, cons@k)."""
 
     model: str = "smollm2-135m"  # hub id, local folder, .gguf file, or the embedded smollm2-135m
-    # gsm8k | math500 | aime24 | gpqa-diamond | task:NAME (an r1lab task's test split)
-    benchmarks: list = field(default_factory=lambda: ["gsm8k"])
+    benchmarks: list = field(default_factory=lambda: ["gsm8k"])  # gsm8k | math500 | aime24 | gpqa-diamond | task:NAME (an r1lab task's test split)
     data: dict = field(default_factory=dict)  # benchmark -> local JSONL/Parquet path, e.g. {aime24: aime.jsonl}
     task_args: dict = field(default_factory=dict)  # for task:NAME benchmarks, e.g. {digits: 2}
     limit: int = 0  # the first N problems of each benchmark; 0 = all
@@ -95,8 +98,8 @@ class EvalConfig:
     top_k: int = 0
     greedy: bool = False  # one greedy answer per problem instead of k samples
     max_new_tokens: int = 32768  # the paper's budget; cut to the model's context window
-    template: str = "native"  # r1 | native | r1zero | native-zero (see r1lab.chat)
-    prefill: str | None = None  # None: the template's own
+    template: str = "native"
+    prefill: str | None = None
     interval: str = "bootstrap"  # bootstrap | normal
     problems_per_batch: int = 0  # problems generated together (0 = 64 // k); also the unit a resume redoes
     seed: int = 0
@@ -136,7 +139,7 @@ class ColdstartConfig:
 
     source: str = "traces"  # traces (the task writes them) | model (few-shot sampling) | jsonl (your file)
     task: str = "arithmetic"
-    task_args: dict | None = None  # None: the task's defaults here (DEFAULT_TASK_ARGS)
+    task_args: dict | None = None  # the task's options as YAML, e.g. '{digits: 2}'; null = its defaults
     examples: int = 200  # how many training examples get a trace
     model: str = "smollm2-135m"  # source=model: the model prompted with long chain-of-thought examples
     shots: int = 3  # source=model: worked examples in the prompt
@@ -157,7 +160,7 @@ class SampleConfig:
 
     model: str = "smollm2-135m"
     task: str = "arithmetic"
-    task_args: dict | None = None  # None: the task's defaults here (DEFAULT_TASK_ARGS)
+    task_args: dict | None = None  # the task's options as YAML, e.g. '{digits: 2}'; null = its defaults
     limit: int = 0  # the first N training prompts; 0 = all
     n: int = 4  # samples per prompt
     keep: int = 1  # at most this many correct samples per prompt
@@ -169,10 +172,10 @@ class SampleConfig:
     stop: list = field(default_factory=lambda: ["</answer>"])
     # filters (each can be switched off)
     language: str = "en"
-    min_language_share: float = 0.95  # 0 = off
-    max_paragraph_chars: int = 1500  # 0 = off
-    drop_code_blocks: bool = True
-    drop_truncated: bool = True
+    min_language_share: float = 0.95  # keep reasoning with at least this share of words in --language; 0 = off
+    max_paragraph_chars: int = 1500  # drop reasoning with a longer paragraph (characters); 0 = off
+    drop_code_blocks: bool = True  # drop reasoning that holds a fenced code block
+    drop_truncated: bool = True  # drop replies cut at max_new_tokens
     near_duplicate: float = 0.9  # Jaccard of word 5-grams at or above this is a duplicate; 1.0 = exact only
     decontaminate: list = field(default_factory=list)  # benchmark names, e.g. [gsm8k, math500]; 8-gram overlap
     # non-reasoning data, answered with an empty think block
@@ -193,7 +196,7 @@ class DistillConfig:
     base_url: str | None = None  # e.g. https://api.deepseek.com, http://127.0.0.1:8000/v1 (r1lab serve)
     api_key_env: str = "OPENAI_API_KEY"  # the environment variable that holds the key for base_url
     task: str = "arithmetic"
-    task_args: dict | None = None  # None: the task's defaults here (DEFAULT_TASK_ARGS)
+    task_args: dict | None = None  # the task's options as YAML, e.g. '{digits: 2}'; null = its defaults
     limit: int = 0  # the first N training prompts; 0 = all
     template: str = "native"  # for a local teacher
     temperature: float = 0.6
@@ -214,13 +217,13 @@ class ServeConfig:
     """``r1lab serve MODEL``: an OpenAI-compatible chat server with reasoning_content, and a chat page at /."""
 
     model: str = "smollm2-135m"  # hub id, local folder, .gguf file, a run's checkpoint, or the embedded model
-    host: str = "127.0.0.1"
-    port: int = 8000
-    template: str = "native"  # r1 (reply starts inside <think>) | native | r1zero | native-zero
+    host: str = "127.0.0.1"  # address to listen on (0.0.0.0 for every interface)
+    port: int = 8000  # port to listen on
+    template: str = "native"
     api_key: str | None = None  # require "Authorization: Bearer KEY" on /v1/* (or set R1LAB_API_KEY)
     max_pending: int = 16  # requests waiting or running; one more gets 429 with Retry-After
     max_batch_rows: int = 32  # samples generated together
-    max_n: int = 8
+    max_n: int = 8  # the largest n (choices per request) accepted
     max_tokens: int = 2048  # default reply budget when a request gives none
     threads: int = 0  # 0 = all cores
 
@@ -238,21 +241,59 @@ class ChatConfig:
     threads: int = 0
 
 
-COMMANDS = {"zero": ZeroConfig, "eval": EvalConfig, "sft": SftConfig, "coldstart": ColdstartConfig, "sample": SampleConfig, "distill": DistillConfig,
-            "serve": ServeConfig, "chat": ChatConfig}
+#: help for options that mean the same in every command (an option's own ``# comment`` above wins)
+COMMON_HELP = {
+    "model": "a hub id, a local HF folder (an r1lab checkpoint included), a .gguf file, or the embedded smollm2-135m",
+    "task": "arithmetic | countdown | dataset | gsm8k | code_functions | code_dataset",
+    "out": "output folder (a file for coldstart); r1lab never overwrites what a run wrote there",
+    "seed": "random seed for data order and sampling",
+    "threads": "CPU threads; 0 = all cores",
+    "steps": "optimizer steps (each samples prompts_per_step x group_size completions)",
+    "prompts_per_step": "prompts per step",
+    "group_size": "completions per prompt (G); advantages compare them",
+    "max_new_tokens": "the length limit of a completion, in tokens",
+    "temperature": "sampling temperature",
+    "top_p": "nucleus sampling: keep the likeliest tokens up to this probability mass (1 = off)",
+    "top_k": "keep only the k likeliest tokens; 0 = off",
+    "stop": "strings that end a completion (kept in it)",
+    "lr": "peak learning rate",
+    "warmup_steps": "linear warmup steps",
+    "weight_decay": "AdamW weight decay",
+    "max_grad_norm": "gradient clipping norm",
+    "lora_alpha": "LoRA scaling (with lora_r > 0)",
+    "epochs": "passes over the data",
+    "clip_low": "PPO clip range below 1 (epsilon)",
+    "clip_high": "PPO clip range above 1 (DAPO's clip-higher when > clip_low)",
+    "max_tokens": "the length limit of a reply, in tokens",
+    "template": "how prompts are rendered: r1zero | r1 (reply starts inside <think>) | native (the model's chat "
+                "template) | native-zero (the R1-Zero instruction inside it); default: the one a checkpoint was "
+                "trained with",
+    "prefill": "text the reply is forced to start with; null = the template's own",
+    "language": "target language of the reasoning (en, zh, ...)",
+    "lr_schedule": "cosine | linear | constant (after warmup)",
+    "min_language_share": "keep reasoning with at least this share of words in --language; 0 = off",
+}
+#: what a resumed run may change; every other setting must be the one the run was started with
+RESUME_MAY_CHANGE = ("resume", "threads")
 
 
-def load_config(cls, argv: list[str] | None = None, prog: str = "r1lab"):
-    """Build ``cls`` from its defaults, an optional ``--config`` YAML, then command-line flags."""
-    parser = argparse.ArgumentParser(prog=prog, description=cls.__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", help="YAML recipe; flags given here override it")
+def parse_values(cls, argv: list[str] | None = None, prog: str = "r1lab", epilog: str | None = None) -> dict:
+    """The options given for ``cls``: an optional ``--config`` YAML, then command-line flags over it (defaults are
+    not filled in, so callers know what was given)."""
+    parser = argparse.ArgumentParser(prog=prog, description=cls.__doc__, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML recipe (see recipes/); flags given here override it")
     defaults = cls()
     hints = typing.get_type_hints(cls)
+    helps = option_help(cls)
     for f in dataclasses.fields(cls):
-        flags = sorted({f"--{f.name}", f"--{f.name.replace('_', '-')}"})
-        parser.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS, metavar=_metavar(hints[f.name]),
-                            help=f"(default: {getattr(defaults, f.name)!r})")
+        is_bool = _base_type(hints[f.name]) is bool
+        kind = dict(dest=f.name, default=argparse.SUPPRESS, metavar=_metavar(hints[f.name]),
+                    nargs="?" if is_bool else None, const="true" if is_bool else None)  # a bare --greedy is true
+        parser.add_argument(f"--{f.name.replace('_', '-')}", **kind,
+                            help=f"{helps[f.name]} (default: {getattr(defaults, f.name)!r})".lstrip())
+        if "_" in f.name:
+            parser.add_argument(f"--{f.name}", **kind, help=argparse.SUPPRESS)  # --group_size works too
     args = vars(parser.parse_args(argv))
     values = {}
     if args.get("config"):
@@ -260,7 +301,73 @@ def load_config(cls, argv: list[str] | None = None, prog: str = "r1lab"):
     args.pop("config", None)
     for name, raw in args.items():
         values[name] = _convert(raw, hints[name], name)
-    return make_config(cls, values)
+    return values
+
+
+def load_config(cls, argv: list[str] | None = None, prog: str = "r1lab", epilog: str | None = None):
+    """Build ``cls`` from its defaults, an optional ``--config`` YAML, then command-line flags."""
+    return make_config(cls, parse_values(cls, argv, prog, epilog))
+
+
+def option_help(cls) -> dict[str, str]:
+    """``field -> help``: the field's ``# comment`` in this file, else :data:`COMMON_HELP`."""
+    comments = {}
+    for line in inspect.getsource(cls).splitlines():
+        match = re.match(r"\s+(\w+): [^#]*#\s*(.+)$", line)
+        if match:
+            comments[match[1]] = match[2].strip()
+    return {f.name: comments.get(f.name) or COMMON_HELP.get(f.name, "") for f in dataclasses.fields(cls)}
+
+
+def values_for_resume(cls, values: dict, out_default: str | None = None) -> dict:
+    """For ``--resume``: the run's saved settings with the given ones over them. A given setting that differs
+    from the saved one (other than :data:`RESUME_MAY_CHANGE`) is refused, naming each."""
+    run = Path(values.get("out", out_default or cls().out))
+    saved_path = run / "config.yaml"
+    if not saved_path.is_file():
+        return values
+    saved = _saved_settings(cls, saved_path)
+    given = make_config(cls, dict(values))
+    changed = [name for name in values if name not in RESUME_MAY_CHANGE
+               and _normal(getattr(given, name)) != saved.get(name, _normal(getattr(cls(), name)))]
+    if changed:
+        raise ValueError(_differences(run, changed, saved, given, "you gave"))
+    return {**saved, **values}
+
+
+def check_same_config(cfg, path: Path, ignore: tuple = ()) -> None:
+    """Refuse to continue a run saved in ``path`` with settings other than its own (``ignore`` may differ)."""
+    saved = _saved_settings(type(cfg), path)
+    changed = [f.name for f in dataclasses.fields(cfg) if f.name not in ignore
+               and _normal(getattr(cfg, f.name)) != saved.get(f.name, _normal(getattr(type(cfg)(), f.name)))]
+    if changed:
+        raise ValueError(_differences(path.parent, changed, saved, cfg, "now"))
+
+
+def _saved_settings(cls, path: Path) -> dict:
+    saved = yaml.safe_load(Path(path).read_text()) or {}
+    known = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in saved.items() if k in known}
+
+
+def _normal(value):
+    return yaml.safe_load(yaml.safe_dump(value))
+
+
+def _differences(run: Path, changed: list[str], saved: dict, cfg, now_word: str) -> str:
+    diff = "; ".join(f"{name}: {saved.get(name)!r} there, {getattr(cfg, name)!r} {now_word}" for name in changed)
+    return (f"{run} holds a run started with other settings ({diff}). To continue it, drop those flags (the run's "
+            f"own settings are read from {run / 'config.yaml'}); for a new run with these settings, choose another "
+            "--out")
+
+
+def recorded_template(model: str) -> str | None:
+    """The template a checkpoint written by r1lab was trained with (None for other models)."""
+    marker = Path(model).expanduser() / CHECKPOINT_MARKER
+    try:
+        return json.loads(marker.read_text()).get("template") if marker.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def read_recipe(path: str | Path, cls) -> dict:
@@ -274,9 +381,15 @@ def read_recipe(path: str | Path, cls) -> dict:
 
 
 def make_config(cls, values: dict):
-    """Check names and types, then build the dataclass; errors say which option and what to write."""
+    """Check names and types, then build the dataclass; errors say which option and what to write. A
+    ``template`` not given is the one the ``model`` checkpoint was trained with, if r1lab recorded it."""
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
+    source = "teacher" if "teacher" in known else "model"
+    if "template" in known and "template" not in values:
+        recorded = recorded_template(str(values.get(source, getattr(cls(), source, ""))))
+        if recorded:
+            values = {**values, "template": recorded}
     for name in values:
         if name not in known:
             close = [k for k in known if k.split("_")[0] == name.replace("-", "_").split("_")[0]]
@@ -287,7 +400,7 @@ def make_config(cls, values: dict):
 
 
 def save_config(config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    write_atomic(path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
 
 
 def _convert(raw, hint, name):
@@ -299,7 +412,11 @@ def _convert(raw, hint, name):
     try:
         return yaml.safe_load(raw)
     except yaml.YAMLError as e:
-        raise SystemExit(f"r1lab: --{name}: cannot read {raw!r} as YAML ({e})") from None
+        where = getattr(e, "problem_mark", None)
+        at = f" at column {where.column + 1}" if where is not None else ""
+        problem = getattr(e, "problem", None) or "not valid YAML"
+        raise ValueError(f"--{name.replace('_', '-')}: cannot read {raw!r}: {problem}{at}; write YAML such as "
+                         "'{digits: 2}' or '[gsm8k, math500]', quoted for the shell") from None
 
 
 def _check_type(value, hint, name):
@@ -331,5 +448,3 @@ def _metavar(hint) -> str:
     return _base_type(hint).__name__.upper()
 
 
-def to_json(config) -> str:
-    return json.dumps(dataclasses.asdict(config))

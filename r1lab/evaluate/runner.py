@@ -89,7 +89,6 @@ def run_eval(cfg, progress: bool = True) -> dict:
     model, tokenizer = load_model(cfg.model)
     engine = TorchEngine(model, tokenizer)
     context = getattr(model.config, "max_position_embeddings", None) or 1 << 30
-    save_config(cfg, out / "config.yaml")
 
     summary = {"model": cfg.model, "template": cfg.template, "benchmarks": {}}
     for name, bench in benches.items():
@@ -111,6 +110,7 @@ def run_eval(cfg, progress: bool = True) -> dict:
         _log(f"{name}: " + ", ".join(f"{m} {v['value']:.1%} [{v['ci_low']:.1%}, {v['ci_high']:.1%}]"
                                      for m, v in result["metrics"].items())
              + f" (n={result['n_problems']}, k={k}, {seconds:.0f} s)")
+    save_config(cfg, out / "config.yaml")  # only once the samples there were found to match these settings
     _write_json(out / "summary.json", summary)
     write_eval_report(out, summary)
     return summary

@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from r1lab.chat import render
-from r1lab.config import ZeroConfig, save_config, task_args_for
+from r1lab.config import RESUME_MAY_CHANGE, ZeroConfig, check_same_config, save_config, task_args_for
 from r1lab.engine import SamplingParams, TorchEngine
 from r1lab.engine.onednn import onednn_linears
 from r1lab.files import write_atomic
@@ -53,19 +53,24 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
     """Run R1-Zero GRPO as configured; returns the run's summary (also written to ``OUT/summary.json``)."""
     run = Path(cfg.out)
     check_config(cfg)
+    if cfg.resume and (run / "config.yaml").is_file():
+        check_same_config(cfg, run / "config.yaml", ignore=RESUME_MAY_CHANGE)
+        if is_finished(run):
+            tqdm.write(f"r1lab: {run} is a finished run (final/ and summary.json are there); nothing to do")
+            return json.loads((run / "summary.json").read_text())
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     task = get_task(cfg.task, **task_args_for(cfg.task, cfg.task_args))
     train_set = task.examples("train")
     test_set = task.examples("test")[:cfg.eval_examples]
 
     start_step, checkpoint = _resume_point(run, cfg)
+    _start_run_dir(run, cfg, start_step)
     model, tokenizer = _load_policy(cfg, checkpoint)
     engine = TorchEngine(model, tokenizer)
     rewards = build_rewards(cfg, task)
     reference = _reference_policy(model, cfg, checkpoint)
     optimizer, scheduler = _optimizer(model, cfg)
     state = _load_trainer_state(checkpoint, optimizer, scheduler)
-    _start_run_dir(run, cfg, start_step)
     history = _read_metrics(run)
 
     if "eval_before" not in state:
@@ -94,17 +99,17 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
         for warning in check_step(metrics, history, cfg.max_new_tokens):
             bar.write(f"  warning: {warning}")
         history.append(metrics)
-        if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:  # the last step is a resume point too
             _save(run, model, tokenizer, optimizer, scheduler, state, step + 1, cfg)
     bar.close()
 
+    final = _save(run, model, tokenizer, optimizer, scheduler, state, cfg.steps, cfg, final=True)  # before eval
     state["eval_after"] = evaluate(engine, task, test_set, cfg, desc="eval after")
-    final = _save(run, model, tokenizer, optimizer, scheduler, state, cfg.steps, cfg, final=True)
     summary = _summary(cfg, history, state, final)
-    (run / "summary.json").write_text(json.dumps(summary, indent=2))
     from r1lab.report import write_zero_report
 
     write_zero_report(run, history, summary)
+    write_atomic(run / "summary.json", json.dumps(summary, indent=2))  # last: its presence means finished
     return summary
 
 
@@ -416,17 +421,29 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str, floor: float = 
 
 # --------------------------------------------------------------------------------- run folder, resume
 def _start_run_dir(run: Path, cfg: ZeroConfig, start_step: int) -> None:
-    if start_step == 0 and run.exists() and any(run.iterdir()) and not cfg.resume:
-        if (run / "metrics.jsonl").exists() or (run / "checkpoints").exists():
-            raise SystemExit(f"r1lab: {run} already holds a run. Pass --resume true to continue it, or choose "
-                             f"another --out; r1lab never overwrites a run.")
+    """Create or reopen the run folder. A new run never reuses a folder that holds one; a resumed run must have
+    the settings it was started with. Log lines past the resume point are moved to ``*.discarded.jsonl``
+    (they are redone), never deleted."""
+    saved = run / "config.yaml"
+    if not cfg.resume and run.exists() and any(run.iterdir()):
+        if saved.exists() or (run / "metrics.jsonl").exists() or (run / "checkpoints").exists():
+            raise ValueError(f"{run} already holds a run. Pass --resume true to continue it, or choose another "
+                             f"--out; r1lab never overwrites a run.")
     run.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run / "config.yaml")
-    for name in ("metrics.jsonl", "samples.jsonl"):  # drop lines past the checkpoint we resume from
+    if not saved.exists():
+        save_config(cfg, saved)
+    for name in ("metrics.jsonl", "samples.jsonl"):
         path = run / name
-        if path.exists():
-            rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
-            write_atomic(path, "".join(r + "\n" for r in rows))
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+        redone = [r for r in rows if r["step"] > start_step]
+        if redone:
+            _append_jsonl(path.with_suffix(".discarded.jsonl"), *redone)
+            write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= start_step))
+
+
+def is_finished(run: Path) -> bool:
+    """The run wrote its final checkpoint, report and summary (the summary is written last)."""
+    return (run / "summary.json").is_file() and is_complete_checkpoint(run / "final")
 
 
 def _resume_point(run: Path, cfg: ZeroConfig) -> tuple[int, Path | None]:
@@ -435,7 +452,7 @@ def _resume_point(run: Path, cfg: ZeroConfig) -> tuple[int, Path | None]:
     checkpoints = sorted((p for p in (run / "checkpoints").glob("step-*") if is_complete_checkpoint(p)),
                          key=lambda p: int(p.name.split("-")[1]))
     if not checkpoints:
-        tqdm.write(f"r1lab: --resume: no complete checkpoint in {run / 'checkpoints'}; starting from step 0")
+        tqdm.write(f"r1lab: --resume: no complete checkpoint in {run / 'checkpoints'} yet; starting from step 0")
         return 0, None
     last = checkpoints[-1]
     tqdm.write(f"r1lab: resuming from {last}")
@@ -465,7 +482,8 @@ def _save(run: Path, model, tokenizer, optimizer, scheduler, state, step: int, c
             model.save_pretrained(folder / "adapter")
 
     folder = run / ("final" if final else f"checkpoints/step-{step:06d}")
-    save_checkpoint(model, tokenizer, folder, meta={"step": step, "model": cfg.model},
+    save_checkpoint(model, tokenizer, folder, meta={"step": step, "model": cfg.model, "template": cfg.template,
+                                                    "prefill": cfg.prefill},
                     write_extra=None if final else extra)
     if not final:
         checkpoints = sorted((run / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))

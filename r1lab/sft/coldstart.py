@@ -17,12 +17,13 @@ Procedural traces exist for ``arithmetic`` and ``countdown`` (from the solution 
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
 
 from r1lab.config import task_args_for
-from r1lab.files import write_jsonl
+from r1lab.files import write_atomic
 from r1lab.tasks import get_task
 from r1lab.tasks.base import question_text
 
@@ -129,17 +130,25 @@ def write_coldstart(cfg, progress: bool = True) -> dict:
     sources = {"traces": _from_traces, "model": _from_model, "jsonl": _from_jsonl}
     if cfg.source not in sources:
         raise ValueError(f"source {cfg.source!r} is unknown; choose one of {', '.join(sources)}")
-    rows, dropped = sources[cfg.source](cfg, progress)
     out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out, rows)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; coldstart writes one JSONL file, e.g. --out {out}/coldstart.jsonl")
+    rows, dropped = sources[cfg.source](cfg, progress)
+    if rows:  # an empty set is reported, not written
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        if out.exists() and out.read_text(encoding="utf-8") != text:
+            raise ValueError(f"{out} already exists with other samples; r1lab never overwrites data. Choose another "
+                             f"--out, or delete {out} first")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(out, text)
     return {"written": len(rows), "rejected": sum(dropped.values()), "dropped": dict(dropped), "path": str(out)}
 
 
 def _trace_task(cfg):
     if cfg.task not in TRACES:
-        raise ValueError(f"r1lab coldstart can write traces for {', '.join(TRACES)}; for task {cfg.task!r} use "
-                         "--source model or --source jsonl")
+        raise ValueError(f"r1lab writes worked traces (--source traces, and the examples --source model is prompted "
+                         f"with) for {', '.join(TRACES)} only; for task {cfg.task!r} give your own traces "
+                         "(--source jsonl --data FILE.jsonl) or ask a teacher model (r1lab distill)")
     return get_task(cfg.task, **task_args_for(cfg.task, cfg.task_args))
 
 

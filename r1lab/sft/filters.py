@@ -7,7 +7,9 @@ R1 "filtered out chain-of-thought with mixed languages, long paragraphs, and cod
   (:func:`r1lab.rewards.language.language_consistency`) is below a threshold;
 - ``long_paragraph``: a paragraph of the reasoning (text between blank lines) is longer than a limit;
 - ``code_block``: the reasoning holds a fenced code block;
-- ``truncated``: the reply hit the length limit.
+- ``truncated``: the reply hit the length limit;
+- ``no_reasoning``: the reply is not in R1's format (a closed, non-empty think block, then an answer): always on
+  for reasoning samples, since stage-3 reasoning data must teach the format.
 
 Duplicates and contamination need the other samples, so they are classes: :class:`Deduplicator` drops exact
 repeats (after normalising whitespace and case) and near repeats (Jaccard similarity of word 5-gram sets at or
@@ -56,6 +58,20 @@ def code_block(completion: str) -> str | None:
     """
     reasoning, _ = split_reasoning(completion)
     return "code_block" if "```" in reasoning else None
+
+
+def no_reasoning(completion: str) -> str | None:
+    """Drop a reasoning sample that is not in R1's format: a closed, non-empty think block, then an answer.
+
+    >>> no_reasoning("<think>2 and 2 make 4.</think> 4"), no_reasoning("1 + 1 = 2"), no_reasoning("<think></think>2")
+    (None, 'no_reasoning: no closed think block', 'no_reasoning: empty reasoning')
+    """
+    if "</think>" not in completion:
+        return "no_reasoning: no closed think block"
+    reasoning, answer = split_reasoning(completion)
+    if not reasoning:
+        return "no_reasoning: empty reasoning"
+    return None if answer else "no_reasoning: no answer after the reasoning"
 
 
 def truncated(finish_reason: str) -> str | None:

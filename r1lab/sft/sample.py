@@ -39,12 +39,12 @@ def run_sample(cfg, progress: bool = True) -> dict:
     check_config(cfg)
     task = get_task(cfg.task, **task_args_for(cfg.task, cfg.task_args))
     examples = [{"id": str(i), **e} for i, e in enumerate(task.examples("train")[:cfg.limit or None])]
-    decontaminator = filters.Decontaminator(_eval_prompts(cfg.decontaminate)) if cfg.decontaminate else None
+    eval_prompts = {name: _eval_prompts([name]) for name in cfg.decontaminate}
+    decontaminator = filters.Decontaminator([p for ps in eval_prompts.values() for p in ps]) if eval_prompts else None
     non_reasoning = _read_non_reasoning(cfg.non_reasoning) if cfg.non_reasoning else []
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
 
     counts: Counter = Counter()
     clean = []
@@ -64,6 +64,7 @@ def run_sample(cfg, progress: bool = True) -> dict:
                 "source": f"task {cfg.task} {cfg.task_args}"}
     context = getattr(model.config, "max_position_embeddings", None) or 1 << 30
     problems, seconds = run_benchmark(engine, task, clean, params, cfg, out / "samples", settings, context, progress)
+    save_config(cfg, out / "config.yaml")  # only once the samples there were found to match these settings
 
     kept = select(problems, clean, cfg, counts)
     rows = [{"prompt": question_text(ex, task), "response": r["completion"],
@@ -78,7 +79,8 @@ def run_sample(cfg, progress: bool = True) -> dict:
     summary = {"prompts": len(examples), "sampled_prompts": len(clean), "samples": sum(len(p) for p in problems),
                "correct": sum(bool(r["correct"]) for p in problems for r in p), "kept_reasoning": len(kept),
                "prompts_with_a_kept_sample": len({ex["id"] for ex, _ in kept}), "non_reasoning": len(extra),
-               "dropped": dict(counts), "seconds": seconds, "path": str(out / "sft.jsonl")}
+               "dropped": dict(counts), "seconds": seconds, "path": str(out / "sft.jsonl"),
+               "filters": filters_run(cfg, {name: len(ps) for name, ps in eval_prompts.items()})}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _report(out, summary, cfg)
     return summary
@@ -107,7 +109,9 @@ def select(problems: list[list[dict]], examples: list[dict], cfg, counts: Counte
 def _drop_reason(r: dict, cfg, dedupe: filters.Deduplicator) -> str | None:
     if not r["correct"]:
         return "wrong"
+    opened = r.get("prompt", "").rstrip().endswith("<think>")  # the template opened the think block for the model
     checks = [
+        lambda: filters.no_reasoning(("<think>\n" if opened else "") + r["completion"]),
         lambda: filters.truncated(r["finish_reason"]) if cfg.drop_truncated else None,
         lambda: filters.language_mixed(r["completion"], cfg.language, cfg.min_language_share)
         if cfg.min_language_share > 0 else None,
@@ -167,6 +171,25 @@ def _mix_non_reasoning(rows: list[dict], n_reasoning: int, share: float, seed: i
              "source": {"kind": "non_reasoning"}} for r in picked]
 
 
+def filters_run(cfg, contamination_sets: dict[str, int]) -> list[str]:
+    """What the report says about each filter: on (with its setting) or off."""
+    def switch(on: bool, what: str) -> str:
+        return what if on else f"off: {what.split(':')[0]}"
+
+    sets = ", ".join(f"{name} ({n} prompts)" for name, n in contamination_sets.items())
+    return ["correct: the task's verifier accepts the answer",
+            "no_reasoning: a closed, non-empty think block followed by an answer (always on)",
+            switch(cfg.drop_truncated, "truncated: replies cut at the length limit are dropped"),
+            switch(cfg.min_language_share > 0, f"language: at least {cfg.min_language_share:.0%} of the reasoning's "
+                                               f"words in {cfg.language}"),
+            switch(cfg.max_paragraph_chars > 0, f"long_paragraph: no paragraph over {cfg.max_paragraph_chars} "
+                                                "characters in the reasoning"),
+            switch(cfg.drop_code_blocks, "code_block: no fenced code block in the reasoning"),
+            f"duplicate: exact repeats, and near repeats at word 5-gram Jaccard >= {cfg.near_duplicate}",
+            f"decontamination: prompts sharing a word 8-gram with {sets}" if sets else
+            "off: decontamination (no --decontaminate sets named)"]
+
+
 def _report(out: Path, summary: dict, cfg) -> None:
     lines = [f"# Rejection sampling from `{cfg.model}` on task `{cfg.task}`", "",
              f"{summary['sampled_prompts']} of {summary['prompts']} prompts sampled, {cfg.n} samples each "
@@ -176,5 +199,7 @@ def _report(out: Path, summary: dict, cfg) -> None:
              f"prompts (at most {cfg.keep} each), plus {summary['non_reasoning']} non-reasoning samples.", "",
              "| dropped because | count |", "|---|---:|"]
     lines += [f"| {reason} | {count} |" for reason, count in sorted(summary["dropped"].items(), key=lambda x: -x[1])]
+    lines += ["", "Filters, in the order they ran (a sample is counted under the first that dropped it):", ""]
+    lines += [f"- {line}" for line in summary["filters"]]
     lines += ["", f"Output: `{summary['path']}`"]
     (out / "report.md").write_text("\n".join(lines) + "\n")

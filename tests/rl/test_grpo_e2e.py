@@ -55,7 +55,7 @@ def test_grpo_changes_parameters_with_finite_loss(tiny_path, tmp_path):
 
 def test_refuses_to_overwrite_a_run(tiny_path, tmp_path):
     grpo.train(config(tiny_path, tmp_path / "run", steps=1), progress=False)
-    with pytest.raises(SystemExit, match="--resume"):
+    with pytest.raises(ValueError, match="--resume"):
         grpo.train(config(tiny_path, tmp_path / "run", steps=1), progress=False)
 
 
@@ -97,12 +97,12 @@ def test_lora_with_kl_uses_the_adapter_free_model_as_reference(tiny_path, tmp_pa
 def test_incomplete_checkpoints_are_never_resumed_from(tiny_path, tmp_path):
     grpo.train(config(tiny_path, tmp_path / "run", steps=2, save_every=1), progress=False)
     ckpts = tmp_path / "run" / "checkpoints"
-    assert sorted(p.name for p in ckpts.iterdir()) == ["step-000001"]
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-000001", "step-000002"]  # the last step too
     fake = ckpts / "step-000009"  # looks newer but was never sealed (no r1lab_complete.json)
     fake.mkdir()
     (fake / "config.json").write_text("{}")
     step, checkpoint = grpo._resume_point(tmp_path / "run", config(tiny_path, tmp_path / "run", resume=True))
-    assert step == 1 and checkpoint.name == "step-000001"
+    assert step == 2 and checkpoint.name == "step-000002"
 
 
 def test_held_out_eval_runs_every_n_steps_through_the_eval_code_with_k_samples(tiny_path, tmp_path):

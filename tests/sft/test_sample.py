@@ -87,7 +87,7 @@ def test_sample_end_to_end_with_non_reasoning_mix_and_resume(tmp_path):
     mix = tmp_path / "chat.jsonl"
     mix.write_text("".join(json.dumps({"prompt": f"hello {i}", "response": "Hi!"}) + "\n" for i in range(10)))
     cfg = SampleConfig(model=model, task="test_echo", task_args={}, n=3, keep=2, template="native", stop=[],
-                       max_new_tokens=8, min_language_share=0, drop_truncated=False, near_duplicate=1.0,
+                       prefill="<think>\nI say it.\n</think>\n", max_new_tokens=8, min_language_share=0, drop_truncated=False, near_duplicate=1.0,
                        non_reasoning=str(mix), non_reasoning_share=0.25, problems_per_batch=2,
                        out=str(tmp_path / "run"), threads=1)
     summary = run_sample(cfg, progress=False)
@@ -100,3 +100,27 @@ def test_sample_end_to_end_with_non_reasoning_mix_and_resume(tmp_path):
     assert (tmp_path / "run" / "report.md").is_file()
     again = run_sample(cfg, progress=False)  # every batch is on disk: nothing is sampled again
     assert again["kept_reasoning"] == summary["kept_reasoning"] and again["seconds"] == summary["seconds"]
+
+
+def test_replies_without_reasoning_are_not_kept_as_reasoning_samples(tmp_path):
+    assert filters.no_reasoning("1 + 1 = 2") and filters.no_reasoning("<think>\nstill thinking")
+    assert filters.no_reasoning("<think>\n</think>2") and filters.no_reasoning("<think>2 is it</think>  ")
+    counts = Counter()
+    problems = [[record(0, 1.0, "1 + 1 = 2"), record(1, 1.0, GOOD)]]
+    kept = select(problems, [{"id": "a"}], SampleConfig(keep=2), counts)
+    assert [r["sample"] for _, r in kept] == [1] and counts == {"no_reasoning": 1}
+    opened = dict(record(0, 1.0, "Add them: 5.\n</think>\n<answer>5</answer>"), prompt="...<think>\n")
+    assert select([[opened]], [{"id": "b"}], SampleConfig(), Counter())  # the template opened the think block
+
+
+def test_the_report_names_every_filter_and_the_decontamination_sets(tmp_path):
+    tok = make_tokenizer()
+    model = str(save_checkpoint(make_model(tok), tok, tmp_path / "tiny"))
+    cfg = SampleConfig(model=model, task="test_echo", task_args={}, n=2, template="native", stop=[], max_new_tokens=6,
+                       out=str(tmp_path / "run"), threads=1, decontaminate=["gsm8k"])
+    summary = run_sample(cfg, progress=False)
+    assert summary["kept_reasoning"] == 0 and summary["dropped"]["no_reasoning"] == 12  # random text: no think block
+    report = (tmp_path / "run" / "report.md").read_text()
+    for name in ("no_reasoning", "truncated", "language", "long_paragraph", "code_block", "duplicate"):
+        assert f"- {name}" in report
+    assert "decontamination: prompts sharing a word 8-gram with gsm8k (" in report

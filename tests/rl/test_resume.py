@@ -1,0 +1,145 @@
+"""`r1lab zero --resume` through the command line: a finished run is left exactly as it is, an interrupted one
+continues with its own settings (other flags are refused), and the trained policy is on disk before the final
+evaluation starts."""
+
+import hashlib
+import json
+import os
+
+import pytest
+
+import r1lab.rl.grpo as grpo
+from r1lab.cli import main
+from r1lab.models import is_complete_checkpoint, save_checkpoint
+
+from conftest import make_model, make_tokenizer
+
+
+@pytest.fixture
+def tiny_path(tmp_path):
+    tok = make_tokenizer()
+    return str(save_checkpoint(make_model(tok), tok, tmp_path / "tiny"))
+
+
+def flags(tiny_path, out, steps=2):
+    return ["zero", "--model", tiny_path, "--task-args", "{n_train: 30, n_test: 6}", "--template", "native",
+            "--rewards", "{format: 0.5, tag_count: 0.5}", "--steps", str(steps), "--prompts-per-step", "2",
+            "--group-size", "2", "--max-new-tokens", "6", "--eval-examples", "2", "--eval-max-new-tokens", "4",
+            "--warmup-steps", "0", "--threads", "1", "--out", str(out)]
+
+
+def snapshot(folder):
+    """Every file under ``folder`` with a hash of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resuming_a_finished_run_changes_nothing(tiny_path, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(flags(tiny_path, run)) == 0
+    before = snapshot(run)
+    assert main(["zero", "--out", str(run), "--resume", "true"]) == 0  # the repro of the report, word for word
+    assert snapshot(run) == before
+    assert "finished run" in capsys.readouterr().out
+
+
+def test_an_interrupted_run_resumes_with_its_saved_settings_and_refuses_others(tiny_path, tmp_path, monkeypatch,
+                                                                               capsys):
+    run = tmp_path / "run"
+    real_update, calls = grpo.update_policy, {"n": 0}
+
+    def dies_in_step_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_update(*args, **kwargs)
+
+    monkeypatch.setattr(grpo, "update_policy", dies_in_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        main(flags(tiny_path, run, steps=3) + ["--save-every", "1"])
+    monkeypatch.setattr(grpo, "update_policy", real_update)
+    config_before = (run / "config.yaml").read_bytes()
+
+    assert main(["zero", "--out", str(run), "--resume", "true", "--lr", "0.001", "--steps", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "lr: 2e-05 there, 0.001 you gave" in err and "steps: 3 there, 5 you gave" in err
+    assert (run / "config.yaml").read_bytes() == config_before  # refused: nothing touched
+
+    assert main(["zero", "--out", str(run), "--resume", "true", "--threads", "1"]) == 0  # threads may change
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]  # the saved steps (3), not the default (40)
+    assert (run / "config.yaml").read_bytes() == config_before
+
+
+def test_a_resumed_library_call_with_other_settings_is_refused(tiny_path, tmp_path):
+    run = tmp_path / "run"
+    assert main(flags(tiny_path, run)) == 0
+    from r1lab.config import load_config, ZeroConfig
+
+    cfg = load_config(ZeroConfig, flags(tiny_path, run)[1:] + ["--resume", "true", "--seed", "7"])
+    with pytest.raises(ValueError, match="seed: 0 there, 7 now"):
+        grpo.train(cfg, progress=False)
+
+
+def test_the_policy_is_saved_before_the_final_evaluation(tiny_path, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    real_evaluate = grpo.evaluate
+
+    def dies_in_eval_after(*args, desc="eval", **kwargs):
+        if desc == "eval after":
+            raise KeyboardInterrupt  # killed during the final evaluation
+        return real_evaluate(*args, desc=desc, **kwargs)
+
+    monkeypatch.setattr(grpo, "evaluate", dies_in_eval_after)
+    with pytest.raises(KeyboardInterrupt):
+        main(flags(tiny_path, run, steps=2))
+    assert is_complete_checkpoint(run / "final") and is_complete_checkpoint(run / "checkpoints" / "step-000002")
+    assert not (run / "summary.json").exists()
+
+    monkeypatch.setattr(grpo, "evaluate", real_evaluate)
+    trained = []
+    monkeypatch.setattr(grpo, "update_policy", lambda *a, **k: trained.append(1))
+    assert main(["zero", "--out", str(run), "--resume", "true"]) == 0
+    assert trained == []  # nothing left to train: only the final evaluation ran
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2 and "accuracy" in summary["eval_after"]
+
+
+def test_lines_past_the_resume_point_are_kept_aside_not_deleted(tiny_path, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    real_update, calls = grpo.update_policy, {"n": 0}
+
+    def dies_in_step_2(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_update(*args, **kwargs)
+
+    monkeypatch.setattr(grpo, "update_policy", dies_in_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        main(flags(tiny_path, run, steps=3) + ["--save-every", "5"])  # no checkpoint before the interruption
+    monkeypatch.setattr(grpo, "update_policy", real_update)
+    logged = (run / "metrics.jsonl").read_text()
+    assert [json.loads(line)["step"] for line in logged.splitlines()] == [1]
+
+    assert main(["zero", "--out", str(run), "--resume", "true"]) == 0
+    assert (run / "metrics.discarded.jsonl").read_text() == logged  # step 1 was redone; its old line kept aside
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_checkpoints_record_their_template_and_are_readable_by_others(tiny_path, tmp_path):
+    run = tmp_path / "run"
+    assert main(flags(tiny_path, run) + ["--template", "native-zero"]) == 0
+    meta = json.loads((run / "final" / "r1lab_complete.json").read_text())
+    assert meta["template"] == "native-zero"
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (run / "final").iterdir() if p.is_file()}
+    assert set(modes.values()) == {0o666 & ~umask}, modes  # 0644 under the usual umask, as other files
+
+    from r1lab.config import ChatConfig, ServeConfig, ZeroConfig, load_config
+
+    assert load_config(ServeConfig, ["--model", str(run / "final")]).template == "native-zero"
+    assert load_config(ChatConfig, ["--model", str(run / "checkpoints" / "step-000002")]).template == "native-zero"
+    assert load_config(ServeConfig, ["--model", str(run / "final"), "--template", "r1"]).template == "r1"
+    assert load_config(ZeroConfig, ["--model", "smollm2-135m"]).template == "native-zero"  # no record: default

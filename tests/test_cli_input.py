@@ -1,0 +1,57 @@
+"""What a user types at the command line: help that explains every option, bare boolean flags, one-line errors
+for bad YAML and mistyped model paths."""
+
+import dataclasses
+
+import pytest
+
+from r1lab import config
+from r1lab.cli import main
+
+CONFIGS = [config.ZeroConfig, config.EvalConfig, config.SftConfig, config.ColdstartConfig, config.SampleConfig,
+           config.DistillConfig, config.ServeConfig, config.ChatConfig]
+
+
+@pytest.mark.parametrize("cls", CONFIGS, ids=lambda c: c.__name__)
+def test_every_option_is_explained_in_help(cls, capsys):
+    with pytest.raises(SystemExit):
+        config.parse_values(cls, ["--help"], prog="r1lab x")
+    text = "".join(capsys.readouterr().out.split())  # argparse wraps lines, also at hyphens
+    for f in dataclasses.fields(cls):
+        explanation = config.option_help(cls)[f.name]
+        assert len(explanation) > 8, f"{cls.__name__}.{f.name} has no help"
+        assert "".join(explanation.split()) in text
+
+
+def test_help_lists_allowed_values_and_eval_help_shows_compare(capsys):
+    with pytest.raises(SystemExit):
+        main(["zero", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "grpo | drgrpo | batch_std" in out and "cosine | linear | constant" in out and "native-zero" in out
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    assert "--compare RUN_A RUN_B" in capsys.readouterr().out
+
+
+def test_a_bare_boolean_flag_means_true():
+    assert config.load_config(config.EvalConfig, ["--greedy"]).greedy is True
+    assert config.load_config(config.EvalConfig, ["--greedy", "--limit", "3"]).limit == 3
+    assert config.load_config(config.EvalConfig, ["--greedy", "false"]).greedy is False
+
+
+def test_bad_yaml_is_one_clear_line(capsys):
+    assert main(["zero", "--task-args", "{digits: 2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--task-args" in err and "{digits: 2}" in err
+
+
+@pytest.mark.parametrize("command", ["serve", "chat", "eval"])
+def test_a_mistyped_relative_model_path_says_no_such_folder(command, tmp_path, monkeypatch, capsys):
+    (tmp_path / "runs" / "zero" / "final").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    args = [command, "runs/zero/fina"] if command != "eval" else [command, "--model", "runs/zero/fina"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "runs/zero/fina does not exist" in err and "runs/zero/final" in err and "Traceback" not in err
+    assert main([command, "runs/nonexistent"] if command != "eval" else [command, "--model", "runs/nonexistent"]) == 2
+    assert "runs/nonexistent does not exist" in capsys.readouterr().err
