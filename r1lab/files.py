@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Iterable
@@ -19,6 +20,38 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def to_json(value, indent: int | None = None) -> str:
+    """Strict JSON: NaN and infinities (a metric with nothing to average) become ``null``, which every parser reads.
+
+    >>> to_json({"loss": float("nan"), "n": [1, float("inf")]})
+    '{"loss": null, "n": [1, null]}'
+    """
+    return json.dumps(_finite(value), indent=indent, ensure_ascii=False, allow_nan=False)
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_json(path: Path, value) -> None:
+    """``value`` as strict, indented JSON, atomically."""
+    write_atomic(path, to_json(value, indent=2) + "\n")
+
+
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     """``rows`` as JSON lines, atomically."""
-    write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    write_atomic(path, "".join(to_json(row) + "\n" for row in rows))
+
+
+def append_jsonl(path: Path, *rows: dict) -> None:
+    """Add ``rows`` to a JSON-lines log and sync it to disk, so a crash loses at most the line being written."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(to_json(row) + "\n" for row in rows))
+        f.flush()
+        os.fsync(f.fileno())

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from r1lab.engine import SamplingParams
 from r1lab.evaluate.benchmarks import BENCHMARKS, default_k, load_benchmark, task_benchmark
 from r1lab.evaluate.metrics import CI_METHODS, summarize
-from r1lab.files import write_atomic
+from r1lab.files import append_jsonl, write_atomic, write_json
 from r1lab.tasks.answers import extract_answer
 
 SETTINGS_KEYS = ("model", "template", "prefill", "k", "temperature", "top_p", "top_k", "max_new_tokens",
@@ -111,7 +111,7 @@ def run_eval(cfg, progress: bool = True) -> dict:
                                      for m, v in result["metrics"].items())
              + f" (n={result['n_problems']}, k={k}, {seconds:.0f} s)")
     save_config(cfg, out / "config.yaml")  # only once the samples there were found to match these settings
-    _write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     write_eval_report(out, summary)
     return summary
 
@@ -169,16 +169,13 @@ def run_benchmark(engine, bench, examples, params, cfg, folder: Path, settings: 
                                     max_new_tokens=max(1, min(params.max_new_tokens, context - longest)))
             problems = sample_problems(engine, bench, batch, batch_params, cfg.template, cfg.prefill)
             seconds = time.perf_counter() - t0
-            lines = []
+            rows = []
             for i, records in enumerate(problems):
                 for r in records:
                     r.update({"benchmark": bench.name, "batch": b, "batch_problems": len(batch), "problem": b * size + i,
                               "seconds": seconds / (len(problems) * params.n)})
-                    lines.append(json.dumps(r, ensure_ascii=False))
-            with open(samples_path, "a", encoding="utf-8") as f:  # one write per batch, synced
-                f.write("\n".join(lines) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+                    rows.append(r)
+            append_jsonl(samples_path, *rows)  # one synced write per batch
             done[b] = problems
             bar.update(len(batch))
     problems = [recs for b in range(n_batches) for recs in done[b]]
@@ -237,7 +234,7 @@ def _check_settings(path: Path, settings: dict) -> None:
             raise ValueError(f"{path.parent} holds samples made with other settings ({diff}). Use another --out, "
                              "or the same settings to resume")
         return
-    _write_json(path, settings)
+    write_json(path, settings)
 
 
 def _replace(params: SamplingParams, **changes) -> SamplingParams:
@@ -250,8 +247,6 @@ def _folder_name(name: str) -> str:
     return name.replace(":", "-").replace("/", "-")
 
 
-def _write_json(path: Path, data) -> None:
-    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False))
 
 
 def _log(text: str) -> None:

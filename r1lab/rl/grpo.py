@@ -35,7 +35,7 @@ from r1lab.chat import render
 from r1lab.config import RESUME_MAY_CHANGE, ZeroConfig, check_same_config, save_config, task_args_for
 from r1lab.engine import SamplingParams, TorchEngine
 from r1lab.engine.onednn import onednn_linears
-from r1lab.files import write_atomic
+from r1lab.files import append_jsonl, write_json, write_jsonl
 from r1lab.evaluate.runner import sample_problems, summarize_records
 from r1lab.models import is_complete_checkpoint, load_model, no_adapter, save_checkpoint
 from r1lab.rewards import get_reward, score
@@ -93,8 +93,8 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
         metrics["lr"] = scheduler.get_last_lr()[0]
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             metrics["eval_accuracy"] = evaluate(engine, task, test_set, cfg, desc="eval")["accuracy"]
-        _append_jsonl(run / "metrics.jsonl", metrics)
-        _append_jsonl(run / "samples.jsonl", *_sample_records(step + 1, groups))
+        append_jsonl(run / "metrics.jsonl", metrics)
+        append_jsonl(run / "samples.jsonl", *_sample_records(step + 1, groups))
         bar.write(_console_line(metrics))
         for warning in check_step(metrics, history, cfg.max_new_tokens):
             bar.write(f"  warning: {warning}")
@@ -109,7 +109,7 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
     from r1lab.report import write_zero_report
 
     write_zero_report(run, history, summary)
-    write_atomic(run / "summary.json", json.dumps(summary, indent=2))  # last: its presence means finished
+    write_json(run / "summary.json", summary)  # last: its presence means finished
     return summary
 
 
@@ -437,8 +437,8 @@ def _start_run_dir(run: Path, cfg: ZeroConfig, start_step: int) -> None:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
         redone = [r for r in rows if r["step"] > start_step]
         if redone:
-            _append_jsonl(path.with_suffix(".discarded.jsonl"), *redone)
-            write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= start_step))
+            append_jsonl(path.with_suffix(".discarded.jsonl"), *redone)
+            write_jsonl(path, [r for r in rows if r["step"] <= start_step])
 
 
 def is_finished(run: Path) -> bool:
@@ -460,8 +460,10 @@ def _resume_point(run: Path, cfg: ZeroConfig) -> tuple[int, Path | None]:
 
 
 def _read_metrics(run: Path) -> list[dict]:
+    """The logged steps, with ``null`` (a mean over nothing) read back as NaN."""
     path = run / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+    return [{k: math.nan if v is None else v for k, v in row.items()} for row in rows]
 
 
 def _load_trainer_state(checkpoint: Path | None, optimizer, scheduler) -> dict:
@@ -490,11 +492,3 @@ def _save(run: Path, model, tokenizer, optimizer, scheduler, state, step: int, c
         for old in checkpoints[:-cfg.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
     return folder
-
-
-def _append_jsonl(path: Path, *records: dict) -> None:
-    with open(path, "a") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-        f.flush()
-        os.fsync(f.fileno())

@@ -16,13 +16,12 @@ dropped, and ``samples/`` (every sample with its verdict). Sampling is resumable
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from collections import Counter
 from pathlib import Path
 
-from r1lab.files import write_jsonl
+from r1lab.files import write_json, write_jsonl
 from r1lab.sft import filters
 from r1lab.tasks.base import question_text
 
@@ -81,7 +80,7 @@ def run_sample(cfg, progress: bool = True) -> dict:
                "prompts_with_a_kept_sample": len({ex["id"] for ex, _ in kept}), "non_reasoning": len(extra),
                "dropped": dict(counts), "seconds": seconds, "path": str(out / "sft.jsonl"),
                "filters": filters_run(cfg, {name: len(ps) for name, ps in eval_prompts.items()})}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary)
     _report(out, summary, cfg)
     return summary
 

@@ -143,3 +143,16 @@ def test_checkpoints_record_their_template_and_are_readable_by_others(tiny_path,
     assert load_config(ChatConfig, ["--model", str(run / "checkpoints" / "step-000002")]).template == "native-zero"
     assert load_config(ServeConfig, ["--model", str(run / "final"), "--template", "r1"]).template == "r1"
     assert load_config(ZeroConfig, ["--model", "smollm2-135m"]).template == "native-zero"  # no record: default
+
+
+def test_summaries_and_logs_are_strict_json_even_when_a_mean_is_over_nothing(tiny_path, tmp_path):
+    run = tmp_path / "run"
+    assert main(flags(tiny_path, run)) == 0  # no accuracy reward: the accuracy column is a mean over nothing
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+
+    summary = strict((run / "summary.json").read_text())
+    rows = [strict(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["accuracy"] is None and summary["steps"] == 2
+    assert main(["zero", "--out", str(run), "--resume", "true"]) == 0  # and it reads them back
