@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 USAGE = """usage: r1lab COMMAND [options]
@@ -21,6 +22,13 @@ commands:
 Run `r1lab COMMAND --help` for a command's options. Set R1LAB_DEBUG=1 for tracebacks on input errors."""
 
 
+INTERRUPTED = {
+    "zero": "interrupted; rerun with the same --out and --resume true to continue from the last checkpoint",
+    "eval": "interrupted; rerun the same command: finished batches are kept",
+    "sample": "interrupted; rerun the same command: finished batches are kept",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -32,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[command](rest)
-    except (FileNotFoundError, KeyError, ValueError) as e:  # the user's input: say what to fix, no traceback
+    except KeyboardInterrupt as e:  # Ctrl-C: one line, no traceback, and how to go on where there is a way
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C while exiting ends it at once
+        print(f"\nr1lab {command}: {str(e) or INTERRUPTED.get(command, 'interrupted')}", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, KeyError, ValueError, ConnectionError) as e:  # input or a server: say what to fix
         if os.environ.get("R1LAB_DEBUG"):
             raise
         message = e.args[0] if isinstance(e, KeyError) and e.args else e

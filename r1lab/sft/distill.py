@@ -4,28 +4,34 @@ The teacher is any OpenAI-compatible chat endpoint (DeepSeek's ``deepseek-reason
 ``r1lab serve``) called through the official ``openai`` client, whose ``reasoning_content`` becomes the think
 block of the trace; or a local model through the engine. Requests run ``concurrency`` at a time; a 429, a 5xx
 or a dropped connection is retried with exponential backoff (``backoff``, doubling, at most ``max_retries``
-times), and every retry and every token is counted.
+times), and every retry and every token is counted. A request may take as long as ``max_tokens`` at a slow 10
+tokens a second (at least the client's usual 600 s), since a non-streamed reply sends nothing until it is done.
 
-Resume: each finished prompt is appended to ``OUT/traces.jsonl`` in one synced write as soon as it returns.
-A rerun skips the prompts already there, so after an interruption no finished prompt is lost or asked again
-(one that was in flight is asked again, once). The kept traces go to ``OUT/sft.jsonl`` through the same
-verifier and filters as ``r1lab sample``; ``--student MODEL`` then runs ``r1lab sft`` on them into ``OUT/sft``.
+Resume: each finished prompt is appended to ``OUT/traces.jsonl`` in one synced write as soon as it returns, with
+the settings that produced it (teacher, endpoint, task, temperature, top-p, token budget). A rerun skips the
+prompts already there, so after an interruption no finished prompt is lost or asked again (one that was in
+flight is asked again, once). ``OUT/config.yaml`` keeps the run's options; a rerun into a folder whose traces
+were made with other settings is refused rather than mixing them. Ctrl-C stops at once: requests in flight are
+abandoned, not awaited, and :class:`Interrupted` says how many prompts are saved. The kept traces go to
+``OUT/sft.jsonl`` through the same verifier and filters as ``r1lab sample``; ``--student MODEL`` then runs
+``r1lab sft`` on them into ``OUT/sft``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import yaml
 from tqdm.auto import tqdm
 
-from r1lab.files import write_jsonl
+from r1lab.files import write_atomic, write_jsonl
 from r1lab.sft import filters
 from r1lab.sft.data import r1_response
 from r1lab.tasks.base import question_text
@@ -33,16 +39,34 @@ from r1lab.tasks.base import question_text
 RETRY_STATUS = {408, 409, 429} | set(range(500, 600))
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C while asking the teacher: ``done`` of ``total`` prompts are saved in ``out``. A KeyboardInterrupt, so
+    that whoever does not catch it still stops; ``str()`` is the one line to show the user."""
+
+    def __init__(self, done: int, total: int, out: Path):
+        super().__init__(done, total, out)
+        self.done, self.total, self.out = done, total, out
+
+    def __str__(self) -> str:
+        return (f"interrupted: {self.done} of {self.total} prompts done and saved in {self.out}; "
+                "rerun the same command to resume")
+
+
 class Teacher:
     """An OpenAI-compatible endpoint: ``ask(prompt) -> (reasoning, content, usage, retries)``."""
 
     def __init__(self, cfg):
-        import openai
+        try:
+            import openai
+        except ImportError as e:
+            raise ValueError(f"a teacher at --base-url is asked through the openai package, which does not import "
+                             f"here ({e}); pip install openai") from None
 
         self.openai = openai
         self.cfg = cfg
+        timeout = openai.Timeout(max(600.0, cfg.max_tokens / 10), connect=10.0)
         self.client = openai.OpenAI(base_url=cfg.base_url, api_key=os.environ.get(cfg.api_key_env) or "unused",
-                                    max_retries=0, timeout=600)
+                                    max_retries=0, timeout=timeout)
 
     def ask(self, prompt: str) -> tuple[str, str, dict, int]:
         retries = 0
@@ -59,7 +83,9 @@ class Teacher:
             except (self.openai.APIConnectionError, self.openai.APITimeoutError, self.openai.APIStatusError) as exc:
                 status = getattr(exc, "status_code", None)
                 if (status is not None and status not in RETRY_STATUS) or retries >= self.cfg.max_retries:
-                    raise
+                    raise ConnectionError(f"the teacher {self.cfg.teacher!r} at {self.cfg.base_url} failed after "
+                                          f"{retries} retries: {type(exc).__name__}: {str(exc)[:300]}. Finished "
+                                          "prompts are saved; rerun the same command to resume") from exc
                 time.sleep(self.cfg.backoff * 2 ** retries)
                 retries += 1
 
@@ -75,40 +101,48 @@ def run_distill(cfg, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     traces_path = out / "traces.jsonl"
     done = read_traces(traces_path)
+    settings = trace_settings(dataclasses.asdict(cfg))
+    check_settings(out, settings, done)
+    write_atomic(out / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     todo = [e for e in examples if e["id"] not in done]
     lock = threading.Lock()
+    stopped = threading.Event()  # set on Ctrl-C: an abandoned request that still returns is not written
     totals = Counter()
 
     def record(example: dict, reasoning: str, content: str, usage: dict, retries: int) -> None:
         response = r1_response(reasoning, content) if reasoning else content
         row = {"id": example["id"], "prompt": question_text(example, task), "reasoning": reasoning, "content": content,
                "response": response, "verdict": task.verify(response, **example), "retries": retries,
-               "usage": usage, "teacher": cfg.teacher, "base_url": cfg.base_url}
+               "usage": usage, "teacher": cfg.teacher, "base_url": cfg.base_url, "settings": settings}
         with lock:  # one synced append per prompt: a crash never leaves half a record behind
+            if stopped.is_set():
+                return
             with open(traces_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
             done[example["id"]] = row
 
+    teacher = Teacher(cfg) if cfg.base_url and todo else None
     bar = tqdm(total=len(examples), initial=len(examples) - len(todo), desc="distill", unit="prompt",
                disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    if cfg.base_url:
-        teacher = Teacher(cfg)
 
-        def one(example: dict) -> None:
-            reasoning, content, usage, retries = teacher.ask(question_text(example, task))
-            record(example, reasoning, content, usage, retries)
-            bar.update(1)
+    def one(example: dict) -> None:
+        reasoning, content, usage, retries = teacher.ask(question_text(example, task))
+        record(example, reasoning, content, usage, retries)
+        bar.update(1)
 
-        pool = ThreadPoolExecutor(cfg.concurrency)
-        try:
-            for future in [pool.submit(one, e) for e in todo]:
-                future.result()
-        finally:  # on an error or Ctrl-C: finish (and record) what is in flight, send nothing more
-            pool.shutdown(wait=True, cancel_futures=True)
-    elif todo:
-        _local_teacher(cfg, todo, lambda example: question_text(example, task), record, bar)
+    try:
+        if teacher:
+            _ask_all(one, todo, cfg.concurrency)
+        elif todo:
+            _local_teacher(cfg, todo, lambda example: question_text(example, task), record, bar)
+    except KeyboardInterrupt:
+        with lock:
+            stopped.set()
+            saved = sum(e["id"] in done for e in examples)
+        bar.close()
+        raise Interrupted(saved, len(examples), out) from None
     bar.close()
 
     rows = [done[e["id"]] for e in examples if e["id"] in done]
@@ -121,9 +155,9 @@ def run_distill(cfg, progress: bool = True) -> dict:
         if reason:
             counts[reason.split(":")[0]] += 1
         else:
+            made_by = row.get("settings") or {"teacher": row["teacher"], "base_url": row["base_url"]}
             kept.append({"prompt": row["prompt"], "response": row["response"],
-                         "source": {"kind": "distill", "teacher": cfg.teacher, "base_url": cfg.base_url,
-                                    "problem": row["id"], "verdict": row["verdict"]}})
+                         "source": {"kind": "distill", **made_by, "problem": row["id"], "verdict": row["verdict"]}})
     write_jsonl(out / "sft.jsonl", kept)
     for row in rows:
         totals["retries"] += row["retries"]
@@ -140,6 +174,77 @@ def run_distill(cfg, progress: bool = True) -> dict:
                                                  template=cfg.template, out=str(out / "sft")), progress=progress)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _ask_all(one, todo: list[dict], concurrency: int) -> None:
+    """``one(example)`` for every example, ``concurrency`` at a time, on daemon threads. On an error nothing more
+    is sent, what is in flight finishes, and the first error is raised. On Ctrl-C (a KeyboardInterrupt in this,
+    the main thread) nothing more is sent and nothing is awaited: a request in flight is abandoned, and its
+    thread, a daemon, never holds up the exit (a ThreadPoolExecutor's workers are joined at exit, so a Ctrl-C
+    there waits for every request in flight)."""
+    pending = list(reversed(todo))
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        while True:
+            with lock:
+                if errors or not pending:
+                    return
+                example = pending.pop()
+            try:
+                one(example)
+            except BaseException as e:  # handed to the main thread, raised there
+                with lock:
+                    errors.append(e)
+                return
+
+    threads = [threading.Thread(target=work, name=f"distill-{i}", daemon=True)
+               for i in range(min(concurrency, len(todo)))]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            thread.join()
+    except BaseException:
+        with lock:
+            pending.clear()
+        raise
+    if errors:
+        raise errors[0]
+
+
+def trace_settings(config: dict) -> dict:
+    """What shapes a trace, from a run's options (``dataclasses.asdict`` of its config, or its saved
+    ``config.yaml``): the teacher and how it is asked. Not concurrency, retries or limit, which change only
+    how fast and how many. The template and seed are used by a local teacher only; an endpoint gets neither."""
+    from r1lab.config import task_args_for
+
+    keys = ("teacher", "base_url", "task", "temperature", "top_p", "max_tokens")
+    settings = {key: config.get(key) for key in keys}
+    settings["task_args"] = task_args_for(config.get("task"), config.get("task_args"))
+    if not config.get("base_url"):
+        settings |= {"template": config.get("template"), "seed": config.get("seed")}
+    return settings
+
+
+def check_settings(out: Path, settings: dict, done: dict[str, dict]) -> None:
+    """Refuse to add traces to ``out`` when the ones already there were made with other ``settings``: those of
+    its ``config.yaml``, else (a folder from before there was one) what its first trace recorded."""
+    if not done:
+        return
+    path = out / "config.yaml"
+    if path.is_file():
+        before = trace_settings(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    else:
+        first = next(iter(done.values()))
+        before = first.get("settings") or {"teacher": first.get("teacher"), "base_url": first.get("base_url")}
+    changed = [key for key in settings if key in before and before[key] != settings[key]]
+    if changed:
+        diff = "; ".join(f"--{key.replace('_', '-')}: {before.get(key)!r} there, {settings.get(key)!r} now"
+                         for key in changed)
+        raise ValueError(f"{out} holds {len(done)} traces made with other settings ({diff}). Use another --out for "
+                         "these settings, or the same flags as before to resume that run")
 
 
 def read_traces(path: Path) -> dict[str, dict]:

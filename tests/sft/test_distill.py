@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
@@ -108,3 +109,52 @@ def test_a_local_teacher_goes_through_the_engine(tmp_path):
     rows = [json.loads(l) for l in (tmp_path / "run" / "traces.jsonl").read_text().splitlines()]
     assert summary["traces"] == 5 and sorted(r["id"] for r in rows) == ["0", "1", "2", "3", "4"]
     assert all(0 < r["usage"]["completion_tokens"] <= 8 and r["usage"]["prompt_tokens"] > 0 for r in rows)
+
+
+def test_a_rerun_with_other_sampling_settings_is_refused_and_every_row_records_its_settings(tmp_path):
+    app, _ = flaky_endpoint([])
+    out = tmp_path / "run"
+    with running(app) as url:
+        distill.run_distill(cfg_for(url, out, task_args={"n_train": 4, "n_test": 2}), progress=False)
+        before = (out / "traces.jsonl").read_text()
+        saved = yaml.safe_load((out / "config.yaml").read_text())
+        assert saved["teacher"] == "teacher" and saved["temperature"] == 0.6 and saved["max_tokens"] == 64
+        for changed, flags in [({"temperature": 1.0, "max_tokens": 32}, ["--temperature", "--max-tokens"]),
+                               ({"teacher": "another"}, ["--teacher"]),
+                               ({"task_args": {"n_train": 4, "n_test": 2, "digits": 2}}, ["--task-args"])]:
+            with pytest.raises(ValueError, match="other settings") as refused:
+                distill.run_distill(cfg_for(url, out, **{"task_args": {"n_train": 4, "n_test": 2}, **changed}),
+                                    progress=False)
+            assert all(flag in str(refused.value) for flag in flags) and "another --out" in str(refused.value)
+            assert (out / "traces.jsonl").read_text() == before  # nothing mixed in
+        # how many, how fast and which are kept are not settings of a trace: a rerun with other ones resumes
+        summary = distill.run_distill(cfg_for(url, out, task_args={"n_train": 4, "n_test": 2}, concurrency=1,
+                                              max_retries=1, backoff=0.5, limit=3, keep_wrong=True), progress=False)
+    assert summary["traces"] == 3 and (out / "traces.jsonl").read_text() == before
+    rows = [json.loads(l) for l in before.splitlines()]
+    assert all(r["settings"]["teacher"] == "teacher" and r["settings"]["temperature"] == 0.6
+               and r["settings"]["top_p"] == 0.95 and r["settings"]["max_tokens"] == 64 for r in rows)
+    kept = [json.loads(l) for l in (out / "sft.jsonl").read_text().splitlines()]
+    assert kept and all(k["source"]["temperature"] == 0.6 and k["source"]["max_tokens"] == 64 for k in kept)
+
+
+def test_a_folder_from_before_config_yaml_is_checked_against_its_traces(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    row = {"id": "0", "prompt": "1+1", "reasoning": "", "content": "2", "response": "2", "verdict": 1.0, "retries": 0,
+           "usage": {}, "teacher": "old-teacher", "base_url": "http://127.0.0.1:9/v1"}
+    (out / "traces.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match="--teacher: 'old-teacher' there, 'teacher' now"):
+        distill.run_distill(cfg_for("http://127.0.0.1:9", out), progress=False)
+
+
+def test_without_the_openai_package_distill_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openai", None)  # import openai now raises ImportError
+    with pytest.raises(ValueError, match="pip install openai"):
+        distill.run_distill(cfg_for("http://127.0.0.1:9", tmp_path / "run"), progress=False)
+
+
+def test_the_request_timeout_allows_a_long_reply_and_a_dead_host_fails_fast(tmp_path):
+    timeout = distill.Teacher(cfg_for("http://127.0.0.1:9", tmp_path, max_tokens=32768)).client.timeout
+    assert timeout.read >= 3276 and timeout.connect <= 10  # 32k tokens at 10 tokens/s; a connect is quick
+    assert distill.Teacher(cfg_for("http://127.0.0.1:9", tmp_path)).client.timeout.read == 600
