@@ -62,8 +62,8 @@ def zero(argv: list[str]) -> int:
     cfg = make_config(ZeroConfig, values)
     summary = train(cfg)
     before, after = summary["eval_before"], summary["eval_after"]
-    print(f"held-out accuracy {before['accuracy']:.1%} -> {after['accuracy']:.1%}; "
-          f"mean reward {summary['reward_first_steps']:.3f} -> {summary['reward_last_steps']:.3f}; "
+    print(f"held-out accuracy {_share(before['accuracy'])} -> {_share(after['accuracy'])}; "
+          f"mean reward {_number(summary['reward_first_steps'])} -> {_number(summary['reward_last_steps'])}; "
           f"report: {cfg.out}/report.md")
     return 0
 
@@ -71,6 +71,14 @@ def zero(argv: list[str]) -> int:
 COMPARE_HELP = """compare two runs:
   r1lab eval --compare RUN_A RUN_B   paired difference of pass@1 per benchmark (B - A) with its 95% interval,
                                      from the samples two finished eval runs wrote: noise or not?"""
+
+
+def _share(x) -> str:
+    return "n/a" if x is None or x != x else f"{x:.1%}"
+
+
+def _number(x) -> str:
+    return "n/a" if x is None or x != x else f"{x:.3f}"
 
 
 def evaluate(argv: list[str]) -> int:

@@ -124,10 +124,12 @@ class SftConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     tokens_per_step: int = 4096  # response + prompt tokens per optimizer step
-    row_tokens: int = 1024  # samples are packed into rows of at most this many tokens
+    row_tokens: int = 1024  # tokens per forward pass (a shared prompt prefix counted once); peak memory follows it
     max_length: int = 2048  # longer samples are skipped (and counted)
-    eval_size: float = 0.05  # held-out share (< 1) or count for the eval loss
-    eval_every: int = 0  # steps between eval losses; 0 = once per epoch
+    max_steps: int = 0  # stop after this many optimizer steps (LR schedule sized to them); 0 = all the epochs
+    limit: int = 0  # use only the first N samples of the data; 0 = all
+    eval_size: float = 0.05  # held-out share (< 1) or count for the eval loss; 0 = no held-out set
+    eval_every: int = 0  # steps between eval losses; 0 = once per epoch (and always after the last step)
     out: str = "runs/sft"
     seed: int = 0
     threads: int = 0
@@ -274,7 +276,7 @@ COMMON_HELP = {
     "min_language_share": "keep reasoning with at least this share of words in --language; 0 = off",
 }
 #: what a resumed run may change; every other setting must be the one the run was started with
-RESUME_MAY_CHANGE = ("resume", "threads")
+RESUME_MAY_CHANGE = ("resume", "threads", "out")  # out: the same folder, named another way (or moved)
 
 
 def parse_values(cls, argv: list[str] | None = None, prog: str = "r1lab", epilog: str | None = None) -> dict:
@@ -323,15 +325,19 @@ def values_for_resume(cls, values: dict, out_default: str | None = None) -> dict
     """For ``--resume``: the run's saved settings with the given ones over them. A given setting that differs
     from the saved one (other than :data:`RESUME_MAY_CHANGE`) is refused, naming each."""
     run = Path(values.get("out", out_default or cls().out))
+    check_run_folder(run, cls)
     saved_path = run / "config.yaml"
     if not saved_path.is_file():
-        return values
+        if run.is_dir() and any(run.iterdir()):
+            raise ValueError(f"--resume: {run} has no config.yaml, so the run's settings are unknown; restore it "
+                             "from a backup, or start a new run in another --out")
+        raise ValueError(f"--resume: there is no run in {run} to resume; check --out, or drop --resume to start one")
     saved = _saved_settings(cls, saved_path)
     given = make_config(cls, dict(values))
     changed = [name for name in values if name not in RESUME_MAY_CHANGE
                and _normal(getattr(given, name)) != saved.get(name, _normal(getattr(cls(), name)))]
     if changed:
-        raise ValueError(_differences(run, changed, saved, given, "you gave"))
+        raise ValueError(_differences(run, changed, saved, given, "given now"))
     return {**saved, **values}
 
 
@@ -345,9 +351,59 @@ def check_same_config(cfg, path: Path, ignore: tuple = ()) -> None:
 
 
 def _saved_settings(cls, path: Path) -> dict:
-    saved = yaml.safe_load(Path(path).read_text()) or {}
+    saved = read_saved_config(path)
     known = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in saved.items() if k in known}
+
+
+def read_saved_config(path: Path) -> dict:
+    """A run's ``config.yaml``; one clear error if it is not a YAML mapping of settings."""
+    try:
+        saved = yaml.safe_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ValueError(f"{path} cannot be read ({getattr(e, 'problem', None) or e}); restore it, or choose "
+                         "another --out") from None
+    if not isinstance(saved, dict) or not saved:
+        raise ValueError(f"{path} does not hold a run's settings (a YAML mapping); restore it, or choose another "
+                         "--out")
+    return saved
+
+
+def command_of(cls) -> str:
+    """``ZeroConfig`` -> ``zero``: the command a config class belongs to.
+
+    >>> command_of(ZeroConfig), command_of(SftConfig)
+    ('zero', 'sft')
+    """
+    return cls.__name__.removesuffix("Config").lower()
+
+
+def check_run_folder(out: str | Path, cls, resume: bool = False) -> None:
+    """Refuse an ``--out`` that is not a folder, or that holds another command's run (each command's
+    ``config.yaml`` says which command wrote it), so no command writes over what another wrote."""
+    out = Path(out)
+    if out.exists() and not out.is_dir() or out.is_symlink() and not out.exists():
+        raise ValueError(f"--out {out} is a file (or a broken link), not a folder; choose a folder")
+    if any(p.exists() and not p.is_dir() for p in out.parents):
+        raise ValueError(f"--out {out}: a part of that path is a file; choose a folder")
+    saved = out / "config.yaml"
+    if not saved.is_file():
+        return
+    owner = _owner(saved)
+    if owner != command_of(cls):
+        raise ValueError(f"{out} holds an `r1lab {owner}` run, not an `r1lab {command_of(cls)}` one; choose "
+                         "another --out (r1lab never writes into another command's run)")
+
+
+def _owner(path: Path) -> str:
+    first = Path(path).read_text(errors="replace").split("\n", 1)[0]
+    if first.startswith("# r1lab "):
+        return first.split()[2]
+    keys = set(read_saved_config(path))  # written before the header existed: the class whose fields match
+    classes = (ZeroConfig, EvalConfig, SftConfig, ColdstartConfig, SampleConfig, DistillConfig)
+    best = max(classes, key=lambda c: len(keys & {f.name for f in dataclasses.fields(c)}) / len(keys | {
+        f.name for f in dataclasses.fields(c)}))
+    return command_of(best)
 
 
 def _normal(value):
@@ -400,7 +456,9 @@ def make_config(cls, values: dict):
 
 
 def save_config(config, path: Path) -> None:
-    write_atomic(path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    """The run's settings, headed by the command that wrote them (see :func:`check_run_folder`)."""
+    write_atomic(path, f"# r1lab {command_of(type(config))}\n"
+                       + yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
 
 
 def _convert(raw, hint, name):
@@ -426,6 +484,13 @@ def _check_type(value, hint, name):
         return None
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if base is float and isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if base is list and isinstance(value, str):  # --benchmarks gsm8k: one name is a list of one
+        return [value]
     if base is bool and not isinstance(value, bool):
         raise SystemExit(f"r1lab: option {name} must be true or false, got {value!r}")
     if not isinstance(value, base) or (base is int and isinstance(value, bool)):

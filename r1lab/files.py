@@ -49,6 +49,21 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     write_atomic(path, "".join(to_json(row) + "\n" for row in rows))
 
 
+def read_log(path: Path) -> list[dict]:
+    """The rows of a JSON-lines log written by :func:`append_jsonl`. A crash can cut only the last line, so a
+    torn last line is left out; a bad line elsewhere is an error naming it."""
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    rows = []
+    for n, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line)) if line.strip() else None
+        except json.JSONDecodeError as e:
+            if n < len(lines):
+                raise ValueError(f"{path}:{n} is not a JSON line ({e}); fix or remove that line") from None
+    return rows
+
+
 def append_jsonl(path: Path, *rows: dict) -> None:
     """Add ``rows`` to a JSON-lines log and sync it to disk, so a crash loses at most the line being written."""
     with open(path, "a", encoding="utf-8") as f:

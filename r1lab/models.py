@@ -110,7 +110,12 @@ def _resolve(name: str) -> tuple[str, str | None]:
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file {path} does not exist")
         return str(path.parent), path.name
+    if path.is_file():
+        raise FileNotFoundError(f"{path} is a file, not a model: pass an HF model folder, a .gguf file, a hub id "
+                                f"or {', '.join(EMBEDDED)}")
     if path.is_dir():
+        if (path / "final" / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is a run folder; its trained model is {path / 'final'}")
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
                 f"{path} is a folder but has no config.json; pass an HF model folder, a checkpoint folder "
@@ -130,7 +135,7 @@ def _no_such_model(path: Path) -> str:
     parent = path.parent
     while not parent.is_dir() and parent != parent.parent:
         parent = parent.parent
-    names = sorted(p.name for p in parent.iterdir()) if parent.is_dir() else []
+    names = sorted(p.name for p in parent.iterdir() if not p.name.startswith(".")) if parent.is_dir() else []
     close = difflib.get_close_matches(path.name, names, n=3)
     hint = f"; did you mean {', '.join(str(parent / c) for c in close)}?" if close else (
         f"; {parent}/ holds: {', '.join(names[:10])}" if names and parent != Path(".") else "")
@@ -210,6 +215,11 @@ def save_checkpoint(model, tokenizer, folder: str | Path, meta: dict | None = No
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in [*folder.parent.glob(f".{folder.name}.*.partial"), folder.with_name(f".{folder.name}.old")]:
+        if is_complete_checkpoint(stale) and not folder.exists():  # killed mid-swap: the older one comes back
+            os.replace(stale, folder)
+        else:
+            shutil.rmtree(stale, ignore_errors=True)  # left by a run killed while writing this folder
     partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
     os.chmod(partial, 0o777 & ~_umask())
     try:

@@ -55,3 +55,21 @@ def test_a_mistyped_relative_model_path_says_no_such_folder(command, tmp_path, m
     assert "runs/zero/fina does not exist" in err and "runs/zero/final" in err and "Traceback" not in err
     assert main([command, "runs/nonexistent"] if command != "eval" else [command, "--model", "runs/nonexistent"]) == 2
     assert "runs/nonexistent does not exist" in capsys.readouterr().err
+
+
+def test_numbers_and_lists_are_read_as_a_user_writes_them():
+    assert config.load_config(config.ZeroConfig, ["--lr", "1e-5"]).lr == 1e-5  # YAML 1.1 alone reads a string
+    assert config.make_config(config.ZeroConfig, {"lr": "3e-6"}).lr == 3e-6  # in a recipe too
+    assert config.load_config(config.EvalConfig, ["--benchmarks", "gsm8k"]).benchmarks == ["gsm8k"]
+    with pytest.raises(SystemExit, match="lr must be float"):
+        config.load_config(config.ZeroConfig, ["--lr", "fast"])
+
+
+def test_a_file_or_a_run_folder_given_as_the_model_says_what_it_is(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    (tmp_path / "run" / "final" / "config.json").write_text("{}")
+    assert main(["chat", str(tmp_path / "notes.txt")]) == 2
+    assert "is a file, not a model" in capsys.readouterr().err
+    assert main(["chat", str(tmp_path / "run")]) == 2
+    assert f"its trained model is {tmp_path / 'run' / 'final'}" in capsys.readouterr().err

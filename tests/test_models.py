@@ -75,3 +75,18 @@ def test_embedded_model_loads_generates_and_saves(tmp_path):
     again = AutoModelForCausalLM.from_pretrained(folder)
     ids = torch.tensor([engine.encode("Hello")])
     assert torch.allclose(again(ids).logits, model(ids).logits, atol=1e-5)
+
+
+def test_folders_left_by_a_killed_save_are_cleared_by_the_next_one(tmp_path):
+    from r1lab.models import is_complete_checkpoint, save_checkpoint
+    from conftest import make_model, make_tokenizer
+
+    tok = make_tokenizer()
+    model = make_model(tok)
+    (tmp_path / ".final.abc.partial").mkdir()  # killed while writing
+    (tmp_path / ".final.abc.partial" / "model.safetensors").write_text("half")
+    save_checkpoint(model, tok, tmp_path / "final")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"] and is_complete_checkpoint(tmp_path / "final")
+    (tmp_path / "final").rename(tmp_path / ".final.old")  # killed between the two renames of a replacement
+    save_checkpoint(model, tok, tmp_path / "final")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]

@@ -76,12 +76,13 @@ def run_eval(cfg, progress: bool = True) -> dict:
     """Evaluate ``cfg.model`` on ``cfg.benchmarks``; returns the summary (also in ``OUT/summary.json``)."""
     import torch
 
-    from r1lab.config import save_config
+    from r1lab.config import EvalConfig, check_run_folder, save_config
     from r1lab.engine import TorchEngine
     from r1lab.evaluate.report import write_eval_report
     from r1lab.models import load_model
 
     check_config(cfg)
+    check_run_folder(cfg.out, EvalConfig)
     benches = {name: get_benchmark(name, cfg) for name in cfg.benchmarks}  # bad names fail before the model loads
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     out = Path(cfg.out)

@@ -32,10 +32,11 @@ import torch
 from tqdm.auto import tqdm
 
 from r1lab.chat import render
-from r1lab.config import RESUME_MAY_CHANGE, ZeroConfig, check_same_config, save_config, task_args_for
+from r1lab.config import (RESUME_MAY_CHANGE, ZeroConfig, check_run_folder, check_same_config, save_config,
+                          task_args_for)
 from r1lab.engine import SamplingParams, TorchEngine
 from r1lab.engine.onednn import onednn_linears
-from r1lab.files import append_jsonl, write_json, write_jsonl
+from r1lab.files import append_jsonl, read_log, write_json, write_jsonl
 from r1lab.evaluate.runner import sample_problems, summarize_records
 from r1lab.models import is_complete_checkpoint, load_model, no_adapter, save_checkpoint
 from r1lab.rewards import get_reward, score
@@ -53,6 +54,10 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
     """Run R1-Zero GRPO as configured; returns the run's summary (also written to ``OUT/summary.json``)."""
     run = Path(cfg.out)
     check_config(cfg)
+    check_run_folder(run, ZeroConfig)
+    if cfg.resume and not (run / "config.yaml").is_file() and ((run / "checkpoints").exists() or (run / "final").exists()):
+        raise ValueError(f"--resume: {run} has checkpoints but no config.yaml, so its settings are unknown; restore "
+                         "it from a backup, or start a new run in another --out")
     if cfg.resume and (run / "config.yaml").is_file():
         check_same_config(cfg, run / "config.yaml", ignore=RESUME_MAY_CHANGE)
         if is_finished(run):
@@ -426,18 +431,18 @@ def _start_run_dir(run: Path, cfg: ZeroConfig, start_step: int) -> None:
     (they are redone), never deleted."""
     saved = run / "config.yaml"
     if not cfg.resume and run.exists() and any(run.iterdir()):
-        if saved.exists() or (run / "metrics.jsonl").exists() or (run / "checkpoints").exists():
-            raise ValueError(f"{run} already holds a run. Pass --resume true to continue it, or choose another "
-                             f"--out; r1lab never overwrites a run.")
+        what = "a run. Pass --resume true to continue it, or" if saved.exists() else "files. Move them, or"
+        raise ValueError(f"{run} already holds {what} choose another --out; r1lab never overwrites a run.")
     run.mkdir(parents=True, exist_ok=True)
     if not saved.exists():
         save_config(cfg, saved)
     for name in ("metrics.jsonl", "samples.jsonl"):
         path = run / name
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+        rows = read_log(path)
         redone = [r for r in rows if r["step"] > start_step]
-        if redone:
-            append_jsonl(path.with_suffix(".discarded.jsonl"), *redone)
+        if redone or (path.exists() and len(rows) < len(path.read_text().splitlines())):  # redone, or torn
+            if redone:
+                append_jsonl(path.with_suffix(".discarded.jsonl"), *redone)
             write_jsonl(path, [r for r in rows if r["step"] <= start_step])
 
 
@@ -461,8 +466,7 @@ def _resume_point(run: Path, cfg: ZeroConfig) -> tuple[int, Path | None]:
 
 def _read_metrics(run: Path) -> list[dict]:
     """The logged steps, with ``null`` (a mean over nothing) read back as NaN."""
-    path = run / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+    rows = read_log(run / "metrics.jsonl")
     return [{k: math.nan if v is None else v for k, v in row.items()} for row in rows]
 
 

@@ -101,7 +101,7 @@ def create_app(engine, model_name: str, template: str = "native", api_key: str |
     @app.get("/v1/models/{model_id:path}")  # a hub id has a slash in it
     def model(model_id: str):
         if model_id != model_name:
-            raise ApiError(404, f"no model {model_id!r}: this server serves {model_name!r}", "model",
+            raise ApiError(404, f"no model {model_id[:100]!r}: this server serves {model_name!r}", "model",
                            code="model_not_found")
         return card
 

@@ -67,6 +67,8 @@ def parse_chat_request(raw: bytes, max_n: int) -> ChatRequest:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise bad(f"the body is not valid JSON ({exc}); send a JSON object") from None
+    except RecursionError:
+        raise bad("the body is nested too deeply to be a chat request") from None
     if not isinstance(body, dict):
         raise bad(f"the body must be a JSON object, got {type(body).__name__}")
     for name, value in body.items():
@@ -97,6 +99,11 @@ def parse_chat_request(raw: bytes, max_n: int) -> ChatRequest:
             content = ""
         if not isinstance(content, str):
             raise bad(f"{where}.content must be a string, got {type(content).__name__}", f"{where}.content")
+        try:
+            content.encode("utf-8")
+        except UnicodeEncodeError:
+            raise bad(f"{where}.content is not valid Unicode text (a lone surrogate such as \\ud800)",
+                      f"{where}.content") from None
         checked.append({"role": "system" if role == "developer" else role, "content": content})
     if checked[-1]["role"] == "assistant":
         raise bad("the last message must be from the user (r1lab does not continue an assistant turn)", "messages")
@@ -128,11 +135,15 @@ def parse_chat_request(raw: bytes, max_n: int) -> ChatRequest:
             raise bad("stop must be a string or a list of at most 4 strings", "stop")
         req.stop = [s for s in stop if s]
     req.seed = _typed(body, "seed", int, None)
+    if req.seed is not None and not -2**63 <= req.seed < 2**63:
+        raise bad(f"seed must fit in 64 bits, got {req.seed}", "seed")
     options = body.get("stream_options")
     if options is not None:
-        if not isinstance(options, dict):
-            raise bad("stream_options must be an object", "stream_options")
-        req.include_usage = bool(options.get("include_usage", False))
+        if not req.stream:
+            raise bad("stream_options is only allowed with stream: true", "stream_options")
+        if not isinstance(options, dict) or set(options) - {"include_usage", "include_obfuscation"}:
+            raise bad("stream_options must be an object with include_usage (a boolean)", "stream_options")
+        req.include_usage = _typed(options, "include_usage", bool, False)
     return req
 
 

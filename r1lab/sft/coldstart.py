@@ -173,9 +173,7 @@ def _readable(response: str, cfg) -> str | None:
     """Why ``response`` is not a readable R1-format reply, or None."""
     from r1lab.sft import filters
 
-    if "</think>" not in response or not response.split("</think>", 1)[1].strip():
-        return "no think block and answer"
-    return (filters.language_mixed(response, cfg.language, cfg.min_language_share)
+    return (filters.no_reasoning(response) or filters.language_mixed(response, cfg.language, cfg.min_language_share)
             or filters.long_paragraph(response, cfg.max_paragraph_chars) or filters.code_block(response))
 
 

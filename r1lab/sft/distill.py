@@ -28,10 +28,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import yaml
 from tqdm.auto import tqdm
 
-from r1lab.files import write_atomic, write_jsonl
+from r1lab.config import read_saved_config
+from r1lab.files import write_jsonl
 from r1lab.sft import filters
 from r1lab.sft.data import r1_response
 from r1lab.tasks.base import question_text
@@ -75,11 +75,18 @@ class Teacher:
                 reply = self.client.chat.completions.create(
                     model=self.cfg.teacher, messages=[{"role": "user", "content": prompt}],
                     temperature=self.cfg.temperature, top_p=self.cfg.top_p, max_tokens=self.cfg.max_tokens)
+                if not getattr(reply, "choices", None) or getattr(reply.choices[0], "message", None) is None:
+                    raise ConnectionError(f"the teacher {self.cfg.teacher!r} at {self.cfg.base_url} answered with "
+                                          f"no choices ({str(reply)[:200]}); is --base-url a chat-completions API?")
                 message = reply.choices[0].message
                 extra = message.model_extra or {}
                 reasoning = extra.get("reasoning_content") or extra.get("reasoning") or ""
                 usage = reply.usage.model_dump() if reply.usage else {}
                 return reasoning, message.content or "", usage | {"finish_reason": reply.choices[0].finish_reason}, retries
+            except (ValueError, TypeError) as exc:  # a 200 whose body is not a chat completion
+                raise ConnectionError(f"the teacher {self.cfg.teacher!r} at {self.cfg.base_url} answered something "
+                                      f"that is not a chat completion ({type(exc).__name__}: {str(exc)[:200]}); is "
+                                      "--base-url a chat-completions API?") from exc
             except (self.openai.APIConnectionError, self.openai.APITimeoutError, self.openai.APIStatusError) as exc:
                 status = getattr(exc, "status_code", None)
                 if (status is not None and status not in RETRY_STATUS) or retries >= self.cfg.max_retries:
@@ -91,10 +98,11 @@ class Teacher:
 
 
 def run_distill(cfg, progress: bool = True) -> dict:
-    from r1lab.config import task_args_for
+    from r1lab.config import DistillConfig, check_run_folder, save_config, task_args_for
     from r1lab.tasks import get_task
 
     check_config(cfg)
+    check_run_folder(cfg.out, DistillConfig)
     task = get_task(cfg.task, **task_args_for(cfg.task, cfg.task_args))
     examples = [{"id": str(i), **e} for i, e in enumerate(task.examples("train")[:cfg.limit or None])]
     out = Path(cfg.out)
@@ -103,7 +111,7 @@ def run_distill(cfg, progress: bool = True) -> dict:
     done = read_traces(traces_path)
     settings = trace_settings(dataclasses.asdict(cfg))
     check_settings(out, settings, done)
-    write_atomic(out / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    save_config(cfg, out / "config.yaml")
     todo = [e for e in examples if e["id"] not in done]
     lock = threading.Lock()
     stopped = threading.Event()  # set on Ctrl-C: an abandoned request that still returns is not written
@@ -151,7 +159,8 @@ def run_distill(cfg, progress: bool = True) -> dict:
     for row in rows:
         reason = None if (row["verdict"] or cfg.keep_wrong) else "wrong"
         reason = reason or filters.truncated(row["usage"].get("finish_reason", "stop"))
-        reason = reason or filters.language_mixed(row["response"]) or filters.code_block(row["response"])
+        reason = (reason or filters.no_reasoning(row["response"]) or filters.language_mixed(row["response"])
+                  or filters.long_paragraph(row["response"]) or filters.code_block(row["response"]))
         if reason:
             counts[reason.split(":")[0]] += 1
         else:
@@ -235,7 +244,7 @@ def check_settings(out: Path, settings: dict, done: dict[str, dict]) -> None:
         return
     path = out / "config.yaml"
     if path.is_file():
-        before = trace_settings(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+        before = trace_settings(read_saved_config(path))
     else:
         first = next(iter(done.values()))
         before = first.get("settings") or {"teacher": first.get("teacher"), "base_url": first.get("base_url")}

@@ -61,13 +61,18 @@ def code_block(completion: str) -> str | None:
 
 
 def no_reasoning(completion: str) -> str | None:
-    """Drop a reasoning sample that is not in R1's format: a closed, non-empty think block, then an answer.
+    """Drop a reasoning sample that is not in R1's format: it opens with one think block, closes it once, has
+    reasoning inside and an answer after.
 
     >>> no_reasoning("<think>2 and 2 make 4.</think> 4"), no_reasoning("1 + 1 = 2"), no_reasoning("<think></think>2")
-    (None, 'no_reasoning: no closed think block', 'no_reasoning: empty reasoning')
+    (None, 'no_reasoning: no think block', 'no_reasoning: empty reasoning')
+    >>> no_reasoning("so </think> 5"), no_reasoning("<think>a</think><think>b</think>5")
+    ('no_reasoning: no think block', 'no_reasoning: more than one think block')
     """
-    if "</think>" not in completion:
-        return "no_reasoning: no closed think block"
+    if not completion.lstrip().startswith("<think>") or "</think>" not in completion:
+        return "no_reasoning: no think block"
+    if completion.count("<think>") > 1 or completion.count("</think>") > 1:
+        return "no_reasoning: more than one think block"
     reasoning, answer = split_reasoning(completion)
     if not reasoning:
         return "no_reasoning: empty reasoning"

@@ -29,13 +29,14 @@ from r1lab.tasks.base import question_text
 def run_sample(cfg, progress: bool = True) -> dict:
     import torch
 
-    from r1lab.config import save_config, task_args_for
+    from r1lab.config import SampleConfig, check_run_folder, save_config, task_args_for
     from r1lab.engine import SamplingParams, TorchEngine
     from r1lab.evaluate.runner import run_benchmark
     from r1lab.models import load_model
     from r1lab.tasks import get_task
 
     check_config(cfg)
+    check_run_folder(cfg.out, SampleConfig)
     task = get_task(cfg.task, **task_args_for(cfg.task, cfg.task_args))
     examples = [{"id": str(i), **e} for i, e in enumerate(task.examples("train")[:cfg.limit or None])]
     eval_prompts = {name: _eval_prompts([name]) for name in cfg.decontaminate}
@@ -173,7 +174,7 @@ def _mix_non_reasoning(rows: list[dict], n_reasoning: int, share: float, seed: i
 def filters_run(cfg, contamination_sets: dict[str, int]) -> list[str]:
     """What the report says about each filter: on (with its setting) or off."""
     def switch(on: bool, what: str) -> str:
-        return what if on else f"off: {what.split(':')[0]}"
+        return what if on else f"{what.split(':')[0]}: off"
 
     sets = ", ".join(f"{name} ({n} prompts)" for name, n in contamination_sets.items())
     return ["correct: the task's verifier accepts the answer",
@@ -186,7 +187,7 @@ def filters_run(cfg, contamination_sets: dict[str, int]) -> list[str]:
             switch(cfg.drop_code_blocks, "code_block: no fenced code block in the reasoning"),
             f"duplicate: exact repeats, and near repeats at word 5-gram Jaccard >= {cfg.near_duplicate}",
             f"decontamination: prompts sharing a word 8-gram with {sets}" if sets else
-            "off: decontamination (no --decontaminate sets named)"]
+            "decontamination: off (no --decontaminate sets named)"]
 
 
 def _report(out: Path, summary: dict, cfg) -> None:

@@ -55,14 +55,13 @@ def test_an_interrupted_run_resumes_with_its_saved_settings_and_refuses_others(t
         return real_update(*args, **kwargs)
 
     monkeypatch.setattr(grpo, "update_policy", dies_in_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        main(flags(tiny_path, run, steps=3) + ["--save-every", "1"])
+    assert main(flags(tiny_path, run, steps=3) + ["--save-every", "1"]) == 130  # Ctrl-C: one line, exit 130
     monkeypatch.setattr(grpo, "update_policy", real_update)
     config_before = (run / "config.yaml").read_bytes()
 
     assert main(["zero", "--out", str(run), "--resume", "true", "--lr", "0.001", "--steps", "5"]) == 2
     err = capsys.readouterr().err
-    assert "lr: 2e-05 there, 0.001 you gave" in err and "steps: 3 there, 5 you gave" in err
+    assert "lr: 2e-05 there, 0.001 given now" in err and "steps: 3 there, 5 given now" in err
     assert (run / "config.yaml").read_bytes() == config_before  # refused: nothing touched
 
     assert main(["zero", "--out", str(run), "--resume", "true", "--threads", "1"]) == 0  # threads may change
@@ -91,8 +90,7 @@ def test_the_policy_is_saved_before_the_final_evaluation(tiny_path, tmp_path, mo
         return real_evaluate(*args, desc=desc, **kwargs)
 
     monkeypatch.setattr(grpo, "evaluate", dies_in_eval_after)
-    with pytest.raises(KeyboardInterrupt):
-        main(flags(tiny_path, run, steps=2))
+    assert main(flags(tiny_path, run, steps=2)) == 130
     assert is_complete_checkpoint(run / "final") and is_complete_checkpoint(run / "checkpoints" / "step-000002")
     assert not (run / "summary.json").exists()
 
@@ -116,8 +114,7 @@ def test_lines_past_the_resume_point_are_kept_aside_not_deleted(tiny_path, tmp_p
         return real_update(*args, **kwargs)
 
     monkeypatch.setattr(grpo, "update_policy", dies_in_step_2)
-    with pytest.raises(KeyboardInterrupt):
-        main(flags(tiny_path, run, steps=3) + ["--save-every", "5"])  # no checkpoint before the interruption
+    assert main(flags(tiny_path, run, steps=3) + ["--save-every", "5"]) == 130  # no checkpoint before it
     monkeypatch.setattr(grpo, "update_policy", real_update)
     logged = (run / "metrics.jsonl").read_text()
     assert [json.loads(line)["step"] for line in logged.splitlines()] == [1]
@@ -156,3 +153,61 @@ def test_summaries_and_logs_are_strict_json_even_when_a_mean_is_over_nothing(tin
     rows = [strict(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["accuracy"] is None and summary["steps"] == 2
     assert main(["zero", "--out", str(run), "--resume", "true"]) == 0  # and it reads them back
+
+
+def test_no_command_writes_into_another_commands_run(tiny_path, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(flags(tiny_path, run)) == 0
+    before = snapshot(run)
+    evaluate = ["eval", "--model", tiny_path, "--template", "native", "--benchmarks", "task:arithmetic", "--limit",
+                "2", "--greedy", "--max-new-tokens", "4", "--out", str(run)]
+    assert main(evaluate) == 2 and "holds an `r1lab zero` run" in capsys.readouterr().err
+    sample = ["sample", "--model", tiny_path, "--template", "native", "--limit", "2", "--out", str(run)]
+    assert main(sample) == 2 and "holds an `r1lab zero` run" in capsys.readouterr().err
+    assert snapshot(run) == before
+    (run / "notes.txt").write_text("mine")
+    assert main(flags(tiny_path, tmp_path / "run" / "notes.txt")) == 2  # --out is a file
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_run_without_its_settings_or_a_folder_that_is_not_there(tiny_path, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(flags(tiny_path, run)) == 0
+    (run / "config.yaml").unlink()
+    before = snapshot(run)
+    assert main(["zero", "--out", str(run), "--resume", "true"]) == 2
+    assert "no config.yaml" in capsys.readouterr().err and snapshot(run) == before
+    assert main(["zero", "--out", str(tmp_path / "rnu"), "--resume", "true"]) == 2  # a typo
+    assert "no run in" in capsys.readouterr().err and not (tmp_path / "rnu").exists()
+    (run / "config.yaml").write_text("model: [unclosed\n")
+    assert main(["zero", "--out", str(run), "--resume", "true"]) == 2
+    assert "config.yaml cannot be read" in capsys.readouterr().err
+
+
+def test_a_new_run_refuses_a_folder_with_files_in_it(tiny_path, tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "report.md").write_text("my notes")
+    assert main(flags(tiny_path, folder)) == 2
+    assert (folder / "report.md").read_text() == "my notes" and "already holds files" in capsys.readouterr().err
+
+
+def test_a_torn_last_log_line_is_dropped_on_resume_and_the_folder_may_be_named_another_way(tiny_path, tmp_path,
+                                                                                          monkeypatch):
+    run = tmp_path / "run"
+    real_update, calls = grpo.update_policy, {"n": 0}
+
+    def dies_in_step_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_update(*args, **kwargs)
+
+    monkeypatch.setattr(grpo, "update_policy", dies_in_step_3)
+    assert main(flags(tiny_path, run, steps=3) + ["--save-every", "2"]) == 130
+    monkeypatch.setattr(grpo, "update_policy", real_update)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "rew')  # killed while writing a line
+    monkeypatch.chdir(tmp_path)
+    assert main(["zero", "--out", "run/", "--resume", "true"]) == 0  # relative, trailing slash: the same run
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]

@@ -109,6 +109,8 @@ def test_several_requests_are_batched_together():
 BAD = [
     ("not json", b"{messages: oops", None),
     ("not an object", b"[1, 2]", None),
+    ("nested 100k deep", b'{"messages": [{"role": "user", "content": "hi"}], "metadata": ' + b"[" * 100_000
+     + b"]" * 100_000 + b"}", None),
     ("no messages", b'{"model": "x"}', "messages"),
     ("messages not a list", {"messages": "hi"}, "messages"),
     ("empty messages", {"messages": []}, "messages"),
@@ -130,6 +132,10 @@ BAD = [
     ("stream not a bool", {"stream": "yes"}, "stream"),
     ("stop wrong type", {"stop": 7}, "stop"),
     ("top_k negative", {"top_k": -1}, "top_k"),
+    ("seed beyond 64 bits", {"seed": 10**26}, "seed"),
+    ("a lone surrogate", {"messages": [{"role": "user", "content": "\ud800"}]}, "messages[0].content"),
+    ("stream_options without stream", {"stream_options": {"include_usage": True}}, "stream_options"),
+    ("include_usage not a bool", {"stream": True, "stream_options": {"include_usage": "no"}}, "include_usage"),
     ("last turn from the assistant", {"messages": [{"role": "assistant", "content": "hi"}]}, "messages"),
 ]
 REFUSED = [  # what r1lab would ignore although it asks for something: refused, not answered as if applied
@@ -298,3 +304,10 @@ def test_each_request_is_logged_in_one_line(caplog):
     assert len(lines) == 3, lines  # the stream's line is written when it ends; the quiet server wrote none
     assert re.fullmatch(completion, lines[0]) and re.fullmatch(completion, lines[1]), lines
     assert re.fullmatch(r"127\.0\.0\.1:\d+ GET /v1/nothing 404 \d+\.\d{3}s", lines[2])
+
+
+@pytest.mark.parametrize("seed", [0, -1, 2**63 - 1])
+def test_any_64_bit_seed_is_answered(bad_server, seed):
+    r = httpx.post(bad_server + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                              "seed": seed, "max_tokens": 2})
+    assert r.status_code == 200, r.text

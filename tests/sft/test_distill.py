@@ -158,3 +158,21 @@ def test_the_request_timeout_allows_a_long_reply_and_a_dead_host_fails_fast(tmp_
     timeout = distill.Teacher(cfg_for("http://127.0.0.1:9", tmp_path, max_tokens=32768)).client.timeout
     assert timeout.read >= 3276 and timeout.connect <= 10  # 32k tokens at 10 tokens/s; a connect is quick
     assert distill.Teacher(cfg_for("http://127.0.0.1:9", tmp_path)).client.timeout.read == 600
+
+
+def test_traces_without_reasoning_are_not_kept_and_a_teacher_without_choices_is_one_line(tmp_path):
+    engine = ScriptedEngine(thinking_tokenizer(), "<answer>7</answer>")  # no </think>: nothing but an answer
+    with running(create_app(engine, "teacher", template="native")) as url:
+        summary = distill.run_distill(cfg_for(url, tmp_path / "run", keep_wrong=True,
+                                              task_args={"digits": 1, "n_train": 4, "n_test": 1}), progress=False)
+    assert summary["kept"] == 0 and summary["dropped"] == {"no_reasoning": 4}
+
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def empty():
+        return JSONResponse({"id": "x", "object": "chat.completion", "created": 0, "model": "t", "choices": []})
+
+    with running(app) as url:
+        with pytest.raises(ConnectionError, match="no choices"):
+            distill.run_distill(cfg_for(url, tmp_path / "other"), progress=False)

@@ -124,3 +124,9 @@ def test_the_report_names_every_filter_and_the_decontamination_sets(tmp_path):
     for name in ("no_reasoning", "truncated", "language", "long_paragraph", "code_block", "duplicate"):
         assert f"- {name}" in report
     assert "decontamination: prompts sharing a word 8-gram with gsm8k (" in report
+
+
+def test_a_think_block_must_open_the_reply_and_appear_once():
+    for bad in ("so </think> 5", "just answer </think> 5", "<think>\n<think>\n</think>5", "<think>a</think><think>b</think>5"):
+        assert filters.no_reasoning(bad), bad
+    assert filters.no_reasoning("  <think>\nfine\n</think>\n\n5") is None
