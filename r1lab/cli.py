@@ -147,8 +147,9 @@ def sft(argv: list[str]) -> int:
 
     cfg = load_config(SftConfig, argv, prog="r1lab sft")
     summary = train_sft(cfg)
-    print(f"held-out loss {summary['eval_loss_before']:.3f} -> {summary['eval_loss_after']:.3f}; checkpoint "
-          f"{summary['checkpoint']}; report: {cfg.out}/report.md")
+    before, after = summary["eval_loss_before"], summary["eval_loss_after"]
+    held_out = f"held-out loss {before:.3f} -> {after:.3f}" if before is not None else "no held-out set"
+    print(f"{held_out}; checkpoint {summary['checkpoint']}; report: {cfg.out}/report.md")
     return 0
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from r1lab.chat import render
+from r1lab.rl.packing import common_prefix
 from r1lab.tasks.dataset import read_jsonl
 
 
@@ -73,6 +74,19 @@ def encode(messages: list[dict], template: str, tokenizer) -> tuple[list[int], l
     prompt_ids = tokenizer(rendered.text, add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return prompt_ids, response_ids
+
+
+def pack_rows(samples: list[tuple[list[int], list[int]]], row_tokens: int) -> list[list[tuple[list[int], list[int]]]]:
+    """``(prompt_ids, response_ids)`` samples grouped into rows for :func:`r1lab.rl.packing.pack_samples`, which
+    lays a row's common prompt prefix out once: first-fit by what each sample adds beyond the prefix all of
+    ``samples`` share, so no row is longer than ``row_tokens`` (a sample that alone is longer gets its own row).
+
+    >>> pack_rows([([1, 2, 3], [4]), ([1, 2, 5], [6, 7]), ([1, 2, 8], [9])], row_tokens=6)  # 1 2 | 3 4 | 8 9
+    [[([1, 2, 5], [6, 7])], [([1, 2, 3], [4]), ([1, 2, 8], [9])]]
+    """
+    shared = common_prefix([prompt for prompt, _ in samples])
+    bins = first_fit([len(p) + len(r) - shared for p, r in samples], row_tokens - shared)
+    return [[samples[i] for i in b] for b in bins]
 
 
 def first_fit(lengths: list[int], capacity: int) -> list[list[int]]:

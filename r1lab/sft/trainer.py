@@ -1,18 +1,19 @@
 """``r1lab sft``: supervised fine-tuning, packed, with the loss on assistant tokens only.
 
-One step, as :func:`train_sft` reads: take the next rows (samples packed first-fit into rows of
-``row_tokens``, each sample attending only to itself: :func:`r1lab.rl.packing.pack_samples`), compute the
-log-prob of every response token, and minimise their mean negative over the step's response tokens; AdamW,
-gradient clipping, warmup then decay. A held-out slice gives an eval loss once an epoch (or every
-``eval_every`` steps). The run folder gets ``metrics.jsonl``, ``plots/loss.png``, ``report.md`` and the final
-checkpoint ``final/`` (written atomically). Left out: resuming a half-done SFT run (rerun it: SFT here is
-minutes), and sequence lengths beyond ``max_length`` (skipped and counted, never silently cut).
+One step, as :func:`train_sft` reads: take the next ``tokens_per_step`` tokens of samples, pack them into rows
+of at most ``row_tokens`` (the prompt prefix the samples of a row share, such as the template's instruction, is
+computed once, and each sample attends only to that prefix and to itself: :func:`r1lab.rl.packing.pack_samples`),
+compute the log-prob of every response token one row at a time, and minimise their mean negative over the step's
+response tokens; AdamW, gradient clipping, warmup then decay. Peak memory follows ``row_tokens``: one row is
+in flight at a time and attention runs per sample, with no (L, L) mask. A held-out slice gives an eval loss
+once an epoch (or every ``eval_every`` steps) and after the last step. ``max_steps`` and ``limit`` make a short
+run. The run folder gets ``metrics.jsonl``, ``plots/loss.png``, ``report.md`` and the final checkpoint
+``final/`` (written atomically). Left out: resuming a half-done SFT run (rerun it: SFT here is minutes), and
+sequence lengths beyond ``max_length`` (skipped and counted, never silently cut).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import random
 import sys
@@ -23,21 +24,28 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from r1lab.config import SftConfig, save_config
+from r1lab.config import SftConfig, check_run_folder, save_config
+from r1lab.files import append_jsonl, write_json
 from r1lab.engine.onednn import onednn_linears
 from r1lab.models import load_model, save_checkpoint
 from r1lab.rl.grpo import LR_SCHEDULES, lr_factor
 from r1lab.rl.packing import pack_samples, token_logprobs
-from r1lab.sft.data import encode, first_fit, load_sft_data
+from r1lab.sft.data import encode, load_sft_data, pack_rows
 
 
 def train_sft(cfg: SftConfig, progress: bool = True) -> dict:
     check_config(cfg)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     run = Path(cfg.out)
+    check_run_folder(run, SftConfig)
     if (run / "final").exists():
         raise ValueError(f"{run} already holds a finished SFT run; choose another --out")
+    if run.exists() and any(run.iterdir()):  # SFT does not resume: never write over what a run left
+        what = "an interrupted SFT run (no final/; SFT does not resume)" if (run / "config.yaml").exists() else "files"
+        raise ValueError(f"{run} already holds {what}; choose another --out, or remove {run} to start over")
     conversations = load_sft_data(cfg.data)
+    if cfg.limit:
+        conversations = conversations[:cfg.limit]
     lora = {"r": cfg.lora_r, "lora_alpha": cfg.lora_alpha} if cfg.lora_r else None
     model, tokenizer = load_model(cfg.model, lora=lora)
     samples = [encode(m, cfg.template, tokenizer) for m in conversations]
@@ -50,7 +58,9 @@ def train_sft(cfg: SftConfig, progress: bool = True) -> dict:
     n_eval = min(n_eval, len(samples) - 1)
     held_out, train = samples[:n_eval], samples[n_eval:]
     epochs = [_steps_of_epoch(train, cfg, epoch) for epoch in range(cfg.epochs)]
-    total = sum(len(e) for e in epochs)
+    schedule = [(epoch, rows, rows is steps[-1]) for epoch, steps in enumerate(epochs) for rows in steps]
+    schedule = schedule[:cfg.max_steps or None]
+    total = len(schedule)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, warmup=cfg.warmup_steps,
@@ -58,41 +68,36 @@ def train_sft(cfg: SftConfig, progress: bool = True) -> dict:
     run.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run / "config.yaml")
     metrics_path = run / "metrics.jsonl"
-    metrics_path.write_text("")
     history = []
     first_eval = eval_loss(model, held_out, tokenizer.pad_token_id, cfg.row_tokens)
-    _log(f"SFT: {len(train)} samples ({too_long} over max_length skipped), {n_eval} held out, {total} steps; "
-         f"eval loss before {first_eval:.3f}")
+    _log(f"SFT: {len(train)} samples ({too_long} over max_length skipped), {total} steps; " +
+         (f"{n_eval} held out, eval loss before {first_eval:.3f}" if held_out else "no held-out set"))
     model.train()
-    step = 0
     bar = tqdm(total=total, desc="SFT", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    for epoch, steps in enumerate(epochs):
-        for rows in steps:
-            t0 = time.perf_counter()
-            with onednn_linears(model):  # CPU fp32: oneDNN's products (r1lab.engine.onednn)
-                loss, tokens = sft_step(model, optimizer, rows, tokenizer.pad_token_id, cfg.max_grad_norm)
-            scheduler.step()
-            step += 1
-            record = {"step": step, "epoch": epoch + 1, "loss": loss, "tokens": tokens, "lr": scheduler.get_last_lr()[0],
-                      "seconds": time.perf_counter() - t0}
-            last_of_epoch = rows is steps[-1]
-            if (cfg.eval_every and step % cfg.eval_every == 0) or (not cfg.eval_every and last_of_epoch):
-                record["eval_loss"] = eval_loss(model, held_out, tokenizer.pad_token_id, cfg.row_tokens)
-                model.train()
-            history.append(record)
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", **({"eval": f"{record['eval_loss']:.3f}"} if "eval_loss" in record else {}))
+    for step, (epoch, rows, last_of_epoch) in enumerate(schedule, start=1):
+        t0 = time.perf_counter()
+        with onednn_linears(model):  # CPU fp32: oneDNN's products (r1lab.engine.onednn)
+            loss, tokens = sft_step(model, optimizer, rows, tokenizer.pad_token_id, cfg.max_grad_norm)
+        scheduler.step()
+        record = {"step": step, "epoch": epoch + 1, "loss": loss, "tokens": tokens, "lr": scheduler.get_last_lr()[0],
+                  "seconds": time.perf_counter() - t0}
+        if held_out and (step == total or (step % cfg.eval_every == 0 if cfg.eval_every else last_of_epoch)):
+            record["eval_loss"] = eval_loss(model, held_out, tokenizer.pad_token_id, cfg.row_tokens)
+            model.train()
+        history.append(record)
+        append_jsonl(metrics_path, record)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", **({"eval": f"{record['eval_loss']:.3f}"} if "eval_loss" in record else {}))
     bar.close()
     model.eval()
-    final = save_checkpoint(model, tokenizer, run / "final", meta={"stage": "sft", "steps": step, "data": cfg.data})
-    summary = {"samples": len(train), "held_out": n_eval, "skipped_too_long": too_long, "steps": step,
-               "eval_loss_before": first_eval, "eval_loss_after": history[-1].get("eval_loss", math.nan),
+    final = save_checkpoint(model, tokenizer, run / "final", meta={"stage": "sft", "steps": total, "data": cfg.data,
+                                                                        "model": cfg.model, "template": cfg.template})
+    summary = {"samples": len(train), "held_out": n_eval, "skipped_too_long": too_long, "steps": total,
+               "eval_loss_before": first_eval, "eval_loss_after": history[-1].get("eval_loss"),
                "train_loss_first": history[0]["loss"], "train_loss_last": history[-1]["loss"],
                "checkpoint": str(final)}
-    (run / "summary.json").write_text(json.dumps(summary, indent=2))
-    _report(run, history, summary, first_eval)
+    write_json(run / "summary.json", summary)
+    _report(run, history, summary)
     return summary
 
 
@@ -108,38 +113,37 @@ def check_config(cfg: SftConfig) -> None:
     for name in ("epochs", "tokens_per_step", "row_tokens", "max_length"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    for name in ("max_steps", "limit", "eval_every"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be 0 (off) or more, got {getattr(cfg, name)}")
     if not cfg.lr > 0 or cfg.eval_size < 0:
         raise ValueError("lr must be > 0 and eval_size >= 0")
 
 
 def _steps_of_epoch(samples, cfg: SftConfig, epoch: int) -> list[list[list[tuple]]]:
-    """Rows (first-fit packed) grouped into optimizer steps of about ``tokens_per_step`` tokens, in a seeded
-    order per epoch."""
+    """The samples in a seeded order per epoch, cut into optimizer steps of about ``tokens_per_step`` tokens, each
+    step's samples packed into rows of at most ``row_tokens`` (:func:`r1lab.sft.data.pack_rows`)."""
     order = list(range(len(samples)))
     random.Random(cfg.seed * 1000 + epoch).shuffle(order)
-    shuffled = [samples[i] for i in order]
-    bins = first_fit([len(p) + len(r) for p, r in shuffled], cfg.row_tokens)
-    random.Random(cfg.seed * 1000 + epoch + 1).shuffle(bins)
     steps, current, tokens = [], [], 0
-    for b in bins:
-        row = [shuffled[i] for i in b]
-        current.append(row)
-        tokens += sum(len(p) + len(r) for p, r in row)
+    for i in order:
+        current.append(samples[i])
+        tokens += len(samples[i][0]) + len(samples[i][1])
         if tokens >= cfg.tokens_per_step:
-            steps.append(current)
+            steps.append(pack_rows(current, cfg.row_tokens))
             current, tokens = [], 0
     if current:
-        steps.append(current)
+        steps.append(pack_rows(current, cfg.row_tokens))
     return steps
 
 
-def sft_step(model, optimizer, rows, pad_id: int, max_grad_norm: float, rows_per_micro: int = 2) -> tuple[float, int]:
-    """One optimizer step over ``rows``: mean negative log-likelihood of every response token."""
+def sft_step(model, optimizer, rows, pad_id: int, max_grad_norm: float) -> tuple[float, int]:
+    """One optimizer step over ``rows`` (one forward and backward each): mean negative log-likelihood of every
+    response token."""
     n_tokens = sum(len(r) for row in rows for _, r in row)
     total = 0.0
-    for start in range(0, len(rows), rows_per_micro):
-        packed = pack_samples(rows[start:start + rows_per_micro], pad_id)
-        loss = -token_logprobs(model, packed).sum() / n_tokens
+    for row in rows:
+        loss = -token_logprobs(model, pack_samples([row], pad_id)).sum() / n_tokens
         loss.backward()
         total += loss.item()
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
@@ -149,34 +153,36 @@ def sft_step(model, optimizer, rows, pad_id: int, max_grad_norm: float, rows_per
 
 
 @torch.no_grad()
-def eval_loss(model, samples, pad_id: int, row_tokens: int) -> float:
-    """Mean negative log-likelihood per response token over ``samples``."""
+def eval_loss(model, samples, pad_id: int, row_tokens: int) -> float | None:
+    """Mean negative log-likelihood per response token over ``samples``; None when there are none."""
     if not samples:
-        return math.nan
+        return None
     model.eval()
-    bins = first_fit([len(p) + len(r) for p, r in samples], row_tokens)
     total, count = 0.0, 0
     with onednn_linears(model):
-        for start in range(0, len(bins), 4):
-            rows = [[samples[i] for i in b] for b in bins[start:start + 4]]
-            logp = token_logprobs(model, pack_samples(rows, pad_id))
+        for row in pack_rows(samples, row_tokens):
+            logp = token_logprobs(model, pack_samples([row], pad_id))
             total += -logp.sum().item()
             count += logp.numel()
     return total / count
 
 
-def _report(run: Path, history: list[dict], summary: dict, first_eval: float) -> None:
+def _report(run: Path, history: list[dict], summary: dict) -> None:
     from r1lab.report import plot_curves
 
     steps = [h["step"] for h in history]
-    evals = [(0, first_eval)] + [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    if summary["eval_loss_before"] is not None:
+        evals.insert(0, (0, summary["eval_loss_before"]))
     plot = plot_curves(run / "plots" / "loss.png", steps, {"train loss": [h["loss"] for h in history]},
                        "SFT loss (assistant tokens)", "loss per token", smooth=5,
-                       points={"held-out loss": ([s for s, _ in evals], [v for _, v in evals])})
+                       points={"held-out loss": ([s for s, _ in evals], [v for _, v in evals])} if evals else None)
+    held_out = (f"Held-out loss per response token: {summary['eval_loss_before']:.3f} before, "
+                f"{summary['eval_loss_after']:.3f} after." if summary["eval_loss_before"] is not None
+                else "No held-out set (eval_size gives 0 samples), so no held-out loss.")
     lines = ["# SFT run", "", f"{summary['samples']} training samples, {summary['held_out']} held out, "
              f"{summary['steps']} steps ({summary['skipped_too_long']} samples over max_length skipped).", "",
-             f"Held-out loss per response token: {summary['eval_loss_before']:.3f} before, "
-             f"{summary['eval_loss_after']:.3f} after. Train loss: {summary['train_loss_first']:.3f} (first step) -> "
+             f"{held_out} Train loss: {summary['train_loss_first']:.3f} (first step) -> "
              f"{summary['train_loss_last']:.3f} (last).", "", f"Checkpoint: `{summary['checkpoint']}`", "",
              f"![loss](plots/{plot.name})", ""]
     (run / "report.md").write_text("\n".join(lines))

@@ -98,7 +98,7 @@ def test_coldstart_from_your_jsonl_keeps_readable_r1_replies(tmp_path):
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     result = write_coldstart(ColdstartConfig(source="jsonl", data=str(data), out=str(tmp_path / "cs.jsonl")))
     assert result["written"] == 1
-    assert result["dropped"] == {"no think block and answer": 1, "code_block": 1, "language": 1}
+    assert result["dropped"] == {"no_reasoning": 1, "code_block": 1, "language": 1}
 
 
 def test_coldstart_from_a_model_verifies_what_it_samples(tmp_path):
