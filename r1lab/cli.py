@@ -30,6 +30,7 @@ INTERRUPTED = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    program = argv is None  # run as the r1lab command, not called from Python
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[command](rest)
     except KeyboardInterrupt as e:  # Ctrl-C: one line, no traceback, and how to go on where there is a way
-        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C while exiting ends it at once
+        if program:  # a second Ctrl-C while exiting ends the process at once (not when called as a function)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
         print(f"\nr1lab {command}: {str(e) or INTERRUPTED.get(command, 'interrupted')}", file=sys.stderr)
         return 130
     except (FileNotFoundError, KeyError, ValueError, ConnectionError) as e:  # input or a server: say what to fix

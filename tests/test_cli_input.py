@@ -73,3 +73,17 @@ def test_a_file_or_a_run_folder_given_as_the_model_says_what_it_is(tmp_path, cap
     assert "is a file, not a model" in capsys.readouterr().err
     assert main(["chat", str(tmp_path / "run")]) == 2
     assert f"its trained model is {tmp_path / 'run' / 'final'}" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_a_command_called_from_python_leaves_the_callers_signal_handling_alone(monkeypatch, capsys):
+    import signal
+
+    import r1lab.cli as cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "zero", interrupted)
+    before = signal.getsignal(signal.SIGINT)
+    assert main(["zero"]) == 130 and "--resume true" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is before
