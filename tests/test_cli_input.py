@@ -87,3 +87,12 @@ def test_ctrl_c_in_a_command_called_from_python_leaves_the_callers_signal_handli
     before = signal.getsignal(signal.SIGINT)
     assert main(["zero"]) == 130 and "--resume true" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_the_documented_install_brings_what_documented_commands_import():
+    """`pip install -e .` (no extras) must carry distill's client and the Parquet/hub benchmark readers."""
+    import re
+    from importlib.metadata import requires
+
+    core = {re.split(r"[\[<>=! ;]", r)[0].lower() for r in requires("r1lab") if "extra ==" not in r}
+    assert {"openai", "datasets", "fastapi", "uvicorn", "math-verify"} <= core
