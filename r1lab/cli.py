@@ -140,6 +140,9 @@ def distill(argv: list[str]) -> int:
     s = run_distill(cfg)
     print(f"{s['traces']} traces ({s['retries']} retries, {s['prompt_tokens']} + {s['completion_tokens']} tokens), "
           f"{s['kept']} kept: {s['path']}" + (f"; student: {s['student']['checkpoint']}" if "student" in s else ""))
+    if not s["kept"]:
+        print(f"r1lab distill: no trace was kept ({', '.join(f'{k}: {v}' for k, v in s['dropped'].items())}); "
+              "see the report, and check that the teacher reasons in a think block", file=sys.stderr)
     return 0
 
 

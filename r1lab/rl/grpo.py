@@ -430,7 +430,9 @@ def _start_run_dir(run: Path, cfg: ZeroConfig, start_step: int) -> None:
     the settings it was started with. Log lines past the resume point are moved to ``*.discarded.jsonl``
     (they are redone), never deleted."""
     saved = run / "config.yaml"
-    if not cfg.resume and run.exists() and any(run.iterdir()):
+    if not cfg.resume and run.exists() and {p.name for p in run.iterdir()} == {"config.yaml"}:
+        check_same_config(cfg, saved)  # a run that died before its first step: the same command may start again
+    elif not cfg.resume and run.exists() and any(run.iterdir()):
         what = "a run. Pass --resume true to continue it, or" if saved.exists() else "files. Move them, or"
         raise ValueError(f"{run} already holds {what} choose another --out; r1lab never overwrites a run.")
     run.mkdir(parents=True, exist_ok=True)

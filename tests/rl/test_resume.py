@@ -211,3 +211,13 @@ def test_a_torn_last_log_line_is_dropped_on_resume_and_the_folder_may_be_named_a
     monkeypatch.chdir(tmp_path)
     assert main(["zero", "--out", "run/", "--resume", "true"]) == 0  # relative, trailing slash: the same run
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_a_run_that_died_before_its_first_step_may_be_started_again(tiny_path, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    monkeypatch.setattr(grpo, "_load_policy", lambda *a: (_ for _ in ()).throw(FileNotFoundError("no model")))
+    assert main(flags(tiny_path, run)) == 2 and sorted(p.name for p in run.iterdir()) == ["config.yaml"]
+    monkeypatch.undo()
+    assert main(flags(tiny_path, run) + ["--seed", "3"]) == 2  # other settings: refused, named
+    assert "seed: 0 there, 3 now" in capsys.readouterr().err
+    assert main(flags(tiny_path, run)) == 0  # the same command again just runs
