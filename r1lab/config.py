@@ -332,22 +332,20 @@ def values_for_resume(cls, values: dict, out_default: str | None = None) -> dict
             raise ValueError(f"--resume: {run} has no config.yaml, so the run's settings are unknown; restore it "
                              "from a backup, or start a new run in another --out")
         raise ValueError(f"--resume: there is no run in {run} to resume; check --out, or drop --resume to start one")
-    saved = _saved_settings(cls, saved_path)
-    given = make_config(cls, dict(values))
-    changed = [name for name in values if name not in RESUME_MAY_CHANGE
-               and _normal(getattr(given, name)) != saved.get(name, _normal(getattr(cls(), name)))]
-    if changed:
-        raise ValueError(_differences(run, changed, saved, given, "given now"))
-    return {**saved, **values}
+    check_same_config(make_config(cls, dict(values)), saved_path, ignore=RESUME_MAY_CHANGE, only=values,
+                      now_word="given now")
+    return {**_saved_settings(cls, saved_path), **values}
 
 
-def check_same_config(cfg, path: Path, ignore: tuple = ()) -> None:
-    """Refuse to continue a run saved in ``path`` with settings other than its own (``ignore`` may differ)."""
+def check_same_config(cfg, path: Path, ignore: tuple = (), only=None, now_word: str = "now") -> None:
+    """Refuse to continue a run saved in ``path`` with settings other than its own (``ignore`` may differ;
+    ``only``, if given, names the settings to compare)."""
     saved = _saved_settings(type(cfg), path)
-    changed = [f.name for f in dataclasses.fields(cfg) if f.name not in ignore
-               and _normal(getattr(cfg, f.name)) != saved.get(f.name, _normal(getattr(type(cfg)(), f.name)))]
+    names = [f.name for f in dataclasses.fields(cfg) if only is None or f.name in only]
+    changed = [name for name in names if name not in ignore
+               and _normal(getattr(cfg, name)) != saved.get(name, _normal(getattr(type(cfg)(), name)))]
     if changed:
-        raise ValueError(_differences(path.parent, changed, saved, cfg, "now"))
+        raise ValueError(_differences(path.parent, changed, saved, cfg, now_word))
 
 
 def _saved_settings(cls, path: Path) -> dict:

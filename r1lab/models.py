@@ -269,8 +269,9 @@ def _umask() -> int:
 def _readable_by_all(folder: Path) -> None:
     """Files and folders as an ordinary write would leave them (0644 and 0755 under the usual umask); some
     writers (safetensors, mkdtemp) use 0600 and 0700."""
+    umask = _umask()
     for path in folder.rglob("*"):
-        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _fsync_tree(folder: Path) -> None:

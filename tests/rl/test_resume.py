@@ -2,6 +2,7 @@
 continues with its own settings (other flags are refused), and the trained policy is on disk before the final
 evaluation starts."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -28,6 +29,22 @@ def flags(tiny_path, out, steps=2):
             "--warmup-steps", "0", "--threads", "1", "--out", str(out)]
 
 
+@contextlib.contextmanager
+def ctrl_c_in_step(step, monkeypatch):
+    """Within the block, the user presses Ctrl-C during the update of ``step`` (as a KeyboardInterrupt there)."""
+    real_update, calls = grpo.update_policy, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise KeyboardInterrupt
+        return real_update(*args, **kwargs)
+
+    monkeypatch.setattr(grpo, "update_policy", interrupted)
+    yield
+    monkeypatch.setattr(grpo, "update_policy", real_update)
+
+
 def snapshot(folder):
     """Every file under ``folder`` with a hash of its bytes."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -46,17 +63,8 @@ def test_resuming_a_finished_run_changes_nothing(tiny_path, tmp_path, capsys):
 def test_an_interrupted_run_resumes_with_its_saved_settings_and_refuses_others(tiny_path, tmp_path, monkeypatch,
                                                                                capsys):
     run = tmp_path / "run"
-    real_update, calls = grpo.update_policy, {"n": 0}
-
-    def dies_in_step_3(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_update(*args, **kwargs)
-
-    monkeypatch.setattr(grpo, "update_policy", dies_in_step_3)
-    assert main(flags(tiny_path, run, steps=3) + ["--save-every", "1"]) == 130  # Ctrl-C: one line, exit 130
-    monkeypatch.setattr(grpo, "update_policy", real_update)
+    with ctrl_c_in_step(3, monkeypatch):
+        assert main(flags(tiny_path, run, steps=3) + ["--save-every", "1"]) == 130  # Ctrl-C: one line, exit 130
     config_before = (run / "config.yaml").read_bytes()
 
     assert main(["zero", "--out", str(run), "--resume", "true", "--lr", "0.001", "--steps", "5"]) == 2
@@ -105,17 +113,8 @@ def test_the_policy_is_saved_before_the_final_evaluation(tiny_path, tmp_path, mo
 
 def test_lines_past_the_resume_point_are_kept_aside_not_deleted(tiny_path, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    real_update, calls = grpo.update_policy, {"n": 0}
-
-    def dies_in_step_2(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_update(*args, **kwargs)
-
-    monkeypatch.setattr(grpo, "update_policy", dies_in_step_2)
-    assert main(flags(tiny_path, run, steps=3) + ["--save-every", "5"]) == 130  # no checkpoint before it
-    monkeypatch.setattr(grpo, "update_policy", real_update)
+    with ctrl_c_in_step(2, monkeypatch):
+        assert main(flags(tiny_path, run, steps=3) + ["--save-every", "5"]) == 130  # no checkpoint before it
     logged = (run / "metrics.jsonl").read_text()
     assert [json.loads(line)["step"] for line in logged.splitlines()] == [1]
 
@@ -195,17 +194,8 @@ def test_a_new_run_refuses_a_folder_with_files_in_it(tiny_path, tmp_path, capsys
 def test_a_torn_last_log_line_is_dropped_on_resume_and_the_folder_may_be_named_another_way(tiny_path, tmp_path,
                                                                                           monkeypatch):
     run = tmp_path / "run"
-    real_update, calls = grpo.update_policy, {"n": 0}
-
-    def dies_in_step_3(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_update(*args, **kwargs)
-
-    monkeypatch.setattr(grpo, "update_policy", dies_in_step_3)
-    assert main(flags(tiny_path, run, steps=3) + ["--save-every", "2"]) == 130
-    monkeypatch.setattr(grpo, "update_policy", real_update)
+    with ctrl_c_in_step(3, monkeypatch):
+        assert main(flags(tiny_path, run, steps=3) + ["--save-every", "2"]) == 130
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "rew')  # killed while writing a line
     monkeypatch.chdir(tmp_path)
