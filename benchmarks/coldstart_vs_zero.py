@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from r1lab.cli import main as r1lab
-from r1lab.report import plot_runs
+from r1lab.plots import plot_runs
 
 
 def metrics(run: Path) -> list[dict]:

@@ -32,8 +32,10 @@ from r1lab.config import ZeroConfig
 from r1lab.engine import SamplingParams, TorchEngine
 from r1lab.engine.onednn import onednn_linears
 from r1lab.models import load_model
+from r1lab.optim import make_optimizer
+from r1lab.packing import pack
 from r1lab.rl import grpo
-from r1lab.rl.packing import pack
+from r1lab.rollout import build_rewards, generate_groups, score_group
 from r1lab.tasks import get_task
 
 PROMPTS, GROUP, MAX_NEW, TEMPERATURE, LR = 4, 8, 64, 0.7, 1e-6
@@ -77,17 +79,17 @@ def bench_r1lab(steps, task) -> dict:
     engine = TorchEngine(model, tok)
     cfg = ZeroConfig(prompts_per_step=PROMPTS, group_size=GROUP, max_new_tokens=MAX_NEW, temperature=TEMPERATURE,
                      beta=0.0, updates_per_batch=1, lr=LR, warmup_steps=0, stop=[], rewards={"accuracy": 1.0})
-    rewards = grpo.build_rewards(cfg, task)
-    optimizer, _ = grpo._optimizer(model, cfg)
+    rewards = build_rewards(cfg.rewards, task)
+    optimizer, _ = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps, cfg.lr_schedule)
     params = SamplingParams(n=GROUP, temperature=TEMPERATURE, max_new_tokens=MAX_NEW)
     n_body, hidden, vocab = decoder_params(model), model.config.hidden_size, model.config.vocab_size
     times, train_times, flops, trained = [], [], [], []
     for step, batch in enumerate(workload(steps, tok, task)):
         t0 = time.perf_counter()
         params.seed = step
-        groups = grpo.generate_groups(engine, [ex for _, ex in batch], "native-zero", None, params, task)
+        groups = generate_groups(engine, [ex for _, ex in batch], "native-zero", None, params, task)
         for g in groups:
-            grpo.score_group(g, rewards)
+            score_group(g, rewards)
         grpo.set_advantages(groups, cfg.advantage)
         t1 = time.perf_counter()
         with onednn_linears(model):  # as grpo.train does

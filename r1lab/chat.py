@@ -16,6 +16,11 @@ trained with system prompts), and reasoning in earlier assistant turns is not se
 
 :func:`render` returns the prompt text *and* the prefill (the forced start of the assistant turn, already at
 the end of the prompt text). Rewards judge ``prefill + generated text``, the whole assistant response.
+
+This module also owns the tags' meaning, the one reasoning/answer split everyone uses:
+:class:`ReasoningSplitter` (streamed, chunk by chunk) and :func:`split_reasoning` (the same over a whole
+response) separate the think block from the reply; :func:`final_answer_span` finds the part of a response
+that may hold its final answer.
 """
 
 from __future__ import annotations
@@ -128,22 +133,137 @@ def _r1(messages: list[dict]) -> str:
     return "".join(parts)
 
 
-def split_reasoning(response: str) -> tuple[str, str]:
-    """Split an assistant response into ``(reasoning, content)`` at the last ``</think>``.
+OPEN, CLOSE = "<think>", "</think>"
+_ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
-    A response that opens a think block and never closes it is all reasoning; one with no think tags at all
-    is all content.
+
+def partial_suffix(text: str, marker: str) -> int:
+    """Length of the longest tail of ``text`` that is a proper prefix of ``marker``.
+
+    >>> partial_suffix("abc</th", "</think>"), partial_suffix("abc", "</think>"), partial_suffix("<", "</think>")
+    (4, 0, 1)
+    """
+    for size in range(min(len(text), len(marker) - 1), 0, -1):
+        if marker.startswith(text[-size:]):
+            return size
+    return 0
+
+
+class ReasoningSplitter:
+    """``feed(text) -> (reasoning, content)`` deltas; ``finish()`` flushes. ``thinking=True`` when the prompt
+    already opened the think block (R1's ``<think>\\n`` prefill); otherwise a reply that begins with ``<think>``
+    opens it, and one that does not is all content.
+
+    Text goes to reasoning until the first ``</think>`` and to content after it; a tail that could be the start
+    of the tag is held back, so a ``</think>`` split across chunks is still found. Any chunking of a text gives
+    the same split as the whole text at once (:func:`split_reasoning`)."""
+
+    def __init__(self, thinking: bool = False):
+        self.state = "reasoning" if thinking else "start"
+        self.buffer = ""
+        self.content_started = False
+        self.reasoning_started = False
+
+    def feed(self, text: str) -> tuple[str, str]:
+        self.buffer += text
+        reasoning, content = "", ""
+        while True:
+            if self.state == "start":
+                stripped = self.buffer.lstrip()
+                if stripped.startswith(OPEN):
+                    self.buffer, self.state = stripped[len(OPEN):], "reasoning"
+                elif OPEN.startswith(stripped):  # maybe "<thi" so far: wait
+                    return reasoning, content
+                else:
+                    self.state = "content"
+                continue
+            if self.state == "reasoning":
+                if not self.reasoning_started:  # drop the newline(s) after <think>
+                    self.buffer = self.buffer.lstrip()
+                    if not self.buffer:
+                        return reasoning, content
+                    self.reasoning_started = True
+                index = self.buffer.find(CLOSE)
+                if index >= 0:
+                    reasoning += self.buffer[:index]
+                    self.buffer, self.state = self.buffer[index + len(CLOSE):], "content"
+                    continue
+                keep = partial_suffix(self.buffer, CLOSE)
+                reasoning += self.buffer[:len(self.buffer) - keep]
+                self.buffer = self.buffer[len(self.buffer) - keep:]
+                return reasoning, content
+            # content: drop the whitespace between </think> and the answer
+            if not self.content_started:
+                self.buffer = self.buffer.lstrip()
+                if not self.buffer:
+                    return reasoning, content
+                self.content_started = True
+            content += self.buffer
+            self.buffer = ""
+            return reasoning, content
+
+    def finish(self) -> tuple[str, str]:
+        """Flush what was held back: an unfinished ``</thi`` stays reasoning."""
+        rest, self.buffer = self.buffer, ""
+        if self.state == "reasoning":
+            return rest, ""
+        if self.state == "start":
+            return "", rest if rest.strip() else ""
+        return "", rest if self.content_started else rest.lstrip()
+
+
+def split_reasoning(response: str, thinking: bool | None = None) -> tuple[str, str]:
+    """Split an assistant response into ``(reasoning, content)``: :class:`ReasoningSplitter` over the whole text,
+    so the split is the same as the streamed one.
+
+    ``thinking=True`` when the prompt opened the think block (the response starts inside it), ``False`` when it
+    did not. ``None`` infers it: a response that starts with ``<think>`` opens the block itself, one with no
+    opening tag but a ``</think>`` was prefilled, and one with neither is all content. Reasoning runs to the
+    first ``</think>``; a think block never closed is all reasoning.
 
     >>> split_reasoning("<think>\\n2+3 is 5\\n</think>\\n\\nThe answer is 5.")
-    ('2+3 is 5', 'The answer is 5.')
+    ('2+3 is 5\\n', 'The answer is 5.')
     >>> split_reasoning("<think>\\nstill going"), split_reasoning("Hello!")
     (('still going', ''), ('', 'Hello!'))
+    >>> split_reasoning("2+3 is 5.</think>It is 5."), split_reasoning("a stray </think> tag", thinking=False)
+    (('2+3 is 5.', 'It is 5.'), ('', 'a stray </think> tag'))
     """
-    body = response.lstrip()
-    opened = body.startswith("<think>")
-    if opened:
-        body = body[len("<think>"):]
-    head, sep, tail = body.rpartition("</think>")
-    if not sep:
-        return (body.strip(), "") if opened else ("", body.strip())
-    return head.strip(), tail.strip()
+    if thinking is None:
+        thinking = not response.lstrip().startswith(OPEN) and CLOSE in response
+    splitter = ReasoningSplitter(thinking)
+    reasoning, content = splitter.feed(response)
+    tail_reasoning, tail_content = splitter.finish()
+    return reasoning + tail_reasoning, content + tail_content
+
+
+def final_answer_span(completion: str) -> str:
+    """The part of a response that may hold its final answer: the last ``<answer>…</answer>`` block after the
+    thinking, else the text after the last ``</think>``, else the whole response.
+
+    Text inside the thinking never counts, and a response whose thinking is still open (cut off at
+    the length limit) has no final answer at all.
+
+    >>> final_answer_span("<think>maybe 3</think> so <answer> 4 </answer>")
+    ' 4 '
+    >>> final_answer_span("<think>\\n<answer>3</answer></think> The answer is 5.")
+    ' The answer is 5.'
+    >>> final_answer_span("<answer>1</answer><answer>2</answer>"), final_answer_span("<think>still 7")
+    ('2', '')
+    >>> final_answer_span("Plain 6")
+    'Plain 6'
+    """
+    return final_span(completion)[0]
+
+
+def final_span(completion: str) -> tuple[str, bool]:
+    """:func:`final_answer_span` and whether it is an ``<answer>`` block.
+
+    >>> final_span("<think>a</think><answer>5</answer>"), final_span("<think>a</think>5")
+    (('5', True), ('5', False))
+    """
+    if CLOSE in completion:
+        completion = completion.rsplit(CLOSE, 1)[1]
+    elif OPEN in completion:
+        return "", False
+    blocks = _ANSWER_BLOCK.findall(completion)
+    return (blocks[-1], True) if blocks else (completion, False)

@@ -55,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def zero(argv: list[str]) -> int:
-    from r1lab.config import ZeroConfig, make_config, parse_values, values_for_resume
+    from r1lab.config import ZeroConfig, make_config, parse_values
     from r1lab.rl.grpo import train
+    from r1lab.runs import values_for_resume
 
     values = parse_values(ZeroConfig, argv, prog="r1lab zero")
     if values.get("resume"):  # continue with the run's own settings; refuse flags that change them
@@ -163,32 +164,18 @@ def _model_first(argv: list[str]) -> list[str]:
     return ["--model", argv[0], *argv[1:]] if argv and not argv[0].startswith("-") else argv
 
 
-def _engine(cfg):
-    import torch
-
-    from r1lab.engine import TorchEngine
-    from r1lab.models import load_model
-
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-    model, tokenizer = load_model(cfg.model)
-    return TorchEngine(model, tokenizer)
-
-
 def serve(argv: list[str]) -> int:
     from r1lab.config import ServeConfig, load_config
 
-    cfg = load_config(ServeConfig, _model_first(argv), prog="r1lab serve")
-    from r1lab.chat import TEMPLATES
-
-    if cfg.template not in TEMPLATES:
-        raise ValueError(f"template {cfg.template!r} is unknown; choose one of {', '.join(TEMPLATES)}")
+    cfg = load_config(ServeConfig, _model_first(argv), prog="r1lab serve")  # checks the template, among others
     import uvicorn
 
+    from r1lab.rollout import open_engine
     from r1lab.serve.app import create_app
 
-    app = create_app(_engine(cfg), cfg.model, cfg.template, api_key=cfg.api_key or os.environ.get("R1LAB_API_KEY"),
-                     max_pending=cfg.max_pending, max_batch_rows=cfg.max_batch_rows, max_n=cfg.max_n,
-                     default_max_tokens=cfg.max_tokens)
+    app = create_app(open_engine(cfg.model, cfg.threads), cfg.model, cfg.template,
+                     api_key=cfg.api_key or os.environ.get("R1LAB_API_KEY"), max_pending=cfg.max_pending,
+                     max_batch_rows=cfg.max_batch_rows, max_n=cfg.max_n, default_max_tokens=cfg.max_tokens)
     print(f"r1lab serve: {cfg.model} at http://{cfg.host}:{cfg.port}/ (chat page) and "
           f"http://{cfg.host}:{cfg.port}/v1 (OpenAI API)", flush=True)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
@@ -197,14 +184,16 @@ def serve(argv: list[str]) -> int:
 
 def chat(argv: list[str]) -> int:
     from r1lab.config import ChatConfig, load_config
+    from r1lab.rollout import open_engine
     from r1lab.serve.terminal import chat_loop
 
     cfg = load_config(ChatConfig, _model_first(argv), prog="r1lab chat")
-    chat_loop(_engine(cfg), cfg)
+    chat_loop(open_engine(cfg.model, cfg.threads), cfg)
     return 0
 
 
-COMMANDS = {"zero": zero, "eval": evaluate, "coldstart": coldstart, "sample": sample, "distill": distill, "sft": sft, "serve": serve, "chat": chat}
+COMMANDS = {"zero": zero, "eval": evaluate, "coldstart": coldstart, "sample": sample, "distill": distill, "sft": sft,
+            "serve": serve, "chat": chat}
 
 
 if __name__ == "__main__":

@@ -2,6 +2,10 @@
 
 Precedence: dataclass defaults < YAML recipe (``--config FILE``) < command-line flags. Every field is a
 flag (``--group-size 8`` or ``--group_size 8``); dict fields take YAML (``--task-args '{digits: 2}'``).
+
+Each config checks itself (``cfg.validate()``, called by :func:`make_config` and by each stage's entry point)
+and raises ValueError naming the field and what to write; nothing here exits the process, only
+:mod:`r1lab.cli` turns errors into exit codes. Run folders and resuming are :mod:`r1lab.runs`.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import argparse
 import dataclasses
 import inspect
 import json
+import math
 import re
 import types
 import typing
@@ -18,17 +23,16 @@ from pathlib import Path
 
 import yaml
 
+from r1lab.chat import TEMPLATES
 from r1lab.files import CHECKPOINT_MARKER, write_atomic
 
-
-#: what ``task_args: None`` means for each task. For arithmetic: 1-digit +, -, *, all 300 such problems, 100 held
-#: out. SmolLM2-135M gets ~31% right at T=0.7 and about half the groups have mixed rewards, so there is signal.
-DEFAULT_TASK_ARGS = {"arithmetic": {"digits": 1, "operands": 2, "operators": "+-*", "n_train": 200, "n_test": 100}}
-
-
-def task_args_for(task: str, task_args: dict | None) -> dict:
-    """The options to build ``task`` with: the given ones, else its defaults here (none for most tasks)."""
-    return dict(task_args) if task_args is not None else dict(DEFAULT_TASK_ARGS.get(task, {}))
+# The names a setting may take. The functions behind them live in layers above this one, so the names are
+# written out here; tests/test_config.py checks each list against the registry that implements it.
+ADVANTAGES = ("grpo", "drgrpo", "batch_std")  # r1lab.rl.advantages.ADVANTAGES
+LOSS_AGGREGATIONS = ("token", "sequence")  # r1lab.rl.losses.LOSS_AGGREGATIONS
+LR_SCHEDULES = ("cosine", "linear", "constant")  # r1lab.optim.LR_SCHEDULES
+INTERVALS = ("bootstrap", "normal")  # r1lab.evaluate.metrics.CI_METHODS
+COLDSTART_SOURCES = ("traces", "model", "jsonl")  # r1lab.sft.coldstart: _from_traces, _from_model, _from_jsonl
 
 
 @dataclass
@@ -73,7 +77,8 @@ class ZeroConfig:
     eval_examples: int = 100  # held-out problems evaluated before and after training
     eval_every: int = 0  # 0 = only before and after
     eval_samples: int = 1  # samples per held-out problem; 1 = one greedy answer
-    eval_temperature: float = 0.6  # with eval_samples > 1 (top-p 0.95, as r1lab eval)
+    eval_temperature: float = 0.6  # with eval_samples > 1 (as r1lab eval)
+    eval_top_p: float = 0.95  # with eval_samples > 1 (as r1lab eval)
     eval_max_new_tokens: int = 64  # the length limit of a held-out answer
     save_every: int = 20  # steps between checkpoints (the last step is always one)
     keep_checkpoints: int = 2  # older checkpoints are deleted
@@ -81,6 +86,26 @@ class ZeroConfig:
     resume: bool = False  # continue the run in --out from its last checkpoint, with its saved settings
     seed: int = 0
     threads: int = 0  # 0 = all cores
+
+    def validate(self) -> None:
+        """Refuse settings that cannot work, before any model is loaded; each problem names its field."""
+        sampled_eval = self.eval_samples > 1
+        _refuse(_one_of(self, "template", TEMPLATES), _one_of(self, "advantage", ADVANTAGES),
+                _one_of(self, "loss_aggregation", LOSS_AGGREGATIONS), _one_of(self, "lr_schedule", LR_SCHEDULES),
+                _weights(self.rewards),
+                _at_least(self, 1, "steps", "prompts_per_step", "max_new_tokens", "eval_max_new_tokens", "save_every",
+                          "updates_per_batch", "groups_per_micro_batch", "max_sampling_rounds", "keep_checkpoints",
+                          "eval_samples"),
+                _need(self.group_size >= 2, f"group_size={self.group_size!r}: GRPO compares samples within a "
+                                            "group, use at least 2"),
+                _need(self.temperature > 0 and math.isfinite(self.temperature),
+                      f"temperature={self.temperature!r}: RL needs sampling, use a finite value > 0 (e.g. 0.7)"),
+                _need(not sampled_eval or self.eval_temperature > 0,
+                      f"eval_temperature={self.eval_temperature!r}: sampled evaluation needs a value > 0 (0.6)"),
+                _need(not sampled_eval or 0 < self.eval_top_p <= 1,
+                      f"eval_top_p={self.eval_top_p!r}: use a value in (0, 1] (0.95)"),
+                _at_least(self, 0, "beta", "clip_low", "clip_high"),
+                _need(self.lr > 0, f"lr={self.lr!r}: use a value > 0 (e.g. 2e-5)"))
 
 
 @dataclass
@@ -105,6 +130,19 @@ class EvalConfig:
     seed: int = 0
     out: str = "runs/eval"
     threads: int = 0  # 0 = all cores
+
+    def validate(self) -> None:
+        """Refuse settings that cannot work, before any model is loaded; each problem names its field."""
+        strays = sorted(set(self.data) - set(self.benchmarks))
+        _refuse(_need(bool(self.benchmarks), "benchmarks is empty; name at least one, e.g. --benchmarks '[gsm8k]'"),
+                _one_of(self, "template", TEMPLATES), _at_least(self, 1, "max_new_tokens"),
+                _at_least(self, 0, "k", "limit", "problems_per_batch", meaning=" (0 = automatic / all)"),
+                _need(self.greedy or self.temperature > 0, f"temperature={self.temperature!r}: sampling needs a "
+                                                           "value > 0 (0.6); use --greedy true for greedy decoding"),
+                _need(0 < self.top_p <= 1, f"top_p={self.top_p!r}: use a value in (0, 1] (0.95)"),
+                _one_of(self, "interval", INTERVALS),
+                _need(not strays, f"data names {strays}, which are not among benchmarks {self.benchmarks}; add "
+                                  "them to --benchmarks or drop them from --data"))
 
 
 @dataclass
@@ -134,6 +172,16 @@ class SftConfig:
     seed: int = 0
     threads: int = 0
 
+    def validate(self) -> None:
+        """Refuse settings that cannot work, before any model is loaded; each problem names its field."""
+        _refuse(_need(bool(self.data), "give the training data: --data FILE.jsonl (make a cold-start set with r1lab "
+                                       "coldstart)"),
+                _one_of(self, "template", TEMPLATES), _one_of(self, "lr_schedule", LR_SCHEDULES),
+                _at_least(self, 1, "epochs", "tokens_per_step", "row_tokens", "max_length"),
+                _at_least(self, 0, "max_steps", "limit", "eval_every", meaning=" (0 = off)"),
+                _need(self.lr > 0, f"lr={self.lr!r}: use a value > 0 (e.g. 5e-5)"),
+                _at_least(self, 0, "eval_size", meaning=" (a share below 1, a count, or 0 for no held-out set)"))
+
 
 @dataclass
 class ColdstartConfig:
@@ -154,6 +202,11 @@ class ColdstartConfig:
     language: str = "en"
     out: str = "runs/coldstart.jsonl"
     seed: int = 0
+
+    def validate(self) -> None:
+        """Refuse settings that cannot work, before any model is loaded; each problem names its field."""
+        _refuse(_one_of(self, "source", COLDSTART_SOURCES),
+                _need(self.source != "jsonl" or bool(self.data), "source=jsonl needs --data FILE.jsonl"))
 
 
 @dataclass
@@ -188,6 +241,16 @@ class SampleConfig:
     seed: int = 0
     threads: int = 0
 
+    def validate(self) -> None:
+        """Refuse settings that cannot work, before any model is loaded; each problem names its field."""
+        _refuse(_one_of(self, "template", TEMPLATES), _at_least(self, 1, "n", "keep", "max_new_tokens"),
+                _need(0 <= self.non_reasoning_share < 1,
+                      f"non_reasoning_share={self.non_reasoning_share!r}: use a share in [0, 1) (R1: 0.25)"),
+                _need(not self.non_reasoning_share or bool(self.non_reasoning),
+                      "non_reasoning_share needs --non-reasoning FILE.jsonl of {prompt, response} rows"),
+                _need(0 < self.near_duplicate <= 1, f"near_duplicate={self.near_duplicate!r}: use a value in (0, 1] "
+                                                    "(1.0 = exact duplicates only)"))
+
 
 @dataclass
 class DistillConfig:
@@ -213,6 +276,14 @@ class DistillConfig:
     seed: int = 0
     threads: int = 0
 
+    def validate(self) -> None:
+        """Refuse settings that cannot work, before any request is sent; each problem names its field. The
+        template is checked where it is used: for a local teacher, or for the student's SFT."""
+        _refuse(_at_least(self, 1, "concurrency", "max_tokens"), _at_least(self, 0, "max_retries"),
+                _need(not self.base_url or self.base_url.startswith(("http://", "https://")),
+                      f"base_url={self.base_url!r}: must start with http:// or https://"),
+                _one_of(self, "template", TEMPLATES) if self.base_url is None or self.student else [])
+
 
 @dataclass
 class ServeConfig:
@@ -229,6 +300,10 @@ class ServeConfig:
     max_tokens: int = 2048  # default reply budget when a request gives none
     threads: int = 0  # 0 = all cores
 
+    def validate(self) -> None:
+        """Refuse settings that cannot work, before the model is loaded."""
+        _refuse(_one_of(self, "template", TEMPLATES))
+
 
 @dataclass
 class ChatConfig:
@@ -241,6 +316,42 @@ class ChatConfig:
     max_tokens: int = 2048
     system: str | None = None  # folded into the first user turn, as R1 advises
     threads: int = 0
+
+    def validate(self) -> None:
+        """Refuse settings that cannot work, before the model is loaded."""
+        _refuse(_one_of(self, "template", TEMPLATES))
+
+
+def _refuse(*problems: list[str]) -> None:
+    """Raise one ValueError for all the problems found (one line for one, a list for several)."""
+    found = [p for group in problems for p in group]
+    if len(found) == 1:
+        raise ValueError(found[0])
+    if found:
+        raise ValueError("\n  ".join(["bad settings:", *found]))
+
+
+def _need(ok: bool, problem: str) -> list[str]:
+    return [] if ok else [problem]
+
+
+def _one_of(cfg, name: str, choices) -> list[str]:
+    value = getattr(cfg, name)
+    return _need(value in choices, f"{name}={value!r}: choose one of {', '.join(choices)}")
+
+
+def _at_least(cfg, low: int, *names: str, meaning: str = "") -> list[str]:
+    """``low`` or more for each of ``names`` (a NaN is refused too)."""
+    return [f"{name}={getattr(cfg, name)!r}: must be at least {low}{meaning}" for name in names
+            if not getattr(cfg, name) >= low]
+
+
+def _weights(rewards: dict) -> list[str]:
+    """Reward weights are numbers. The names are not checked here: rewards are an open registry, and an unknown
+    name is refused when the rewards are built, before any model is loaded."""
+    return [f"rewards: the weight of {name!r} is {weight!r}; write a number, e.g. {{accuracy: 1.0, format: 0.5}}"
+            for name, weight in rewards.items()
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight)]
 
 
 #: help for options that mean the same in every command (an option's own ``# comment`` above wins)
@@ -272,18 +383,26 @@ COMMON_HELP = {
                 "trained with",
     "prefill": "text the reply is forced to start with; null = the template's own",
     "language": "target language of the reasoning (en, zh, ...)",
-    "lr_schedule": "cosine | linear | constant (after warmup)",
+    "lr_schedule": f"{' | '.join(LR_SCHEDULES)} (after warmup)",
     "min_language_share": "keep reasoning with at least this share of words in --language; 0 = off",
 }
-#: what a resumed run may change; every other setting must be the one the run was started with
-RESUME_MAY_CHANGE = ("resume", "threads", "out")  # out: the same folder, named another way (or moved)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose input errors (an unknown flag, a missing value) raise ValueError with what was wrong and the
+    usage, so that only :mod:`r1lab.cli` turns errors into exit codes. ``--help`` still prints the help and exits 0
+    through argparse's own ``SystemExit(0)``, as any command does."""
+
+    def error(self, message: str):
+        raise ValueError(f"{message}\nusage: {self.prog} [--config FILE] [--OPTION VALUE ...]; "
+                         f"`{self.prog} --help` lists the options")
 
 
 def parse_values(cls, argv: list[str] | None = None, prog: str = "r1lab", epilog: str | None = None) -> dict:
     """The options given for ``cls``: an optional ``--config`` YAML, then command-line flags over it (defaults are
     not filled in, so callers know what was given)."""
-    parser = argparse.ArgumentParser(prog=prog, description=cls.__doc__, epilog=epilog,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog=prog, description=cls.__doc__, epilog=epilog,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML recipe (see recipes/); flags given here override it")
     defaults = cls()
     hints = typing.get_type_hints(cls)
@@ -321,100 +440,6 @@ def option_help(cls) -> dict[str, str]:
     return {f.name: comments.get(f.name) or COMMON_HELP.get(f.name, "") for f in dataclasses.fields(cls)}
 
 
-def values_for_resume(cls, values: dict, out_default: str | None = None) -> dict:
-    """For ``--resume``: the run's saved settings with the given ones over them. A given setting that differs
-    from the saved one (other than :data:`RESUME_MAY_CHANGE`) is refused, naming each."""
-    run = Path(values.get("out", out_default or cls().out))
-    check_run_folder(run, cls)
-    saved_path = run / "config.yaml"
-    if not saved_path.is_file():
-        if run.is_dir() and any(run.iterdir()):
-            raise ValueError(f"--resume: {run} has no config.yaml, so the run's settings are unknown; restore it "
-                             "from a backup, or start a new run in another --out")
-        raise ValueError(f"--resume: there is no run in {run} to resume; check --out, or drop --resume to start one")
-    check_same_config(make_config(cls, dict(values)), saved_path, ignore=RESUME_MAY_CHANGE, only=values,
-                      now_word="given now")
-    return {**_saved_settings(cls, saved_path), **values}
-
-
-def check_same_config(cfg, path: Path, ignore: tuple = (), only=None, now_word: str = "now") -> None:
-    """Refuse to continue a run saved in ``path`` with settings other than its own (``ignore`` may differ;
-    ``only``, if given, names the settings to compare)."""
-    saved = _saved_settings(type(cfg), path)
-    names = [f.name for f in dataclasses.fields(cfg) if only is None or f.name in only]
-    changed = [name for name in names if name not in ignore
-               and _normal(getattr(cfg, name)) != saved.get(name, _normal(getattr(type(cfg)(), name)))]
-    if changed:
-        raise ValueError(_differences(path.parent, changed, saved, cfg, now_word))
-
-
-def _saved_settings(cls, path: Path) -> dict:
-    saved = read_saved_config(path)
-    known = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in saved.items() if k in known}
-
-
-def read_saved_config(path: Path) -> dict:
-    """A run's ``config.yaml``; one clear error if it is not a YAML mapping of settings."""
-    try:
-        saved = yaml.safe_load(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ValueError(f"{path} cannot be read ({getattr(e, 'problem', None) or e}); restore it, or choose "
-                         "another --out") from None
-    if not isinstance(saved, dict) or not saved:
-        raise ValueError(f"{path} does not hold a run's settings (a YAML mapping); restore it, or choose another "
-                         "--out")
-    return saved
-
-
-def command_of(cls) -> str:
-    """``ZeroConfig`` -> ``zero``: the command a config class belongs to.
-
-    >>> command_of(ZeroConfig), command_of(SftConfig)
-    ('zero', 'sft')
-    """
-    return cls.__name__.removesuffix("Config").lower()
-
-
-def check_run_folder(out: str | Path, cls, resume: bool = False) -> None:
-    """Refuse an ``--out`` that is not a folder, or that holds another command's run (each command's
-    ``config.yaml`` says which command wrote it), so no command writes over what another wrote."""
-    out = Path(out)
-    if out.exists() and not out.is_dir() or out.is_symlink() and not out.exists():
-        raise ValueError(f"--out {out} is a file (or a broken link), not a folder; choose a folder")
-    if any(p.exists() and not p.is_dir() for p in out.parents):
-        raise ValueError(f"--out {out}: a part of that path is a file; choose a folder")
-    saved = out / "config.yaml"
-    if not saved.is_file():
-        return
-    owner = _owner(saved)
-    if owner != command_of(cls):
-        raise ValueError(f"{out} holds an `r1lab {owner}` run, not an `r1lab {command_of(cls)}` one; choose "
-                         "another --out (r1lab never writes into another command's run)")
-
-
-def _owner(path: Path) -> str:
-    first = Path(path).read_text(errors="replace").split("\n", 1)[0]
-    if first.startswith("# r1lab "):
-        return first.split()[2]
-    keys = set(read_saved_config(path))  # written before the header existed: the class whose fields match
-    classes = (ZeroConfig, EvalConfig, SftConfig, ColdstartConfig, SampleConfig, DistillConfig)
-    best = max(classes, key=lambda c: len(keys & {f.name for f in dataclasses.fields(c)}) / len(keys | {
-        f.name for f in dataclasses.fields(c)}))
-    return command_of(best)
-
-
-def _normal(value):
-    return yaml.safe_load(yaml.safe_dump(value))
-
-
-def _differences(run: Path, changed: list[str], saved: dict, cfg, now_word: str) -> str:
-    diff = "; ".join(f"{name}: {saved.get(name)!r} there, {getattr(cfg, name)!r} {now_word}" for name in changed)
-    return (f"{run} holds a run started with other settings ({diff}). To continue it, drop those flags (the run's "
-            f"own settings are read from {run / 'config.yaml'}); for a new run with these settings, choose another "
-            "--out")
-
-
 def recorded_template(model: str) -> str | None:
     """The template a checkpoint written by r1lab was trained with (None for other models)."""
     marker = Path(model).expanduser() / CHECKPOINT_MARKER
@@ -425,18 +450,24 @@ def recorded_template(model: str) -> str | None:
 
 
 def read_recipe(path: str | Path, cls) -> dict:
+    """The ``option: value`` mapping of a YAML recipe (``--config FILE``)."""
     path = Path(path)
     if not path.is_file():
-        raise SystemExit(f"r1lab: recipe {path} not found")
-    data = yaml.safe_load(path.read_text()) or {}
+        raise FileNotFoundError(f"recipe {path} not found; see recipes/ for examples")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ValueError(f"recipe {path} cannot be read ({getattr(e, 'problem', None) or e}); write a YAML mapping "
+                         "of option: value") from None
     if not isinstance(data, dict):
-        raise SystemExit(f"r1lab: recipe {path} must be a YAML mapping of option: value")
+        raise ValueError(f"recipe {path} must be a YAML mapping of option: value")
     return data
 
 
-def make_config(cls, values: dict):
-    """Check names and types, then build the dataclass; errors say which option and what to write. A
-    ``template`` not given is the one the ``model`` checkpoint was trained with, if r1lab recorded it."""
+def make_config(cls, values: dict, validate: bool = True):
+    """Check names and types, build the dataclass, then :meth:`validate` it (unless ``validate`` is false: a
+    partial set of options, as a resume compares); errors say which option and what to write. A ``template`` not
+    given is the one the ``model`` checkpoint was trained with, if r1lab recorded it."""
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     source = "teacher" if "teacher" in known else "model"
@@ -448,13 +479,26 @@ def make_config(cls, values: dict):
         if name not in known:
             close = [k for k in known if k.split("_")[0] == name.replace("-", "_").split("_")[0]]
             hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
-            raise SystemExit(f"r1lab: unknown option {name!r}{hint}; see --help for the options")
+            raise ValueError(f"unknown option {name!r}{hint}; see --help for the options")
         values[name] = _check_type(values[name], hints[name], name)
-    return cls(**values)
+    cfg = cls(**values)
+    if validate:
+        cfg.validate()
+    return cfg
+
+
+def command_of(cls) -> str:
+    """``ZeroConfig`` -> ``zero``: the command a config class belongs to.
+
+    >>> command_of(ZeroConfig), command_of(SftConfig)
+    ('zero', 'sft')
+    """
+    return cls.__name__.removesuffix("Config").lower()
 
 
 def save_config(config, path: Path) -> None:
-    """The run's settings, headed by the command that wrote them (see :func:`check_run_folder`)."""
+    """The run's settings, headed by the command that wrote them (:mod:`r1lab.runs` reads that header to tell
+    which command owns a folder)."""
     write_atomic(path, f"# r1lab {command_of(type(config))}\n"
                        + yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
 
@@ -490,10 +534,15 @@ def _check_type(value, hint, name):
     if base is list and isinstance(value, str):  # --benchmarks gsm8k: one name is a list of one
         return [value]
     if base is bool and not isinstance(value, bool):
-        raise SystemExit(f"r1lab: option {name} must be true or false, got {value!r}")
+        raise ValueError(f"option {name} must be true or false, got {value!r}")
     if not isinstance(value, base) or (base is int and isinstance(value, bool)):
-        raise SystemExit(f"r1lab: option {name} must be {base.__name__}, got {value!r} ({type(value).__name__})")
+        raise ValueError(f"option {name} must be {base.__name__}{_EXAMPLES.get(base, '')}, got {value!r} "
+                         f"({type(value).__name__})")
     return value
+
+
+_EXAMPLES = {int: " (a whole number, e.g. 8)", float: " (a number, e.g. 0.5 or 2e-5)", dict: " (YAML such as "
+             "'{digits: 2}')", list: " (YAML such as '[gsm8k, math500]')"}
 
 
 def _base_type(hint):

@@ -50,6 +50,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("R1LAB_CACHE", Path.home() / ".cache" / "r1lab"))
 
 
+def use_threads(threads: int = 0) -> None:
+    """Run torch's CPU kernels on ``threads`` threads (0: every core)."""
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+
+
 def load_model(name: str, dtype: torch.dtype = torch.float32, lora: dict | None = None):
     """Return ``(model, tokenizer)`` for a model name (see the module docstring).
 

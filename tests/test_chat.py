@@ -3,7 +3,7 @@ import pytest
 from r1lab.chat import R1ZERO_INSTRUCTION, prepare_messages, render, split_reasoning
 from r1lab.engine.base import Completion
 from r1lab.rewards import get_reward
-from r1lab.rl.types import Group
+from r1lab.rollout import Group
 
 
 def test_r1zero_is_the_paper_prompt():

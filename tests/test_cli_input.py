@@ -61,7 +61,7 @@ def test_numbers_and_lists_are_read_as_a_user_writes_them():
     assert config.load_config(config.ZeroConfig, ["--lr", "1e-5"]).lr == 1e-5  # YAML 1.1 alone reads a string
     assert config.make_config(config.ZeroConfig, {"lr": "3e-6"}).lr == 3e-6  # in a recipe too
     assert config.load_config(config.EvalConfig, ["--benchmarks", "gsm8k"]).benchmarks == ["gsm8k"]
-    with pytest.raises(SystemExit, match="lr must be float"):
+    with pytest.raises(ValueError, match="lr must be float"):
         config.load_config(config.ZeroConfig, ["--lr", "fast"])
 
 

@@ -43,6 +43,8 @@ class TorchEngine:
         self.compact_fraction = compact_fraction
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        #: prompt + reply tokens the model can attend to (unbounded when its config does not say)
+        self.context_length = getattr(model.config, "max_position_embeddings", None) or 1 << 30
 
     def load_weights(self, state_dict) -> None:
         """Nothing to do: the engine samples from the same module the trainer updates."""

@@ -23,8 +23,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from r1lab.chat import final_answer_span
 from r1lab.rewards.math import verify_math
-from r1lab.tasks.answers import extract_answer, extract_boxed, final_answer_span, score_answer
+from r1lab.tasks import get_task
+from r1lab.tasks.answers import extract_answer, extract_boxed, score_answer
 from r1lab.tasks.base import Task
 from r1lab.tasks.dataset import R1_MATH_INSTRUCTION, read_jsonl, reference_answer
 
@@ -232,8 +234,6 @@ def _example(name: str, spec: Spec, row: dict, index: int, source: str, seed: in
 
 def task_benchmark(name: str, task_args: dict | None = None) -> Benchmark:
     """Any r1lab Task's test split as a benchmark (``task:arithmetic``), verified by the task itself."""
-    from r1lab.tasks import get_task
-
     task = get_task(name, **(task_args or {}))
 
     class _TaskBenchmark(Benchmark):

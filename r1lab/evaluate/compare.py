@@ -15,13 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from r1lab.evaluate.metrics import bootstrap_ci
+from r1lab.evaluate.report import folder_name
 
 
 def per_problem_pass1(run: Path, benchmark: str) -> dict[str, float]:
     """``{problem key: mean correctness}`` from a run's samples (key: benchmark id, else position)."""
-    from r1lab.evaluate.runner import _folder_name
-
-    path = run / _folder_name(benchmark) / "samples.jsonl"
+    path = run / folder_name(benchmark) / "samples.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run} an r1lab eval run folder?")
     sums: dict[str, list[float]] = {}

@@ -12,8 +12,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from r1lab.evaluate.runner import _folder_name  # noqa: E402
-from r1lab.report import save_figure  # noqa: E402
+from r1lab.plots import save_figure  # noqa: E402
+
+
+def folder_name(benchmark: str) -> str:
+    """The folder of a benchmark's samples inside an eval run (``task:arithmetic`` -> ``task-arithmetic``)."""
+    return benchmark.replace(":", "-").replace("/", "-")
 
 
 def write_eval_report(out: Path, summary: dict) -> Path:
@@ -27,9 +31,9 @@ def write_eval_report(out: Path, summary: dict) -> Path:
              "<p>" + html.escape(md[2]).replace("`", "").replace("*sd over samples*", "<em>sd over samples</em>")
              + "</p>"]
     for name, result in summary["benchmarks"].items():
-        records = _records(out / _folder_name(name) / "samples.jsonl")
-        k_plot = plot_accuracy_vs_k(plots / f"{_folder_name(name)}_accuracy_vs_k.png", name, result)
-        len_plot = plot_lengths(plots / f"{_folder_name(name)}_lengths.png", name, records)
+        records = _records(out / folder_name(name) / "samples.jsonl")
+        k_plot = plot_accuracy_vs_k(plots / f"{folder_name(name)}_accuracy_vs_k.png", name, result)
+        len_plot = plot_lengths(plots / f"{folder_name(name)}_lengths.png", name, records)
         s = result["settings"]
         facts = (f"{result['n_problems']} problems x k = {result['k']} samples ({result['n_samples']} in all); "
                  f"temperature {s['temperature']}, top-p {s['top_p']}, at most {s['max_new_tokens']} new tokens; "

@@ -2,9 +2,9 @@
 
 R1-Zero (paper section 2.2.2) pairs its accuracy reward with a format reward that "enforces the model to
 put its thinking process between '<think>' and '</think>' tags". The paper gives no formula; ``format``
-is the strict all-or-nothing check most reproductions use, ``tag_count`` the partial-credit shaping from
-open-r1 that helps a small model discover the tags. ``reflection_rate`` is not a reward: it measures the
-share of responses that re-examine themselves, the paper's "aha moment" curve.
+(:func:`format_reward`) is the strict all-or-nothing check most reproductions use, ``tag_count`` the
+partial-credit shaping from open-r1 that helps a small model discover the tags. ``reflection_rate`` is not a
+reward: it measures the share of responses that re-examine themselves, the paper's "aha moment" curve.
 
 Simplified: tags are matched exactly (case-sensitive, no attributes); the paper's readability rules for
 stage 2 (markdown, summaries) are left out.
@@ -28,17 +28,17 @@ TRAILING_PENALTY_MAX = 0.25
 
 
 @register("format")
-def format(completion: str, **_) -> float:  # noqa: A001  (the reward's name in recipes)
+def format_reward(completion: str, **_) -> float:
     """1.0 iff the response is one non-empty think block then one non-empty answer block, else 0.0.
 
     Whitespace around and between the blocks is allowed; any further ``<think>``/``</think>``/
     ``<answer>``/``</answer>`` tag (nested, repeated, stray) fails the check.
 
-    >>> format("<think>\\n2+3=5</think><answer>5</answer>")   # R1 template: prefill + generation
+    >>> format_reward("<think>\\n2+3=5</think><answer>5</answer>")   # R1 template: prefill + generation
     1.0
-    >>> format("<think>\\n</think><answer>5</answer>")        # empty reasoning
+    >>> format_reward("<think>\\n</think><answer>5</answer>")        # empty reasoning
     0.0
-    >>> format("<think>2+3</think><answer>5</answer><answer>6</answer>")
+    >>> format_reward("<think>2+3</think><answer>5</answer><answer>6</answer>")
     0.0
     """
     match = _FORMAT.match(completion)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from r1lab.chat import split_reasoning
 from r1lab.rewards.registry import register
 
 _RANGES = {
@@ -55,19 +56,20 @@ _TAG = re.compile(r"</?(?:think|answer)>")
 
 
 def reasoning_text(completion: str) -> str:
-    """The think block's content; without a think block, the text before ``<answer>``.
+    """The think block's content (:func:`r1lab.chat.split_reasoning`) up to a first ``<answer>``; without a
+    think block, the text before ``<answer>``. Stray tags become spaces.
 
     An unclosed ``<think>`` (a truncated response) runs to ``<answer>`` or the end.
 
     >>> reasoning_text("<think>\\nadd them</think><answer>5</answer>")
-    '\\nadd them'
-    >>> reasoning_text("add them <answer>5</answer>")
-    'add them '
+    'add them'
+    >>> reasoning_text("add them <answer>5</answer>"), reasoning_text("<think>\\nadd them, truncated")
+    ('add them ', 'add them, truncated')
     """
-    start = completion.find("<think>")
-    start = 0 if start < 0 else start + len("<think>")
-    ends = [i for i in (completion.find("</think>", start), completion.find("<answer>", start)) if i >= 0]
-    return _TAG.sub(" ", completion[start:min(ends, default=len(completion))])
+    reasoning, content = split_reasoning(completion)
+    if "<think>" not in completion and "</think>" not in completion:  # no think block
+        reasoning = content
+    return _TAG.sub(" ", reasoning.split("<answer>", 1)[0])
 
 
 def words_by_script(text: str) -> list[str]:

@@ -50,7 +50,7 @@ def create_app(engine, model_name: str, template: str = "native", api_key: str |
         batcher.close()
 
     app = FastAPI(title="r1lab", docs_url=None, redoc_url=None, lifespan=lifespan)
-    context = getattr(engine.model.config, "max_position_embeddings", None) or 1 << 30
+    context = engine.context_length
     app.state.batcher = batcher
     created = int(time.time())
     card = {"id": model_name, "object": "model", "created": created, "owned_by": "r1lab"}

@@ -17,8 +17,9 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
+from r1lab.chat import ReasoningSplitter
 from r1lab.engine import SamplingParams
-from r1lab.serve.stream import ReasoningSplitter, TextStream
+from r1lab.serve.stream import TextStream
 
 
 class Overloaded(Exception):

@@ -21,11 +21,11 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from r1lab.chat import render
+from r1lab.chat import ReasoningSplitter, render
 from r1lab.engine import SamplingParams
 from r1lab.files import write_atomic
 from r1lab.models import cache_dir
-from r1lab.serve.stream import ReasoningSplitter, TextStream
+from r1lab.serve.stream import TextStream
 
 DIM, RESET = "\x1b[2m", "\x1b[0m"
 HELP = ("/reset starts a new conversation, /quit or /exit (or Ctrl-D) ends the chat, /help shows this; "

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from r1lab.chat import render
-from r1lab.rl.packing import common_prefix
+from r1lab.packing import common_prefix
 from r1lab.tasks.dataset import read_jsonl
 
 
@@ -77,7 +77,7 @@ def encode(messages: list[dict], template: str, tokenizer) -> tuple[list[int], l
 
 
 def pack_rows(samples: list[tuple[list[int], list[int]]], row_tokens: int) -> list[list[tuple[list[int], list[int]]]]:
-    """``(prompt_ids, response_ids)`` samples grouped into rows for :func:`r1lab.rl.packing.pack_samples`, which
+    """``(prompt_ids, response_ids)`` samples grouped into rows for :func:`r1lab.packing.pack_samples`, which
     lays a row's common prompt prefix out once: first-fit by what each sample adds beyond the prefix all of
     ``samples`` share, so no row is longer than ``row_tokens`` (a sample that alone is longer gets its own row).
 

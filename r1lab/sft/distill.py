@@ -22,18 +22,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from r1lab.config import read_saved_config
-from r1lab.files import write_jsonl
+from r1lab.chat import split_reasoning
+from r1lab.config import DistillConfig, SftConfig, save_config
+from r1lab.console import progress as progress_bar
+from r1lab.engine import SamplingParams
+from r1lab.files import append_jsonl, write_json, write_jsonl
+from r1lab.rollout import generate_groups, open_engine
+from r1lab.runs import check_run_folder, read_saved_config, refuse_changed
 from r1lab.sft import filters
 from r1lab.sft.data import r1_response
+from r1lab.sft.trainer import train_sft
+from r1lab.tasks import build_task, task_args_for
 from r1lab.tasks.base import question_text
 
 RETRY_STATUS = {408, 409, 429} | set(range(500, 600))
@@ -97,13 +101,10 @@ class Teacher:
                 retries += 1
 
 
-def run_distill(cfg, progress: bool = True) -> dict:
-    from r1lab.config import DistillConfig, check_run_folder, save_config, task_args_for
-    from r1lab.tasks import get_task
-
-    check_config(cfg)
+def run_distill(cfg: DistillConfig, progress: bool = True) -> dict:
+    cfg.validate()
     check_run_folder(cfg.out, DistillConfig)
-    task = get_task(cfg.task, **task_args_for(cfg.task, cfg.task_args))
+    task = build_task(cfg.task, cfg.task_args)
     examples = [{"id": str(i), **e} for i, e in enumerate(task.examples("train")[:cfg.limit or None])]
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -125,15 +126,12 @@ def run_distill(cfg, progress: bool = True) -> dict:
         with lock:  # one synced append per prompt: a crash never leaves half a record behind
             if stopped.is_set():
                 return
-            with open(traces_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            append_jsonl(traces_path, row)
             done[example["id"]] = row
 
     teacher = Teacher(cfg) if cfg.base_url and todo else None
-    bar = tqdm(total=len(examples), initial=len(examples) - len(todo), desc="distill", unit="prompt",
-               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    bar = progress_bar(total=len(examples), initial=len(examples) - len(todo), desc="distill", unit="prompt",
+                       disable=not progress)
 
     def one(example: dict) -> None:
         reasoning, content, usage, retries = teacher.ask(question_text(example, task))
@@ -144,7 +142,7 @@ def run_distill(cfg, progress: bool = True) -> dict:
         if teacher:
             _ask_all(one, todo, cfg.concurrency)
         elif todo:
-            _local_teacher(cfg, todo, lambda example: question_text(example, task), record, bar)
+            _local_teacher(cfg, task, todo, record, bar)
     except KeyboardInterrupt:
         with lock:
             stopped.set()
@@ -176,12 +174,9 @@ def run_distill(cfg, progress: bool = True) -> dict:
                "retries": totals["retries"], "prompt_tokens": totals["prompt_tokens"],
                "completion_tokens": totals["completion_tokens"], "path": str(out / "sft.jsonl")}
     if cfg.student:
-        from r1lab.config import SftConfig
-        from r1lab.sft.trainer import train_sft
-
         summary["student"] = train_sft(SftConfig(model=cfg.student, data=str(out / "sft.jsonl"),
                                                  template=cfg.template, out=str(out / "sft")), progress=progress)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary)
     return summary
 
 
@@ -227,8 +222,6 @@ def trace_settings(config: dict) -> dict:
     """What shapes a trace, from a run's options (``dataclasses.asdict`` of its config, or its saved
     ``config.yaml``): the teacher and how it is asked. Not concurrency, retries or limit, which change only
     how fast and how many. The template and seed are used by a local teacher only; an endpoint gets neither."""
-    from r1lab.config import task_args_for
-
     keys = ("teacher", "base_url", "task", "temperature", "top_p", "max_tokens")
     settings = {key: config.get(key) for key in keys}
     settings["task_args"] = task_args_for(config.get("task"), config.get("task_args"))
@@ -248,12 +241,9 @@ def check_settings(out: Path, settings: dict, done: dict[str, dict]) -> None:
     else:
         first = next(iter(done.values()))
         before = first.get("settings") or {"teacher": first.get("teacher"), "base_url": first.get("base_url")}
-    changed = [key for key in settings if key in before and before[key] != settings[key]]
-    if changed:
-        diff = "; ".join(f"--{key.replace('_', '-')}: {before.get(key)!r} there, {settings.get(key)!r} now"
-                         for key in changed)
-        raise ValueError(f"{out} holds {len(done)} traces made with other settings ({diff}). Use another --out for "
-                         "these settings, or the same flags as before to resume that run")
+    refuse_changed(out, before, settings, [key for key in settings if key in before],
+                   "Use another --out for these settings, or the same flags as before to resume that run",
+                   what=f"{len(done)} traces made", as_flags=True)
 
 
 def read_traces(path: Path) -> dict[str, dict]:
@@ -269,33 +259,16 @@ def read_traces(path: Path) -> dict[str, dict]:
     return done
 
 
-def _local_teacher(cfg, todo, question, record, bar) -> None:
-    import torch
-
-    from r1lab.chat import render
-    from r1lab.engine import SamplingParams, TorchEngine
-    from r1lab.models import load_model
-    from r1lab.serve.stream import split_whole
-
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-    model, tokenizer = load_model(cfg.teacher)
-    engine = TorchEngine(model, tokenizer)
+def _local_teacher(cfg: DistillConfig, task, todo: list[dict], record, bar) -> None:
+    """The teacher is a model here: its replies are split into reasoning and content as a server would."""
+    engine = open_engine(cfg.teacher, cfg.threads)
     params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_tokens, seed=cfg.seed)
     for start in range(0, len(todo), 16):
         batch = todo[start:start + 16]
-        rendered = [render([{"role": "user", "content": question(e)}], cfg.template, tokenizer) for e in batch]
-        prompts = [engine.encode(r.text) for r in rendered]
-        outputs = engine.generate(prompts, params)
-        for example, r, prompt, (completion,) in zip(batch, rendered, prompts, outputs):
-            reasoning, content = split_whole(completion.text, thinking=r.thinking)
-            usage = {"prompt_tokens": len(prompt), "completion_tokens": len(completion.token_ids),
+        for example, group in zip(batch, generate_groups(engine, batch, cfg.template, None, params, task)):
+            (completion,) = group.completions
+            reasoning, content = split_reasoning(completion.text, thinking=group.thinking)
+            usage = {"prompt_tokens": len(group.prompt_ids), "completion_tokens": len(completion.token_ids),
                      "finish_reason": completion.finish_reason}
             record(example, reasoning.strip(), content, usage, 0)
             bar.update(1)
-
-
-def check_config(cfg) -> None:
-    if cfg.concurrency < 1 or cfg.max_retries < 0 or cfg.max_tokens < 1:
-        raise ValueError("concurrency and max_tokens must be at least 1, max_retries at least 0")
-    if cfg.base_url and not cfg.base_url.startswith(("http://", "https://")):
-        raise ValueError(f"base_url must start with http:// or https://, got {cfg.base_url!r}")

@@ -16,33 +16,30 @@ dropped, and ``samples/`` (every sample with its verdict). Sampling is resumable
 
 from __future__ import annotations
 
-import os
 import random
 from collections import Counter
 from pathlib import Path
 
+from r1lab.config import SampleConfig, save_config
+from r1lab.engine import SamplingParams
+from r1lab.evaluate.benchmarks import load_benchmark
 from r1lab.files import write_json, write_jsonl
+from r1lab.rollout import open_engine, sample_in_batches
+from r1lab.runs import check_run_folder
 from r1lab.sft import filters
+from r1lab.tasks import build_task
+from r1lab.tasks.dataset import read_jsonl
 from r1lab.tasks.base import question_text
 
 
-def run_sample(cfg, progress: bool = True) -> dict:
-    import torch
-
-    from r1lab.config import SampleConfig, check_run_folder, save_config, task_args_for
-    from r1lab.engine import SamplingParams, TorchEngine
-    from r1lab.evaluate.runner import run_benchmark
-    from r1lab.models import load_model
-    from r1lab.tasks import get_task
-
-    check_config(cfg)
+def run_sample(cfg: SampleConfig, progress: bool = True) -> dict:
+    cfg.validate()
     check_run_folder(cfg.out, SampleConfig)
-    task = get_task(cfg.task, **task_args_for(cfg.task, cfg.task_args))
+    task = build_task(cfg.task, cfg.task_args)
     examples = [{"id": str(i), **e} for i, e in enumerate(task.examples("train")[:cfg.limit or None])]
     eval_prompts = {name: _eval_prompts([name]) for name in cfg.decontaminate}
     decontaminator = filters.Decontaminator([p for ps in eval_prompts.values() for p in ps]) if eval_prompts else None
     non_reasoning = _read_non_reasoning(cfg.non_reasoning) if cfg.non_reasoning else []
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -54,16 +51,15 @@ def run_sample(cfg, progress: bool = True) -> dict:
             counts["contaminated prompts"] += 1
         else:
             clean.append(example)
-    model, tokenizer = load_model(cfg.model)
-    engine = TorchEngine(model, tokenizer)
+    engine = open_engine(cfg.model, cfg.threads)
     params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                             stop=cfg.stop, include_stop_str_in_output=True)
     settings = {"model": cfg.model, "template": cfg.template, "prefill": cfg.prefill, "k": cfg.n,
                 "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": 0, "max_new_tokens": cfg.max_new_tokens,
                 "seed": cfg.seed, "problems_per_batch": cfg.problems_per_batch or max(1, 64 // cfg.n),
                 "source": f"task {cfg.task} {cfg.task_args}"}
-    context = getattr(model.config, "max_position_embeddings", None) or 1 << 30
-    problems, seconds = run_benchmark(engine, task, clean, params, cfg, out / "samples", settings, context, progress)
+    problems, seconds = sample_in_batches(engine, task, clean, params, cfg.template, cfg.prefill, cfg.seed,
+                                          out / "samples", settings, progress)
     save_config(cfg, out / "config.yaml")  # only once the samples there were found to match these settings
 
     kept = select(problems, clean, cfg, counts)
@@ -126,30 +122,11 @@ def _drop_reason(r: dict, cfg, dedupe: filters.Deduplicator) -> str | None:
     return None
 
 
-def check_config(cfg) -> None:
-    from r1lab.chat import TEMPLATES
-
-    if cfg.template not in TEMPLATES:
-        raise ValueError(f"template {cfg.template!r} is unknown; choose one of {', '.join(TEMPLATES)}")
-    if cfg.n < 1 or cfg.keep < 1 or cfg.max_new_tokens < 1:
-        raise ValueError("n, keep and max_new_tokens must be at least 1")
-    if not 0 <= cfg.non_reasoning_share < 1:
-        raise ValueError(f"non_reasoning_share must be in [0, 1), got {cfg.non_reasoning_share}")
-    if cfg.non_reasoning_share and not cfg.non_reasoning:
-        raise ValueError("non_reasoning_share needs --non-reasoning FILE.jsonl of {prompt, response} rows")
-    if not 0 < cfg.near_duplicate <= 1:
-        raise ValueError(f"near_duplicate must be in (0, 1], got {cfg.near_duplicate}")
-
-
 def _eval_prompts(names: list[str]) -> list[str]:
-    from r1lab.evaluate.benchmarks import load_benchmark
-
     return [e["prompt"] for name in names for e in load_benchmark(name).examples("test")]
 
 
 def _read_non_reasoning(path: str) -> list[dict]:
-    from r1lab.tasks.dataset import read_jsonl
-
     rows = []
     for n, row in read_jsonl(Path(path)):
         if not isinstance(row.get("prompt"), str) or not isinstance(row.get("response"), str):

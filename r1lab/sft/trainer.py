@@ -2,7 +2,7 @@
 
 One step, as :func:`train_sft` reads: take the next ``tokens_per_step`` tokens of samples, pack them into rows
 of at most ``row_tokens`` (the prompt prefix the samples of a row share, such as the template's instruction, is
-computed once, and each sample attends only to that prefix and to itself: :func:`r1lab.rl.packing.pack_samples`),
+computed once, and each sample attends only to that prefix and to itself: :func:`r1lab.packing.pack_samples`),
 compute the log-prob of every response token one row at a time, and minimise their mean negative over the step's
 response tokens; AdamW, gradient clipping, warmup then decay. Peak memory follows ``row_tokens``: one row is
 in flight at a time and attention runs per sample, with no (L, L) mask. A held-out slice gives an eval loss
@@ -14,28 +14,30 @@ sequence lengths beyond ``max_length`` (skipped and counted, never silently cut)
 
 from __future__ import annotations
 
-import os
 import random
-import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from r1lab.config import SftConfig, check_run_folder, save_config
-from r1lab.files import append_jsonl, write_json
+from r1lab.config import SftConfig, save_config
+from r1lab.console import log, progress as progress_bar
 from r1lab.engine.onednn import onednn_linears
-from r1lab.models import load_model, save_checkpoint
-from r1lab.rl.grpo import LR_SCHEDULES, lr_factor
-from r1lab.rl.packing import pack_samples, token_logprobs
+from r1lab.files import append_jsonl, write_json
+from r1lab.models import load_model, save_checkpoint, use_threads
+from r1lab.optim import clip_and_step, make_optimizer
+from r1lab.packing import pack_samples, token_logprobs
+from r1lab.plots import plot_curves
+from r1lab.runs import check_run_folder
 from r1lab.sft.data import encode, load_sft_data, pack_rows
+
+#: epoch ``e`` of the samples is shuffled with seed ``seed * EPOCH_SEED_STRIDE + e``
+EPOCH_SEED_STRIDE = 1000
 
 
 def train_sft(cfg: SftConfig, progress: bool = True) -> dict:
-    check_config(cfg)
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    cfg.validate()
+    use_threads(cfg.threads)
     run = Path(cfg.out)
     check_run_folder(run, SftConfig)
     if (run / "final").exists():
@@ -61,19 +63,16 @@ def train_sft(cfg: SftConfig, progress: bool = True) -> dict:
     schedule = [(epoch, rows, rows is steps[-1]) for epoch, steps in enumerate(epochs) for rows in steps]
     schedule = schedule[:cfg.max_steps or None]
     total = len(schedule)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, warmup=cfg.warmup_steps,
-                                                                     total=total, schedule=cfg.lr_schedule))
+    optimizer, scheduler = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.warmup_steps, total, cfg.lr_schedule)
     run.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run / "config.yaml")
     metrics_path = run / "metrics.jsonl"
     history = []
     first_eval = eval_loss(model, held_out, tokenizer.pad_token_id, cfg.row_tokens)
-    _log(f"SFT: {len(train)} samples ({too_long} over max_length skipped), {total} steps; " +
+    log(f"SFT: {len(train)} samples ({too_long} over max_length skipped), {total} steps; " +
          (f"{n_eval} held out, eval loss before {first_eval:.3f}" if held_out else "no held-out set"))
     model.train()
-    bar = tqdm(total=total, desc="SFT", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    bar = progress_bar(total=total, desc="SFT", disable=not progress)
     for step, (epoch, rows, last_of_epoch) in enumerate(schedule, start=1):
         t0 = time.perf_counter()
         with onednn_linears(model):  # CPU fp32: oneDNN's products (r1lab.engine.onednn)
@@ -101,30 +100,11 @@ def train_sft(cfg: SftConfig, progress: bool = True) -> dict:
     return summary
 
 
-def check_config(cfg: SftConfig) -> None:
-    from r1lab.chat import TEMPLATES
-
-    if not cfg.data:
-        raise ValueError("give the training data: --data FILE.jsonl (make a cold-start set with r1lab coldstart)")
-    if cfg.template not in TEMPLATES:
-        raise ValueError(f"template {cfg.template!r} is unknown; choose one of {', '.join(TEMPLATES)}")
-    if cfg.lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule {cfg.lr_schedule!r} is unknown; choose one of {', '.join(LR_SCHEDULES)}")
-    for name in ("epochs", "tokens_per_step", "row_tokens", "max_length"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    for name in ("max_steps", "limit", "eval_every"):
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"{name} must be 0 (off) or more, got {getattr(cfg, name)}")
-    if not cfg.lr > 0 or cfg.eval_size < 0:
-        raise ValueError("lr must be > 0 and eval_size >= 0")
-
-
 def _steps_of_epoch(samples, cfg: SftConfig, epoch: int) -> list[list[list[tuple]]]:
     """The samples in a seeded order per epoch, cut into optimizer steps of about ``tokens_per_step`` tokens, each
     step's samples packed into rows of at most ``row_tokens`` (:func:`r1lab.sft.data.pack_rows`)."""
     order = list(range(len(samples)))
-    random.Random(cfg.seed * 1000 + epoch).shuffle(order)
+    random.Random(cfg.seed * EPOCH_SEED_STRIDE + epoch).shuffle(order)
     steps, current, tokens = [], [], 0
     for i in order:
         current.append(samples[i])
@@ -146,9 +126,7 @@ def sft_step(model, optimizer, rows, pad_id: int, max_grad_norm: float) -> tuple
         loss = -token_logprobs(model, pack_samples([row], pad_id)).sum() / n_tokens
         loss.backward()
         total += loss.item()
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    clip_and_step(model, optimizer, max_grad_norm)
     return total, n_tokens
 
 
@@ -168,8 +146,6 @@ def eval_loss(model, samples, pad_id: int, row_tokens: int) -> float | None:
 
 
 def _report(run: Path, history: list[dict], summary: dict) -> None:
-    from r1lab.report import plot_curves
-
     steps = [h["step"] for h in history]
     evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
     if summary["eval_loss_before"] is not None:
@@ -186,7 +162,3 @@ def _report(run: Path, history: list[dict], summary: dict) -> None:
              f"{summary['train_loss_last']:.3f} (last).", "", f"Checkpoint: `{summary['checkpoint']}`", "",
              f"![loss](plots/{plot.name})", ""]
     (run / "report.md").write_text("\n".join(lines))
-
-
-def _log(text: str) -> None:
-    tqdm.write(text, file=sys.stderr)

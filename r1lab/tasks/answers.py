@@ -1,8 +1,8 @@
 """Finding the final answer in a response, shared by every task so they all read answers the same way.
 
-The final answer lives in the *final span* of a response (:func:`final_answer_span`): the last
-``<answer>…</answer>`` block after the thinking, else the text after the last ``</think>``, else the
-whole response. Inside that span the answer is the last ``\\boxed{…}``, else (inside an answer block)
+The final answer lives in the *final span* of a response (:func:`r1lab.chat.final_answer_span`, also importable
+from here): the last ``<answer>…</answer>`` block after the thinking, else the text after the last ``</think>``,
+else the whole response. Inside that span the answer is the last ``\\boxed{…}``, else (inside an answer block)
 the whole block when it is a bare formula, else the last number (:func:`extract_answer`).
 
 Left out: answers split over several boxes (``\\boxed{1}, \\boxed{2}``: only the last counts),
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import re
 
+from r1lab.chat import final_answer_span, final_span  # noqa: F401  (final_answer_span: re-exported)
 from r1lab.rewards.math import verify_math
 
-_ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _BOX_OPENERS = ("\\boxed{", "\\fbox{")
 _NUMBER = re.compile(
     r"(?:(?<![\w)\]}.\-\u2212])[-\u2212])?"  # a minus that is a sign, not "pages 10-12" or "x-3"
@@ -24,34 +24,6 @@ _NUMBER = re.compile(
 )
 _LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
 _WORD = re.compile(r"[A-Za-z]{2,}")
-
-
-def final_answer_span(completion: str) -> str:
-    """The part of a response that may hold its final answer.
-
-    Text inside the thinking never counts, and a response whose thinking is still open (cut off at
-    the length limit) has no final answer at all.
-
-    >>> final_answer_span("<think>maybe 3</think> so <answer> 4 </answer>")
-    ' 4 '
-    >>> final_answer_span("<think>\\n<answer>3</answer></think> The answer is 5.")
-    ' The answer is 5.'
-    >>> final_answer_span("<answer>1</answer><answer>2</answer>"), final_answer_span("<think>still 7")
-    ('2', '')
-    >>> final_answer_span("Plain 6")
-    'Plain 6'
-    """
-    return _final_span(completion)[0]
-
-
-def _final_span(completion: str) -> tuple[str, bool]:
-    """The final span and whether it is an ``<answer>`` block."""
-    if "</think>" in completion:
-        completion = completion.rsplit("</think>", 1)[1]
-    elif "<think>" in completion:
-        return "", False
-    blocks = _ANSWER_BLOCK.findall(completion)
-    return (blocks[-1], True) if blocks else (completion, False)
 
 
 def _box_content(text: str, start: int) -> str | None:
@@ -132,7 +104,7 @@ def extract_answer(completion: str) -> str | None:
     >>> extract_answer("<think>The answer is 12</think>I don't know."), extract_answer("#### 1,000")
     (None, '1000')
     """
-    span, is_answer_block = _final_span(completion)
+    span, is_answer_block = final_span(completion)
     boxed = extract_boxed(span)
     if boxed is not None and boxed.strip():
         return boxed.strip()

@@ -3,7 +3,8 @@
 Problems are drawn from a seeded generator, deduplicated by prompt and cut into disjoint splits (see
 :mod:`r1lab.tasks.procedural`). Answers are computed exactly from the operand list with integer
 arithmetic, ``*`` before ``+`` and ``-``, never with ``eval``. To keep products readable, two ``*`` never
-follow each other unless ``*`` is the only operator allowed.
+follow each other unless ``*`` is the only operator allowed. The task writes worked cold-start traces
+(:func:`arithmetic_trace`: products first, then sums left to right, then a check).
 
 Left out: division, parentheses and negative operands.
 """
@@ -11,12 +12,15 @@ Left out: division, parentheses and negative operands.
 from __future__ import annotations
 
 import random
+import re
 
 from r1lab.tasks.answers import score_answer
 from r1lab.tasks.base import Task, register_task
 from r1lab.tasks.procedural import check_counts, split_problems, unique_problems
 
 OPERATORS = "+-*"
+_QUESTION = re.compile(r"What is (.+)\?$")
+_TOKEN = re.compile(r"-?\d+|[+\-*]")
 
 
 def evaluate_terms(operands: list[int], operators: list[str]) -> int:
@@ -66,6 +70,54 @@ def draw_problem(rng: random.Random, digits: int, operands: int, operators: str)
     return {"prompt": format_question(numbers, ops), "answer": str(evaluate_terms(numbers, ops))}
 
 
+def arithmetic_trace(prompt: str) -> tuple[str, str]:
+    """``(reasoning, answer)`` for an arithmetic task's question.
+
+    >>> reasoning, answer = arithmetic_trace("What is 7 * 8 + 2?")
+    >>> print(reasoning)
+    We need 7 * 8 + 2. Multiplication comes before addition and subtraction.
+    7 * 8 = 56, so the expression becomes 56 + 2.
+    56 + 2 = 58.
+    Let me check: 58 - 2 = 56, and 56 / 8 = 7. Correct.
+    >>> answer
+    '58'
+    """
+    match = _QUESTION.search(prompt.strip())
+    if match is None:
+        raise ValueError(f"not an arithmetic question: {prompt!r}")
+    expression = match.group(1)
+    parts = _TOKEN.findall(expression)
+    numbers, ops = [int(p) for p in parts[0::2]], parts[1::2]
+    lines = [f"We need {expression}." + (" Multiplication comes before addition and subtraction."
+                                          if "*" in ops and len(ops) > 1 else "")]
+    checks = []
+    while "*" in ops:  # products first
+        i = ops.index("*")
+        a, b = numbers[i], numbers[i + 1]
+        numbers[i:i + 2], ops[i:i + 1] = [a * b], []
+        rest = _show(numbers, ops)
+        lines.append(f"{a} * {b} = {a * b}" + (f", so the expression becomes {rest}." if ops else "."))
+        checks.append((a * b, "/", b, a) if b else None)
+    while ops:  # then left to right
+        a, op, b = numbers[0], ops[0], numbers[1]
+        value = a + b if op == "+" else a - b
+        numbers[0:2], ops[0:1] = [value], []
+        lines.append(f"{a} {op} {b} = {value}.")
+        checks.append((value, "-" if op == "+" else "+", b, a))
+    # undo the last two steps, last first: each must give back the number it started from
+    undo = [c for c in checks if c][::-1][:2]
+    if undo:
+        lines.append("Let me check: " + ", and ".join(f"{v} {op} {b} = {a}" for v, op, b, a in undo) + ". Correct.")
+    return "\n".join(lines), str(numbers[0])
+
+
+def _show(numbers: list[int], ops: list[str]) -> str:
+    out = [str(numbers[0])]
+    for op, n in zip(ops, numbers[1:]):
+        out += [op, str(n)]
+    return " ".join(out)
+
+
 @register_task("arithmetic")
 class ArithmeticTask(Task):
     """Seeded integer arithmetic problems; the answer is checked as an integer (``8``, ``8.0``, ``+8``)."""
@@ -96,3 +148,7 @@ class ArithmeticTask(Task):
         (1.0, 0.0)
         """
         return score_answer(completion, answer)
+
+    def trace(self, example: dict) -> tuple[str, str]:
+        """The worked solution of ``example`` (:func:`arithmetic_trace`)."""
+        return arithmetic_trace(example["prompt"])

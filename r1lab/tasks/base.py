@@ -6,7 +6,10 @@ score, so the three can never drift apart.
 An example is a plain dict with at least ``prompt`` (the question as the user would ask it, without any
 chat framing: the chat template adds that) and ``answer`` (the reference answer as a string); a Task may
 add its own fields (``numbers`` and ``target`` for countdown). ``verify`` has the reward signature
-(see :mod:`r1lab.rewards.registry`), so a bound ``task.verify`` is a reward.
+(see :mod:`r1lab.rewards.registry`), so a bound ``task.verify`` is a reward. A procedural task may also
+write worked solutions of its own examples (``Task.trace``), the cold-start traces.
+
+Tasks are built by name with :func:`r1lab.tasks.get_task` (or :func:`r1lab.tasks.build_task`, with defaults).
 """
 
 from __future__ import annotations
@@ -42,6 +45,11 @@ class Task(ABC):
     def verify(self, completion: str, **example) -> float | None:
         """1.0 if the completion's final answer is correct, 0.0 if not, None if it cannot judge."""
 
+    def trace(self, example: dict) -> tuple[str, str]:
+        """A worked ``(reasoning, answer)`` for ``example``, for cold-start data (:mod:`r1lab.sft.coldstart`).
+        Only procedural tasks that know how their problems were made write them; the rest raise."""
+        raise NotImplementedError(f"task {self.name!r} writes no worked traces")
+
 
 def question_text(example: dict, task: Task) -> str:
     """The user turn for ``example``: its question, then the task's instruction (if any), the same for RL,
@@ -70,16 +78,3 @@ def seeded_split(items: list, test_size: int | float, seed: int) -> tuple[list, 
     if not 0 <= n_test <= len(items):
         raise ValueError(f"test_size {test_size} does not fit {len(items)} items")
     return items[n_test:], items[:n_test]
-
-
-def get_task(name: str, **kwargs) -> Task:
-    """Build a registered task by name, e.g. ``get_task("arithmetic", digits=1)``."""
-    from r1lab import tasks as _  # noqa: F401  (registers the built-in tasks)
-
-    if name not in TASKS:
-        raise KeyError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}. "
-                       "For your own data use task=dataset with path=FILE.jsonl")
-    try:
-        return TASKS[name](**kwargs)
-    except TypeError as exc:  # an option the task does not take
-        raise ValueError(f"task {name!r}: {exc}. Set --task-args to options of this task (or leave them out)") from None

@@ -4,22 +4,26 @@ Each problem comes from a random expression tree over the drawn numbers, so ever
 one solution (the ``answer`` field). Intermediate divisions are exact and the target is an integer in
 ``[1, max_target]``. Problems are deduplicated by (sorted numbers, target).
 
-The verifier reads the final answer span (see :mod:`r1lab.tasks.answers`), takes a ``\\boxed{}`` inside
-it if there is one, drops a trailing ``= target``, and evaluates the equation with
+The verifier reads the final answer span (see :func:`r1lab.chat.final_answer_span`), takes a ``\\boxed{}``
+inside it if there is one, drops a trailing ``= target``, and evaluates the equation with
 :mod:`r1lab.tasks.safe_expr` (never ``eval``). It scores 1.0 only when the numbers used are exactly the
 given multiset and the exact value equals the target; anything else, including a division by zero or an
 expression it refuses to evaluate, scores 0.0.
+
+The worked cold-start trace of a problem (:func:`countdown_trace`) follows the solution it was drawn with.
 
 Left out: TinyZero's 0.1 partial credit for a well-formed wrong equation (format has its own reward).
 """
 
 from __future__ import annotations
 
+import ast
 import random
 import re
 from fractions import Fraction
 
-from r1lab.tasks.answers import extract_boxed, final_answer_span
+from r1lab.chat import final_answer_span
+from r1lab.tasks.answers import extract_boxed
 from r1lab.tasks.base import Task, register_task
 from r1lab.tasks.procedural import check_counts, split_problems, unique_problems
 from r1lab.tasks.safe_expr import UnsafeExpression, evaluate
@@ -131,6 +135,45 @@ def score_equation(equation: str, numbers: list[int], target: int) -> float:
     return 1.0 if sorted(used) == sorted(numbers) and value == target else 0.0
 
 
+def countdown_trace(numbers: list[int], target: int, solution: str) -> tuple[str, str]:
+    """``(reasoning, answer)`` for a countdown problem, from the solution the task drew it with: the steps are
+    the expression's operations, innermost first (the expression is parsed, never evaluated as code).
+
+    >>> reasoning, answer = countdown_trace([15, 20, 12], 60, "12 * (20 - 15)")
+    >>> print(reasoning)
+    We have 15, 20, 12 and need 60, using each number once.
+    20 - 15 = 5.
+    12 * 5 = 60.
+    That is the target, and 15, 20 and 12 are each used once.
+    >>> answer
+    '12 * (20 - 15)'
+    """
+    symbols = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+    lines = [f"We have {', '.join(map(str, numbers))} and need {target}, using each number once."]
+
+    def walk(node) -> Fraction:
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return Fraction(node.value)
+        if isinstance(node, ast.BinOp) and type(node.op) in symbols:
+            a, b = walk(node.left), walk(node.right)
+            op = symbols[type(node.op)]
+            value = a + b if op == "+" else a - b if op == "-" else a * b if op == "*" else a / b
+            lines.append(f"{_num(a)} {op} {_num(b)} = {_num(value)}.")
+            return value
+        raise ValueError(f"not a countdown expression: {solution!r}")
+
+    result = walk(ast.parse(solution, mode="eval").body)
+    if result != target:
+        raise ValueError(f"{solution!r} gives {_num(result)}, not {target}")
+    used = [str(n) for n in numbers]
+    lines.append(f"That is the target, and {', '.join(used[:-1])} and {used[-1]} are each used once.")
+    return "\n".join(lines), solution
+
+
+def _num(value) -> str:
+    return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+
+
 @register_task("countdown")
 class CountdownTask(Task):
     """Reach ``target`` from ``numbers`` (each used exactly once) with + - * /."""
@@ -174,3 +217,7 @@ class CountdownTask(Task):
         if numbers is None or target is None:
             return None
         return score_equation(equation_text(completion), numbers, int(target))
+
+    def trace(self, example: dict) -> tuple[str, str]:
+        """The worked solution of ``example`` from the solution it was drawn with (:func:`countdown_trace`)."""
+        return countdown_trace(example["numbers"], example["target"], example["answer"])

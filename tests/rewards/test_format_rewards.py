@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from r1lab.rewards.format import REFLECTION_WORDS, format, reflection_rate, tag_count
+from r1lab.rewards.format import REFLECTION_WORDS, format_reward, reflection_rate, tag_count
 
 CLEAN = "<think>\n2+3=5</think><answer>5</answer>"  # R1 template: prefill "<think>\n" + generation
 
@@ -31,13 +31,13 @@ MALFORMED = {
     "<think>\nline one\nline two\n</think> <answer>x = 5</answer>",
 ])
 def test_format_accepts_one_think_then_one_answer(completion):
-    assert format(completion) == 1.0
+    assert format_reward(completion) == 1.0
     assert tag_count(completion) == 1.0
 
 
 @pytest.mark.parametrize("name", MALFORMED)
 def test_format_rejects_malformed(name):
-    assert format(MALFORMED[name]) == 0.0
+    assert format_reward(MALFORMED[name]) == 0.0
 
 
 @pytest.mark.parametrize("completion", [
@@ -47,7 +47,7 @@ def test_format_rejects_malformed(name):
     "<think>a</think><answer>\n</answer>",
 ])
 def test_format_rejects_empty_parts(completion):
-    assert format(completion) == 0.0
+    assert format_reward(completion) == 0.0
 
 
 @pytest.mark.parametrize("name", [n for n in MALFORMED if n != "text before think"])

@@ -12,7 +12,7 @@ BUILT_IN = {"format", "tag_count", "language_consistency", "overlong"}
 
 def test_built_in_rewards_register_on_import():
     assert BUILT_IN <= set(REWARDS)
-    assert get_reward("format") is rewards.format.format
+    assert get_reward("format") is rewards.format.format_reward
     assert get_reward("overlong") is rewards.length.overlong
 
 

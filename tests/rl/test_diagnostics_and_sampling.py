@@ -2,6 +2,7 @@ from r1lab.config import ZeroConfig
 from r1lab.engine import TorchEngine
 from r1lab.rewards import register
 from r1lab.rl import grpo
+from r1lab.rollout import build_rewards
 from r1lab.rl.diagnostics import check_step
 from r1lab.tasks import get_task
 
@@ -36,7 +37,7 @@ def test_dynamic_sampling_keeps_only_groups_with_signal(tiny):
     cfg = ZeroConfig(template="native", rewards={"test_signal_only_for_plus": 1.0}, prompts_per_step=3,
                      group_size=4, max_new_tokens=8, dynamic_sampling=True, max_sampling_rounds=6, stop=[])
     engine = TorchEngine(model, tok)
-    rewards = grpo.build_rewards(cfg, task)
+    rewards = build_rewards(cfg.rewards, task)
     plain_cfg = ZeroConfig(**{**cfg.__dict__, "dynamic_sampling": False})
     # a step whose first draw includes prompts without "+" (groups with no signal)
     step = next(s for s in range(20)

@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 import r1lab.rl.grpo as grpo
+import r1lab.rl.run as run_folder
 from r1lab.config import ZeroConfig
 from r1lab.models import save_checkpoint
 from r1lab.rewards import register
@@ -101,7 +102,7 @@ def test_incomplete_checkpoints_are_never_resumed_from(tiny_path, tmp_path):
     fake = ckpts / "step-000009"  # looks newer but was never sealed (no r1lab_complete.json)
     fake.mkdir()
     (fake / "config.json").write_text("{}")
-    step, checkpoint = grpo._resume_point(tmp_path / "run", config(tiny_path, tmp_path / "run", resume=True))
+    step, checkpoint = run_folder.resume_point(tmp_path / "run", config(tiny_path, tmp_path / "run", resume=True))
     assert step == 2 and checkpoint.name == "step-000002"
 
 

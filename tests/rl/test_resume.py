@@ -205,7 +205,7 @@ def test_a_torn_last_log_line_is_dropped_on_resume_and_the_folder_may_be_named_a
 
 def test_a_run_that_died_before_its_first_step_may_be_started_again(tiny_path, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    monkeypatch.setattr(grpo, "_load_policy", lambda *a: (_ for _ in ()).throw(FileNotFoundError("no model")))
+    monkeypatch.setattr(grpo, "load_policy", lambda *a: (_ for _ in ()).throw(FileNotFoundError("no model")))
     assert main(flags(tiny_path, run)) == 2 and sorted(p.name for p in run.iterdir()) == ["config.yaml"]
     monkeypatch.undo()
     assert main(flags(tiny_path, run) + ["--seed", "3"]) == 2  # other settings: refused, named

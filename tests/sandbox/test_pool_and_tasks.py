@@ -2,11 +2,12 @@ import time
 
 import pytest
 
-from r1lab.sandbox.code import CodeDatasetTask, code_reward, extract_code
+from r1lab.rewards.code import code_reward, extract_code
 from r1lab.sandbox.judge import CallTest, judge_calls
 from r1lab.sandbox.pool import run_many
 from r1lab.sandbox.run import Limits, isolation_level
 from r1lab.tasks import get_task
+from r1lab.tasks.code import CodeDatasetTask
 
 pytestmark = pytest.mark.skipif(isolation_level() != "namespaces", reason="needs root and unshare for namespaces")
 

@@ -3,7 +3,6 @@
 import threading
 import time
 from contextlib import contextmanager
-from types import SimpleNamespace
 
 import uvicorn
 
@@ -35,7 +34,7 @@ class ScriptedEngine:
 
     def __init__(self, tokenizer, script: str, delay: float = 0.0, context: int = 512):
         self.tokenizer, self.script, self.delay = tokenizer, script, delay
-        self.model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=context))
+        self.context_length = context
         self.tokens_made = 0
         self.calls = []
 

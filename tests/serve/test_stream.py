@@ -2,7 +2,8 @@ import random
 
 import pytest
 
-from r1lab.serve.stream import ReasoningSplitter, TextStream, split_whole
+from r1lab.chat import ReasoningSplitter, split_reasoning
+from r1lab.serve.stream import TextStream
 
 from conftest import make_tokenizer
 
@@ -17,7 +18,7 @@ CASES = [
 
 @pytest.mark.parametrize("text, thinking", CASES)
 def test_any_chunking_gives_the_same_split_as_the_whole_text(text, thinking):
-    whole = split_whole(text, thinking)
+    whole = split_reasoning(text, thinking)
     rng = random.Random(0)
     for _ in range(200):
         cuts = sorted(rng.sample(range(1, len(text)), rng.randint(1, min(8, len(text) - 1))))
@@ -32,10 +33,10 @@ def test_any_chunking_gives_the_same_split_as_the_whole_text(text, thinking):
 
 
 def test_split_results():
-    assert split_whole(CASES[0][0], True) == ("Let me see. 2+2=4.\n", "The answer is 4.")
-    assert split_whole(CASES[2][0], False) == ("", CASES[2][0])  # no opening tag: all content
-    assert split_whole(CASES[3][0], True) == (CASES[3][0], "")  # never closed: all reasoning
-    assert split_whole(CASES[4][0], True) == ("a < b and </ is not a tag ", "done")
+    assert split_reasoning(CASES[0][0], True) == ("Let me see. 2+2=4.\n", "The answer is 4.")
+    assert split_reasoning(CASES[2][0], False) == ("", CASES[2][0])  # no opening tag: all content
+    assert split_reasoning(CASES[3][0], True) == (CASES[3][0], "")  # never closed: all reasoning
+    assert split_reasoning(CASES[4][0], True) == ("a < b and </ is not a tag ", "done")
 
 
 def test_text_stream_holds_back_a_possible_stop_string_and_cuts_at_it():

@@ -8,9 +8,9 @@ from r1lab.sft.coldstart import write_coldstart
 
 
 def test_an_empty_result_writes_no_file_and_points_nowhere(tmp_path, capsys, monkeypatch):
-    import r1lab.sft.coldstart as coldstart
+    from r1lab.tasks import ArithmeticTask
 
-    monkeypatch.setitem(coldstart.TRACES, "arithmetic", lambda example: ("no idea", "wrong"))  # every trace fails
+    monkeypatch.setattr(ArithmeticTask, "trace", lambda self, example: ("no idea", "wrong"))  # every trace fails
     out = tmp_path / "cs.jsonl"
     assert main(["coldstart", "--examples", "5", "--out", str(out)]) == 1
     captured = capsys.readouterr()

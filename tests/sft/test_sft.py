@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from r1lab.config import ColdstartConfig, SftConfig
-from r1lab.rl.packing import pack_samples, token_logprobs
-from r1lab.sft.coldstart import arithmetic_trace, write_coldstart
+from r1lab.packing import pack_samples, token_logprobs
+from r1lab.sft.coldstart import write_coldstart
 from r1lab.sft.data import encode, first_fit, load_sft_data, to_messages
 from r1lab.sft.trainer import train_sft
 from r1lab.models import save_checkpoint
 from r1lab.tasks import get_task
+from r1lab.tasks.arithmetic import arithmetic_trace
 
 from conftest import make_model, make_tokenizer
 
@@ -59,7 +60,7 @@ def test_arithmetic_traces_are_right_and_in_the_rewarded_format(tmp_path):
         assert answer == ex["answer"]
     result = write_coldstart(ColdstartConfig(examples=50, out=str(tmp_path / "cs.jsonl")))
     assert result["written"] == 50 and result["rejected"] == 0
-    from r1lab.rewards.format import format as format_reward
+    from r1lab.rewards.format import format_reward
     rows = [json.loads(l) for l in (tmp_path / "cs.jsonl").read_text().splitlines()]
     assert all(format_reward(r["response"]) == 1.0 for r in rows)
 

@@ -4,7 +4,7 @@ attention work and memory follow the samples, not the square of the row."""
 import torch
 import torch.nn.functional as F
 
-from r1lab.rl.packing import pack_samples, token_logprobs
+from r1lab.packing import pack_samples, token_logprobs
 from r1lab.sft.data import pack_rows
 
 

@@ -1,12 +1,9 @@
-"""Code rewards and code tasks on top of the sandbox.
+"""Code tasks, judged by the ``code`` reward (:mod:`r1lab.rewards.code`) in the sandbox.
 
-- :func:`extract_code`: the last fenced block of the reply's final part (```python first, else any fence).
-- ``code`` reward: the share of tests passed, or 1.0 only when all pass (``partial=False``, the default, as
-  R1's "passing test cases"); None when there are no tests or the sandbox itself failed.
-- Tasks: ``code_functions`` (procedural: generated function specs with hidden tests computed in the parent by a
-  reference implementation), and ``code_dataset`` reading MBPP/HumanEval-style JSONL (a function and
-  ``assert f(...) == ...`` lines, parsed in the parent) or CodeContests/LiveCodeBench-style JSONL (stdin/stdout
-  ``tests``).
+- ``code_functions`` (procedural): generated function specs with hidden tests computed in the parent by a
+  reference implementation.
+- ``code_dataset``: MBPP/HumanEval-style JSONL (a function and ``assert f(...) == ...`` lines, parsed in the
+  parent) or CodeContests/LiveCodeBench-style JSONL (stdin/stdout ``tests``).
 """
 
 from __future__ import annotations
@@ -15,47 +12,11 @@ import random
 import re
 from pathlib import Path
 
-from r1lab.rewards.registry import register
-from r1lab.sandbox.judge import CallTest, IOTest, judge_calls, judge_io, parse_assert
-from r1lab.tasks.answers import final_answer_span
+from r1lab.rewards.code import code_reward
+from r1lab.sandbox.judge import parse_assert
 from r1lab.tasks.base import Task, register_task, seeded_split
+from r1lab.tasks.dataset import read_jsonl
 
-_FENCE = re.compile(r"```([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
-
-
-def extract_code(completion: str, language: str = "python") -> str | None:
-    """The last fenced block in the reply's final part, preferring blocks tagged ``language``.
-
-    >>> extract_code("<think>```python\\nx = 1\\n```</think>Here:\\n```python\\nprint(2)\\n```\\n```text\\nout\\n```")
-    'print(2)\\n'
-    >>> extract_code("no code"), extract_code("```\\nprint(3)\\n```")
-    (None, 'print(3)\\n')
-    """
-    span = final_answer_span(completion) or completion
-    blocks = _FENCE.findall(span)
-    tagged = [code for lang, code in blocks if lang.lower() in (language, "py", "python3")]
-    untagged = [code for lang, code in blocks if not lang]
-    chosen = tagged or untagged
-    return chosen[-1] if chosen else None
-
-
-@register("code")
-def code_reward(completion: str, tests: list | None = None, func: str | None = None, partial: bool = False,
-                **_) -> float | None:
-    """Run the reply's program on the example's tests in the sandbox (see :mod:`r1lab.sandbox.judge`)."""
-    if not tests:
-        return None
-    program = extract_code(completion)
-    if program is None:
-        return 0.0
-    if func:
-        verdict = judge_calls(program, func, [t if isinstance(t, CallTest) else CallTest(**t) for t in tests])
-    else:
-        verdict = judge_io(program, [t if isinstance(t, IOTest) else IOTest(**t) for t in tests])
-    return verdict.score(partial)
-
-
-# ------------------------------------------------------------------------------------------------ tasks
 _SPECS = [
     ("sum_even", "takes a list of integers `xs` and returns the sum of its even numbers",
      lambda rng: [[rng.randint(-20, 20) for _ in range(rng.randint(0, 8))]], lambda xs: sum(x for x in xs if x % 2 == 0)),
@@ -106,8 +67,6 @@ class CodeDatasetTask(Task):
     instruction = "Write your solution in Python inside a ```python code block."
 
     def __init__(self, path: str, test_size: int | float = 0.2, seed: int = 0):
-        from r1lab.tasks.dataset import read_jsonl
-
         examples = [self._example(row, f"{path}:{n}") for n, row in read_jsonl(Path(path))]
         examples = [e for e in examples if e["tests"]]
         if not examples:

@@ -2,7 +2,7 @@
 
 import torch
 
-from r1lab.rl.packing import pack, token_logprobs
+from r1lab.packing import pack, token_logprobs
 
 
 def unpacked_logprobs(model, prompt, completions, temperature):
@@ -44,7 +44,7 @@ def test_gradient_flows_through_the_shared_prompt(tiny):
 
 
 def test_selective_log_softmax_gradient_matches_autograd():
-    from r1lab.rl.packing import SelectiveLogSoftmax
+    from r1lab.packing import SelectiveLogSoftmax
 
     torch.manual_seed(0)
     logits = torch.randn(6, 11, dtype=torch.float64, requires_grad=True)
