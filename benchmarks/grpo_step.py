@@ -109,8 +109,9 @@ def bench_r1lab(steps, task) -> dict:
               f"{stats['trained_groups']}/{len(groups)} groups with signal)", flush=True)
     later = slice(1, None) if steps > 1 else slice(None)
     gflops = [f / t / 1e9 for f, t in zip(flops[later], train_times[later]) if f]
-    return {"sec_per_step": statistics.mean(times[later]), "train_gflops": statistics.mean(gflops) if gflops else float("nan"),
-            "groups_trained": trained, "model": model, "tok": tok}
+    return {"sec_per_step": statistics.mean(times[later]),
+            "train_gflops": statistics.mean(gflops) if gflops else float("nan"), "groups_trained": trained,
+            "model": model, "tok": tok}
 
 
 def bench_trl(steps, task) -> dict:
@@ -201,7 +202,8 @@ def main() -> None:
     trl = None if args.skip_trl else bench_trl(args.trl_steps, task)
 
     print("\n=== results ===")
-    print(f"r1lab  GRPO step: {ours['sec_per_step']:.1f} s/step (groups with signal per step: {ours['groups_trained']})")
+    print(f"r1lab  GRPO step: {ours['sec_per_step']:.1f} s/step "
+          f"(groups with signal per step: {ours['groups_trained']})")
     if trl:
         print(f"TRL    GRPO step: {trl['sec_per_step']:.1f} s/step")
         print(f"speed-up r1lab vs TRL: {trl['sec_per_step'] / ours['sec_per_step']:.2f}x (target >= 3x)")

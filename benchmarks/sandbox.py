@@ -31,7 +31,7 @@ def main() -> None:
     for workers in (1, args.workers):
         latencies = []
 
-        def job():
+        def job(latencies=latencies):
             t = time.perf_counter()
             result = run("print(1)")
             latencies.append(time.perf_counter() - t)

@@ -106,7 +106,8 @@ def render(messages: list[dict], template: str, tokenizer=None, prefill: str | N
             raise ValueError(f"template {template!r} needs a tokenizer with a chat template; "
                              "use template=r1zero or template=r1 for models without one")
         if template == "native-zero":
-            messages = messages[:-1] + [{"role": "user", "content": f"{R1ZERO_INSTRUCTION}\n\n{messages[-1]['content']}"}]
+            last = {"role": "user", "content": f"{R1ZERO_INSTRUCTION}\n\n{messages[-1]['content']}"}
+            messages = messages[:-1] + [last]
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         default_prefill = ""
     else:
@@ -116,21 +117,14 @@ def render(messages: list[dict], template: str, tokenizer=None, prefill: str | N
 
 
 def _r1zero(messages: list[dict]) -> str:
-    turns = []
-    for m in messages:
-        turns.append(f"User: {m['content']}." if m["role"] == "user" else f"Assistant: {m['content']}")
+    turns = [f"User: {m['content']}." if m["role"] == "user" else f"Assistant: {m['content']}" for m in messages]
     return f"{R1ZERO_INSTRUCTION} " + " ".join(turns) + " Assistant:"
 
 
 def _r1(messages: list[dict]) -> str:
-    parts = ["<｜begin▁of▁sentence｜>"]
-    for m in messages:
-        if m["role"] == "user":
-            parts.append(f"<｜User｜>{m['content']}")
-        else:
-            parts.append(f"<｜Assistant｜>{m['content']}<｜end▁of▁sentence｜>")
-    parts.append("<｜Assistant｜>")
-    return "".join(parts)
+    turns = [f"<｜User｜>{m['content']}" if m["role"] == "user"
+             else f"<｜Assistant｜>{m['content']}<｜end▁of▁sentence｜>" for m in messages]
+    return "<｜begin▁of▁sentence｜>" + "".join(turns) + "<｜Assistant｜>"
 
 
 OPEN, CLOSE = "<think>", "</think>"
@@ -161,8 +155,7 @@ class ReasoningSplitter:
     def __init__(self, thinking: bool = False):
         self.state = "reasoning" if thinking else "start"
         self.buffer = ""
-        self.content_started = False
-        self.reasoning_started = False
+        self.started: set[str] = set()  # the parts ("reasoning", "content") whose first text has come
 
     def feed(self, text: str) -> tuple[str, str]:
         self.buffer += text
@@ -177,12 +170,12 @@ class ReasoningSplitter:
                 else:
                     self.state = "content"
                 continue
+            if self.state not in self.started:  # drop the newline(s) after <think>, the whitespace after </think>
+                self.buffer = self.buffer.lstrip()
+                if not self.buffer:
+                    return reasoning, content
+                self.started.add(self.state)
             if self.state == "reasoning":
-                if not self.reasoning_started:  # drop the newline(s) after <think>
-                    self.buffer = self.buffer.lstrip()
-                    if not self.buffer:
-                        return reasoning, content
-                    self.reasoning_started = True
                 index = self.buffer.find(CLOSE)
                 if index >= 0:
                     reasoning += self.buffer[:index]
@@ -192,24 +185,17 @@ class ReasoningSplitter:
                 reasoning += self.buffer[:len(self.buffer) - keep]
                 self.buffer = self.buffer[len(self.buffer) - keep:]
                 return reasoning, content
-            # content: drop the whitespace between </think> and the answer
-            if not self.content_started:
-                self.buffer = self.buffer.lstrip()
-                if not self.buffer:
-                    return reasoning, content
-                self.content_started = True
             content += self.buffer
             self.buffer = ""
             return reasoning, content
 
-    def finish(self) -> tuple[str, str]:
-        """Flush what was held back: an unfinished ``</thi`` stays reasoning."""
-        rest, self.buffer = self.buffer, ""
+    def finish(self, text: str = "") -> tuple[str, str]:
+        """Feed the last ``text``, then flush what was held back: an unfinished ``</thi`` stays reasoning."""
+        reasoning, content = self.feed(text)
+        rest, self.buffer = self.buffer, ""  # after feed(), the content part holds nothing back
         if self.state == "reasoning":
-            return rest, ""
-        if self.state == "start":
-            return "", rest if rest.strip() else ""
-        return "", rest if self.content_started else rest.lstrip()
+            return reasoning + rest, content
+        return reasoning, content + (rest if rest.strip() else "")  # at the start: a bare "<thi" is content
 
 
 def split_reasoning(response: str, thinking: bool | None = None) -> tuple[str, str]:
@@ -230,10 +216,7 @@ def split_reasoning(response: str, thinking: bool | None = None) -> tuple[str, s
     """
     if thinking is None:
         thinking = not response.lstrip().startswith(OPEN) and CLOSE in response
-    splitter = ReasoningSplitter(thinking)
-    reasoning, content = splitter.feed(response)
-    tail_reasoning, tail_content = splitter.finish()
-    return reasoning + tail_reasoning, content + tail_content
+    return ReasoningSplitter(thinking).finish(response)
 
 
 def final_answer_span(completion: str) -> str:

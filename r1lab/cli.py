@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
         print(f"\nr1lab {command}: {str(e) or INTERRUPTED.get(command, 'interrupted')}", file=sys.stderr)
         return 130
-    except (FileNotFoundError, KeyError, ValueError, ConnectionError) as e:  # input or a server: say what to fix
+    except (OSError, KeyError, ValueError) as e:  # input, a file, a server: say what to fix
         if os.environ.get("R1LAB_DEBUG"):
             raise
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
@@ -65,8 +65,8 @@ def zero(argv: list[str]) -> int:
     cfg = make_config(ZeroConfig, values)
     summary = train(cfg)
     before, after = summary["eval_before"], summary["eval_after"]
-    print(f"held-out accuracy {_share(before['accuracy'])} -> {_share(after['accuracy'])}; "
-          f"mean reward {_number(summary['reward_first_steps'])} -> {_number(summary['reward_last_steps'])}; "
+    print(f"held-out accuracy {_format(before['accuracy'], '.1%')} -> {_format(after['accuracy'], '.1%')}; mean reward "
+          f"{_format(summary['reward_first_steps'], '.3f')} -> {_format(summary['reward_last_steps'], '.3f')}; "
           f"report: {cfg.out}/report.md")
     return 0
 
@@ -76,12 +76,8 @@ COMPARE_HELP = """compare two runs:
                                      from the samples two finished eval runs wrote: noise or not?"""
 
 
-def _share(x) -> str:
-    return "n/a" if x is None or x != x else f"{x:.1%}"
-
-
-def _number(x) -> str:
-    return "n/a" if x is None or x != x else f"{x:.3f}"
+def _format(x, spec: str) -> str:
+    return "n/a" if x is None or x != x else format(x, spec)  # None or NaN: not measured
 
 
 def evaluate(argv: list[str]) -> int:

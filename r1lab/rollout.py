@@ -1,15 +1,9 @@
 """The rollout layer: prompts, sampling settings and a Task in; sampled, scored groups out.
 
 Every stage that samples from a model goes through here, so they all render prompts, generate and judge the
-same way: GRPO's training groups and its held-out evaluation, ``r1lab eval``, rejection sampling
-(``r1lab sample``), cold start from a model and distillation from a local teacher.
-
-- :func:`open_engine`: load a model (or take a loaded one), set the CPU threads, build the engine.
-- :func:`generate_groups`: examples -> chat-rendered prompts -> ``params.n`` completions each, as :class:`Group`.
-- :func:`build_rewards` and :func:`score_group`: the named, weighted rewards of a group (GRPO).
-- :func:`sample_problems`: groups judged by the task's own verifier, one record per sample (eval, sample).
-- :func:`sample_in_batches`: :func:`sample_problems` in fixed, seeded batches appended to a JSONL file in one
-  synced write each, so an interrupted run is resumed by running it again (eval, sample).
+same way: GRPO's training groups (:func:`generate_groups`, :func:`score_group`) and its held-out evaluation,
+``r1lab eval`` and ``r1lab sample`` (:func:`sample_problems`, resumable through :func:`sample_in_batches`), cold
+start from a model and distillation from a local teacher. :func:`open_engine` is how every command gets an engine.
 """
 
 from __future__ import annotations
@@ -123,6 +117,15 @@ def sample_problems(engine, task, examples: list[dict], params: SamplingParams, 
                             "finish_reason": completion.finish_reason})
         out.append(records)
     return out
+
+
+def batch_settings(model: str, template: str, prefill: str | None, params: SamplingParams, seed: int,
+                   problems_per_batch: int, source: str) -> dict:
+    """What the samples of :func:`sample_in_batches` depend on (:data:`SETTINGS_KEYS`); ``problems_per_batch``
+    0 means ``64 // k``."""
+    return {"model": model, "template": template, "prefill": prefill, "k": params.n, "temperature": params.temperature,
+            "top_p": params.top_p, "top_k": params.top_k, "max_new_tokens": params.max_new_tokens, "seed": seed,
+            "problems_per_batch": problems_per_batch or max(1, 64 // params.n), "source": source}
 
 
 def sample_in_batches(engine, task, examples: list[dict], params: SamplingParams, template: str,

@@ -4,7 +4,7 @@ import re
 import pytest
 
 from r1lab import config
-from r1lab.config import ZeroConfig, load_config
+from r1lab.config import ChatConfig, DistillConfig, EvalConfig, SampleConfig, ServeConfig, ZeroConfig, load_config
 
 
 def test_defaults_run_without_arguments():
@@ -233,3 +233,21 @@ def test_refuse_changed_names_each_difference(tmp_path):
                                          r"now\)\. Use another --out"):
         refuse_changed(tmp_path, {"base_url": "a", "seed": 1}, {"base_url": "b", "seed": 1}, ["base_url", "seed"],
                        "Use another --out", what="3 traces made", as_flags=True)
+
+
+@pytest.mark.parametrize("cls, values, field", [
+    (ZeroConfig, {"top_p": 0.0}, "top_p"), (ZeroConfig, {"top_k": -1}, "top_k"),
+    (ZeroConfig, {"eval_every": -1}, "eval_every"), (EvalConfig, {"top_k": -1}, "top_k"),
+    (SampleConfig, {"top_p": 1.5}, "top_p"), (DistillConfig, {"temperature": -0.1}, "temperature"),
+    (ChatConfig, {"max_tokens": 0}, "max_tokens"), (ServeConfig, {"max_n": 0}, "max_n"),
+])
+def test_sampling_settings_are_checked_before_anything_loads(cls, values, field):
+    with pytest.raises(ValueError, match=f"{field}="):
+        cls(**values).validate()
+
+
+def test_a_reward_weight_written_with_an_exponent_is_a_number():
+    cfg = load_config(ZeroConfig, ["--rewards", "{accuracy: 1, format: 5e-1}"])  # YAML 1.1 keeps '5e-1' a string
+    assert float(cfg.rewards["format"]) == 0.5
+    with pytest.raises(ValueError, match="weight of 'format'"):
+        load_config(ZeroConfig, ["--rewards", "{accuracy: 1, format: lots}"])

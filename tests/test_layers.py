@@ -1,4 +1,4 @@
-"""The layer diagram of STYLE.md as a test: imports only point down, and no modules import each other in a circle.
+"""The layer diagram of STYLE.md (../shared/STYLE.md beside the repo; README.md "Layout") as a test: imports only point down, and no modules import each other in a circle.
 
 Pure AST (nothing from r1lab is imported), so it takes well under a second. Every `import r1lab...` and `from r1lab...
 import` counts, at module level and inside functions (an import in a function that only dodges a cycle is still a

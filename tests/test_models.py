@@ -79,6 +79,7 @@ def test_embedded_model_loads_generates_and_saves(tmp_path):
 
 def test_folders_left_by_a_killed_save_are_cleared_by_the_next_one(tmp_path):
     from r1lab.models import is_complete_checkpoint, save_checkpoint
+
     from conftest import make_model, make_tokenizer
 
     tok = make_tokenizer()

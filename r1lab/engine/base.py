@@ -9,8 +9,9 @@ engine, which samples from the very module being trained).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 #: ``on_token(prompt_index, sample_index, token_id) -> bool | None``: False stops that sample ("abort")
 OnToken = Callable[[int, int, int], "bool | None"]

@@ -80,10 +80,8 @@ def applies(model) -> bool:
 @contextlib.contextmanager
 def onednn_linears(model):
     """Within the block, the model's ``nn.Linear`` layers multiply through oneDNN (CPU fp32 only)."""
-    if not applies(model):
-        yield
-        return
-    patched = [m for m in model.modules() if type(m) is torch.nn.Linear and "forward" not in m.__dict__]
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear and "forward" not in m.__dict__]
+    patched = linears if applies(model) else []
     for m in patched:
         m.forward = _forward.__get__(m)
     try:

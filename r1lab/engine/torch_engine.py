@@ -18,14 +18,13 @@ the cache is HF's ``DynamicCache``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 from r1lab.engine.base import Completion, OnToken, SamplingParams
 from r1lab.engine.fast_decode import FastDecoder, supports
 from r1lab.engine.kv_cache import buffer_cache, compaction_moves
-
 
 #: new-token positions reserved in the KV cache up front; a longer budget (R1 evaluates with 32,768) grows the
 #: buffers by doubling only if some row gets that far, instead of reserving memory most rows never use
@@ -140,7 +139,8 @@ class TorchEngine:
             if len(active) - len(live) >= max(1, self.compact_fraction * len(active)):
                 # drop finished rows: live rows past the new end move into the holes (only they are copied)
                 src, dst = compaction_moves(live)
-                src_t, dst_t, n_live = torch.tensor(src, dtype=torch.long), torch.tensor(dst, dtype=torch.long), len(live)
+                src_t, dst_t = torch.tensor(src, dtype=torch.long), torch.tensor(dst, dtype=torch.long)
+                n_live = len(live)
                 for layer in cache.layers:
                     layer.move_rows(src_t.to(device), dst_t.to(device), n_live)
                 for t in (active, token, mask, next_pos):
@@ -157,16 +157,13 @@ class TorchEngine:
                 logits = out.logits[:, -1, :].float()
             next_pos = next_pos + 1
 
-        completions = []
-        for i in range(len(prompts)):
-            group = []
-            for row in range(i * n, (i + 1) * n):
-                text = self.tokenizer.decode(tokens[row], skip_special_tokens=True)
-                text = _cut_at_stop(text, params.stop, params.include_stop_str_in_output)
-                group.append(Completion(prompt_index=offset + i, token_ids=tokens[row], logprobs=logprobs[row],
-                                        finish_reason=finish[row] or "length", text=text))
-            completions.append(group)
-        return completions
+        def completion(row: int) -> Completion:
+            text = self.tokenizer.decode(tokens[row], skip_special_tokens=True)
+            return Completion(prompt_index=offset + row // n, token_ids=tokens[row], logprobs=logprobs[row],
+                              finish_reason=finish[row] or "length",
+                              text=_cut_at_stop(text, params.stop, params.include_stop_str_in_output))
+
+        return [[completion(row) for row in range(i * n, (i + 1) * n)] for i in range(len(prompts))]
 
     def _hits_stop(self, row_tokens: list[int], stop: Sequence[str], tail_tokens: int) -> bool:
         tail = self.tokenizer.decode(row_tokens[-tail_tokens:], skip_special_tokens=False)
@@ -231,7 +228,9 @@ def _top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor
     top, order = torch.topk(logits, k, dim=-1)  # (B, k), most likely first
     probs = torch.exp(top - torch.logsumexp(logits, dim=-1, keepdim=True))
     before = probs.cumsum(dim=-1) - probs  # mass of the more likely candidates
-    wide = (before[:, -1] + probs[:, -1] <= top_p) if k < logits.shape[-1] else torch.zeros(len(logits), dtype=torch.bool)
+    wide = torch.zeros(len(logits), dtype=torch.bool)
+    if k < logits.shape[-1]:
+        wide = before[:, -1] + probs[:, -1] <= top_p
     out = torch.full_like(logits, float("-inf")).scatter_(-1, order, top.masked_fill(before > top_p, float("-inf")))
     if wide.any():  # the candidates hold no more than top_p: the nucleus may reach past them
         rows = wide.nonzero()[:, 0]
@@ -254,9 +253,8 @@ def _eos_ids(model, tokenizer) -> list[int]:
     ids = []
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     for value in (gen_eos, tokenizer.eos_token_id):
-        if value is None:
-            continue
-        ids.extend(value if isinstance(value, (list, tuple)) else [value])
+        if value is not None:
+            ids.extend(value if isinstance(value, (list, tuple)) else [value])
     if not ids:
         raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token before generating")
     return list(dict.fromkeys(int(i) for i in ids))

@@ -28,7 +28,7 @@ from r1lab.rewards.math import verify_math
 from r1lab.tasks import get_task
 from r1lab.tasks.answers import extract_answer, extract_boxed, score_answer
 from r1lab.tasks.base import Task
-from r1lab.tasks.dataset import R1_MATH_INSTRUCTION, read_jsonl, reference_answer
+from r1lab.tasks.dataset import R1_MATH_INSTRUCTION, read_jsonl, reference_answer, shared_data
 
 CHOICE_INSTRUCTION = ("Please reason step by step, and put the letter of your final answer (A, B, C or D) "
                       "within \\boxed{}.")
@@ -66,12 +66,9 @@ def default_k(n_problems: int) -> int:
     >>> [default_k(n) for n in (30, 198, 500, 1319)]
     [64, 16, 8, 4]
     """
-    if n_problems <= 64:
-        return 64
-    if n_problems <= 250:
-        return 16
-    if n_problems <= 600:
-        return 8
+    for most, k in ((64, 64), (250, 16), (600, 8)):
+        if n_problems <= most:
+            return k
     return 4
 
 
@@ -80,9 +77,8 @@ class Benchmark(Task):
 
     instruction = R1_MATH_INSTRUCTION
 
-    def __init__(self, name: str, examples: list[dict], instruction: str | None = None):
-        self.name = name
-        self._examples = examples
+    def __init__(self, name: str, examples: list[dict], instruction: str | None = None, source: str = ""):
+        self.name, self._examples, self.source = name, examples, source  # source: where the problems came from
         if instruction is not None:
             self.instruction = instruction
 
@@ -159,20 +155,12 @@ def load_benchmark(name: str, path: str | Path | None = None, seed: int = 0) -> 
     if not rows:
         raise ValueError(f"{source} holds no rows for benchmark {name}")
     examples = [_example(name, spec, row, i, source, seed) for i, row in enumerate(rows)]
-    cls = ChoiceBenchmark if spec.choices else Benchmark
-    bench = cls(name, examples)
-    bench.source = source
-    return bench
+    return (ChoiceBenchmark if spec.choices else Benchmark)(name, examples, source=source)
 
 
 def find_shared(relative: str) -> Path | None:
-    """``shared/data/<relative>`` next to the working directory or next to this repository."""
-    repo_root = Path(__file__).resolve().parents[2]
-    for base in (Path.cwd(), repo_root):
-        candidate = base / "../shared/data" / relative
-        if candidate.is_file():
-            return candidate.resolve()
-    return None
+    """The file ``shared/data/<relative>`` next to the working directory or next to this repository."""
+    return next((candidate.resolve() for candidate in shared_data(relative) if candidate.is_file()), None)
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -224,7 +212,8 @@ def _example(name: str, spec: Spec, row: dict, index: int, source: str, seed: in
     question = _field(row, spec.question, where, "question").strip()
     problem_id = next((str(row[k]) for k in spec.ids if row.get(k) is not None), str(index))
     if not spec.choices:
-        return {"id": problem_id, "prompt": question, "answer": reference_answer(_field(row, spec.answer, where, "answer"))}
+        answer = reference_answer(_field(row, spec.answer, where, "answer"))
+        return {"id": problem_id, "prompt": question, "answer": answer}
     options = [_field(row, (f,), where, "choice").strip() for f in spec.choices]
     order = list(range(len(options)))
     random.Random(f"{seed}:{name}:{problem_id}").shuffle(order)  # a fixed shuffle per problem and seed
@@ -241,6 +230,5 @@ def task_benchmark(name: str, task_args: dict | None = None) -> Benchmark:
             return task.verify(completion, **example)
 
     examples = [{"id": str(i), **e} for i, e in enumerate(task.examples("test"))]
-    bench = _TaskBenchmark(f"task:{name}", examples, instruction=task.instruction)
-    bench.source = f"r1lab task {name} {task_args or {}}"
-    return bench
+    return _TaskBenchmark(f"task:{name}", examples, instruction=task.instruction,
+                          source=f"r1lab task {name} {task_args or {}}")

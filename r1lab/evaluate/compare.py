@@ -16,6 +16,7 @@ import numpy as np
 
 from r1lab.evaluate.metrics import bootstrap_ci
 from r1lab.evaluate.report import folder_name
+from r1lab.files import read_log
 
 
 def per_problem_pass1(run: Path, benchmark: str) -> dict[str, float]:
@@ -24,10 +25,8 @@ def per_problem_pass1(run: Path, benchmark: str) -> dict[str, float]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run} an r1lab eval run folder?")
     sums: dict[str, list[float]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            r = json.loads(line)
-            sums.setdefault(f"{r['problem']}:{r['id']}", []).append(float(r["correct"] or 0.0))
+    for r in read_log(path):
+        sums.setdefault(f"{r['problem']}:{r['id']}", []).append(float(r["correct"] or 0.0))
     return {key: sum(v) / len(v) for key, v in sums.items()}
 
 

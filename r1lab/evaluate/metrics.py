@@ -23,7 +23,9 @@ Left out: intervals for a metric of several benchmarks pooled together, and stra
 
 from __future__ import annotations
 
+import functools
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -114,14 +116,7 @@ def cons_at_k(answers: Sequence[str | None], correct: Sequence[float],
 
 def memoized(equivalent: Callable[[str, str], bool]) -> Callable[[str, str], bool]:
     """``equivalent`` with a cache of the pairs already judged (math-verify calls cost milliseconds)."""
-    seen: dict[tuple[str, str], bool] = {}
-
-    def judge(a: str, b: str) -> bool:
-        if (a, b) not in seen:
-            seen[(a, b)] = bool(equivalent(a, b))
-        return seen[(a, b)]
-
-    return judge
+    return functools.cache(lambda a, b: bool(equivalent(a, b)))
 
 
 def bootstrap_ci(scores: Sequence[float], confidence: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
@@ -153,21 +148,9 @@ def normal_ci(scores: Sequence[float], confidence: float = 0.95) -> tuple[float,
     x = np.asarray(scores, dtype=float)
     if len(x) == 0:
         return math.nan, math.nan
-    z = _normal_quantile(0.5 + confidence / 2)
+    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
     half = z * (x.std(ddof=1) if len(x) > 1 else 0.0) / math.sqrt(len(x))
     return float(x.mean() - half), float(x.mean() + half)
-
-
-def _normal_quantile(p: float) -> float:
-    """Inverse standard normal CDF by bisection on erf (no scipy needed)."""
-    low, high = -10.0, 10.0
-    for _ in range(100):
-        mid = (low + high) / 2
-        if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < p:
-            low = mid
-        else:
-            high = mid
-    return (low + high) / 2
 
 
 CI_METHODS = {"bootstrap": bootstrap_ci, "normal": normal_ci}
@@ -203,8 +186,7 @@ def summarize(correct: list[list[float]], answers: list[list[str | None]] | None
     ks = sorted({1, *(ks or [2 ** i for i in range(1, 8) if 2 ** i <= k]), k})
     metrics = {}
     for kk in ks:
-        name = "pass@1" if kk == 1 else f"pass@{kk}"
-        metrics[name] = estimate(lambda c, kk=kk: per_problem_pass_at_k(c, kk), correct, method).as_dict()
+        metrics[f"pass@{kk}"] = estimate(lambda c, kk=kk: per_problem_pass_at_k(c, kk), correct, method).as_dict()
     if answers is not None and equivalent is not None and k > 1:
         equivalent = memoized(equivalent)  # the sample-spread redraws ask about the same pairs again
         votes = [list(zip(a, c)) for a, c in zip(answers, correct)]

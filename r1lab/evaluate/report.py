@@ -4,7 +4,6 @@ accuracy against k, and a histogram of response lengths for right and wrong answ
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from r1lab.files import read_log  # noqa: E402
 from r1lab.plots import save_figure  # noqa: E402
 
 
@@ -31,7 +31,7 @@ def write_eval_report(out: Path, summary: dict) -> Path:
              "<p>" + html.escape(md[2]).replace("`", "").replace("*sd over samples*", "<em>sd over samples</em>")
              + "</p>"]
     for name, result in summary["benchmarks"].items():
-        records = _records(out / folder_name(name) / "samples.jsonl")
+        records = read_log(out / folder_name(name) / "samples.jsonl")
         k_plot = plot_accuracy_vs_k(plots / f"{folder_name(name)}_accuracy_vs_k.png", name, result)
         len_plot = plot_lengths(plots / f"{folder_name(name)}_lengths.png", name, records)
         s = result["settings"]
@@ -100,13 +100,7 @@ def plot_lengths(path: Path, name: str, records: list[dict]) -> Path:
     return save_figure(fig, path)
 
 
-def _records(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def _examples_md(records: list[dict], n: int = 2) -> list[str]:
+def _examples_md(records: list[dict]) -> list[str]:
     """A correct and a wrong sample, shortened, so a reader sees what the model wrote."""
     out = []
     for label, want in (("A correct sample", True), ("A wrong sample", False)):

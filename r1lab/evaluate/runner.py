@@ -27,7 +27,7 @@ from r1lab.evaluate.metrics import summarize
 from r1lab.evaluate.report import folder_name, write_eval_report
 from r1lab.files import write_json
 from r1lab.rewards.format import format_reward
-from r1lab.rollout import open_engine, sample_in_batches, sample_problems
+from r1lab.rollout import batch_settings, open_engine, sample_in_batches, sample_problems
 from r1lab.runs import check_run_folder
 
 
@@ -81,10 +81,8 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
         k = 1 if cfg.greedy else (cfg.k or default_k(len(examples)))
         params = SamplingParams(n=k, temperature=0.0 if cfg.greedy else cfg.temperature, top_p=cfg.top_p,
                                 top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens)
-        settings = {"model": cfg.model, "template": cfg.template, "prefill": cfg.prefill, "k": k,
-                    "temperature": params.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
-                    "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed,
-                    "problems_per_batch": cfg.problems_per_batch or max(1, 64 // k), "source": bench.source}
+        settings = batch_settings(cfg.model, cfg.template, cfg.prefill, params, cfg.seed, cfg.problems_per_batch,
+                                  bench.source)
         problems, seconds = sample_in_batches(engine, bench, examples, params, cfg.template, cfg.prefill, cfg.seed,
                                               out / folder_name(name), settings, progress)
         result = summarize_records(problems, bench, cfg.interval)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from r1lab.rewards.registry import register
 

@@ -16,6 +16,7 @@ and a lone variable written without math markup (``x``) counts as a Latin word.
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
 
@@ -65,8 +66,10 @@ def reasoning_text(completion: str) -> str:
     'add them'
     >>> reasoning_text("add them <answer>5</answer>"), reasoning_text("<think>\\nadd them, truncated")
     ('add them ', 'add them, truncated')
+    >>> reasoning_text("Sure. <think>add them</think><answer>5</answer>")
+    'add them'
     """
-    reasoning, content = split_reasoning(completion)
+    reasoning, content = split_reasoning(completion[max(0, completion.find("<think>")):])  # text before it is not CoT
     if "<think>" not in completion and "</think>" not in completion:  # no think block
         reasoning = content
     return _TAG.sub(" ", reasoning.split("<answer>", 1)[0])
@@ -93,13 +96,8 @@ def words_by_script(text: str) -> list[str]:
 
 def _split_scripts(run: str) -> list[str]:
     """The scripts of a run of letters, one word per same-script stretch (``helloпривет``: two)."""
-    out, last = [], None
-    for ch in run:
-        name = next((n for n, p in _SCRIPT.items() if p.fullmatch(ch)), "other")
-        if name != last:
-            out.append(name)
-            last = name
-    return out
+    scripts = (next((n for n, p in _SCRIPT.items() if p.fullmatch(ch)), "other") for ch in run)
+    return [name for name, _ in itertools.groupby(scripts)]
 
 
 @register("language_consistency")

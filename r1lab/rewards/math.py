@@ -34,8 +34,8 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from fractions import Fraction
-from typing import Sequence
 
 #: how long a fresh worker may take to import math-verify and sympy before we give up
 STARTUP_TIMEOUT = 120.0
@@ -101,11 +101,7 @@ def numbers_equal(gold: tuple[Fraction, bool], pred: tuple[Fraction, bool]) -> b
     (False, True)
     """
     (a, a_decimal), (b, b_decimal) = gold, pred
-    if a == b:
-        return True
-    if a_decimal or b_decimal:
-        return round(a, FLOAT_ROUNDING) == round(b, FLOAT_ROUNDING)
-    return False
+    return a == b or (a_decimal or b_decimal) and round(a, FLOAT_ROUNDING) == round(b, FLOAT_ROUNDING)
 
 
 def _fast_verdict(gold: str, pred: str) -> bool | None:
@@ -244,9 +240,8 @@ _SPAWNER = _Spawner()
 def _child_env() -> dict[str, str]:
     """The environment with this copy of r1lab first on PYTHONPATH, installed or not."""
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
-    return env
+    paths = (package_root, os.environ.get("PYTHONPATH", ""))
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
 
 
 class _Worker:
@@ -356,8 +351,7 @@ class MathVerifier:
 
     def _get_worker(self) -> _Worker:
         if self._worker is None or not self._worker.alive():
-            if self._worker is not None:
-                self._drop_worker()
+            self._drop_worker()  # one whose process died (a crash)
             self._worker = _Worker()
         return self._worker
 

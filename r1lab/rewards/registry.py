@@ -15,8 +15,8 @@ Rewards accept and ignore fields they do not use (``**_``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 RewardFn = Callable[..., "float | None"]
 
@@ -52,11 +52,8 @@ class RewardScores:
 
     def means(self) -> dict[str, float]:
         """Mean of each reward over the completions it could judge (NaN if none)."""
-        out = {}
-        for name, values in self.per_reward.items():
-            judged = [v for v in values if v is not None]
-            out[name] = sum(judged) / len(judged) if judged else math.nan
-        return out
+        judged = {name: [v for v in values if v is not None] for name, values in self.per_reward.items()}
+        return {name: sum(values) / len(values) if values else math.nan for name, values in judged.items()}
 
 
 def score(

@@ -5,7 +5,7 @@ Each takes ``rewards`` of shape ``(P, G)`` (P prompts, G samples each) and retur
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

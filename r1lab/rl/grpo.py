@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import itertools
 import json
 import math
 import random
@@ -137,11 +138,8 @@ def sample_groups(engine, task, train_set, rewards, cfg: ZeroConfig, step: int) 
 def _batch_examples(train_set: list[dict], k: int, seed: int, step: int, round_: int) -> list[dict]:
     """The prompts of a step: a seeded walk through shuffled epochs, so resume sees the same data."""
     start = step * k + round_ * REDRAW_OFFSET * k
-    out = []
-    for i in range(start, start + k):
-        epoch, index = divmod(i, len(train_set))
-        out.append(train_set[_epoch_order(len(train_set), seed, epoch)[index]])
-    return out
+    places = [divmod(i, len(train_set)) for i in range(start, start + k)]  # (epoch, index)
+    return [train_set[_epoch_order(len(train_set), seed, epoch)[index]] for epoch, index in places]
 
 
 @functools.lru_cache(maxsize=4)
@@ -166,9 +164,10 @@ def update_policy(model, reference, optimizer, groups: list[Group], cfg: ZeroCon
     weights = token_weights(lengths, cfg.loss_aggregation)  # (N,)
     advantages = torch.tensor([a for g in groups for a, c in zip(g.advantages, g.completions) for _ in c.token_ids])
     old_logprobs = torch.tensor([lp for g in groups for c in g.completions for lp in c.logprobs])
-    offsets = _group_token_offsets(groups)
+    offsets = [0, *itertools.accumulate(sum(len(c) for c in g.completions) for g in groups)]  # group token spans
     active = [i for i, g in enumerate(groups) if cfg.beta > 0 or any(abs(a) > 0 for a in g.advantages)]
-    micro_batches = [active[i:i + cfg.groups_per_micro_batch] for i in range(0, len(active), cfg.groups_per_micro_batch)]
+    size = cfg.groups_per_micro_batch
+    micro_batches = [active[i:i + size] for i in range(0, len(active), size)]
     packs = [pack([(groups[i].prompt_ids, [c.token_ids for c in groups[i].completions]) for i in mb], pad_id)
              for mb in micro_batches]
     index = [torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in mb]) for mb in micro_batches]
@@ -201,13 +200,6 @@ def update_policy(model, reference, optimizer, groups: list[Group], cfg: ZeroCon
         totals["grad_norm"] += grad_norm / cfg.updates_per_batch
     totals["trained_groups"] = len(active)
     return totals
-
-
-def _group_token_offsets(groups: list[Group]) -> list[int]:
-    offsets = [0]
-    for g in groups:
-        offsets.append(offsets[-1] + sum(len(c) for c in g.completions))
-    return offsets
 
 
 def evaluate(engine, task, examples: list[dict], cfg: ZeroConfig, desc: str = "eval") -> dict:

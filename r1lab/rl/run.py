@@ -9,7 +9,6 @@ step), ``checkpoints/step-N/`` (the last ``keep_checkpoints``, each with the opt
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import shutil
 from pathlib import Path
@@ -165,7 +164,8 @@ def write_report(run: Path, history: list[dict], summary: dict) -> Path:
         f"| held-out format rate | {before['format_rate']:.1%} | {after['format_rate']:.1%} |",
         f"| mean training reward (first / last {summary['steps_averaged']} steps) | "
         f"{summary['reward_first_steps']:.3f} | {summary['reward_last_steps']:.3f} |",
-        f"| mean response length, tokens (first / last {k} steps) | {_mean(lengths[:k]):.1f} | {_mean(lengths[-k:]):.1f} |",
+        f"| mean response length, tokens (first / last {k} steps) | {_mean(lengths[:k]):.1f} | "
+        f"{_mean(lengths[-k:]):.1f} |",
         f"| reflection-word rate (first / last {k} steps) | {_mean(col('reflection_rate')[:k]):.1%} | "
         f"{_mean(col('reflection_rate')[-k:]):.1%} |",
         "",

@@ -14,6 +14,9 @@ import resource
 import sys
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
+#: the limits a spec gives (also the rlimits-only fallback's, in run.py), by name
+RLIMITS = {"cpu": resource.RLIMIT_CPU, "memory": resource.RLIMIT_AS, "file": resource.RLIMIT_FSIZE,
+           "open_files": resource.RLIMIT_NOFILE, "processes": resource.RLIMIT_NPROC}
 
 
 def _mount(libc, source, target, fstype, flags, data=None) -> bool:
@@ -23,13 +26,13 @@ def _mount(libc, source, target, fstype, flags, data=None) -> bool:
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
-    program = open(spec["program"], "rb").read()  # read before /tmp is covered
+    with open(spec["program"], "rb") as f:  # read before /tmp is covered
+        program = f.read()
     libc = ctypes.CDLL(None, use_errno=True)
     if not _mount(libc, None, "/", None, MS_REC | MS_PRIVATE):
         sys.exit(125)
-    targets = []
-    for line in open("/proc/self/mountinfo"):
-        targets.append(line.split()[4])
+    with open("/proc/self/mountinfo") as f:
+        targets = [line.split()[4] for line in f]
     for target in sorted(set(targets), key=len):  # every mount read-only (a submount keeps rw otherwise)
         if target.startswith("/proc"):
             continue
@@ -47,12 +50,8 @@ def main() -> None:
     pid = os.fork()
     if pid == 0:
         try:
-            limits = spec["limits"]
-            resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu"], limits["cpu"]))
-            resource.setrlimit(resource.RLIMIT_AS, (limits["memory"], limits["memory"]))
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limits["file"], limits["file"]))
-            resource.setrlimit(resource.RLIMIT_NOFILE, (limits["open_files"], limits["open_files"]))
-            resource.setrlimit(resource.RLIMIT_NPROC, (limits["processes"], limits["processes"]))
+            for name, value in spec["limits"].items():
+                resource.setrlimit(RLIMITS[name], (value, value))
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
             os.setgroups([])
             os.setgid(uid)

@@ -35,6 +35,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from r1lab.sandbox.launcher import RLIMITS
+
 LAUNCHER = Path(__file__).with_name("launcher.py")
 _uids = itertools.count()
 _level: str | None = None
@@ -125,11 +127,9 @@ def run(program: str, stdin: str = "", limits: Limits | None = None) -> Result:
 
 
 def _limiter(rlimits: dict):
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_CPU, (rlimits["cpu"],) * 2)
-        resource.setrlimit(resource.RLIMIT_AS, (rlimits["memory"],) * 2)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (rlimits["file"],) * 2)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (rlimits["open_files"],) * 2)
+    def apply() -> None:  # no RLIMIT_NPROC: it would count every process of this user, not only the run's
+        for name in ("cpu", "memory", "file", "open_files"):
+            resource.setrlimit(RLIMITS[name], (rlimits[name],) * 2)
 
     return apply
 

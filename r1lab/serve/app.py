@@ -60,21 +60,19 @@ def create_app(engine, model_name: str, template: str = "native", api_key: str |
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(404)
-    async def _not_found(request: Request, exc):
-        return JSONResponse(ApiError(404, f"no route {request.method} {request.url.path}").body(), status_code=404)
-
     @app.exception_handler(405)
-    async def _bad_method(request: Request, exc):
-        return JSONResponse(ApiError(405, f"{request.method} is not allowed on {request.url.path}").body(),
-                            status_code=405)
+    async def _no_route(request: Request, exc):
+        message = (f"no route {request.method} {request.url.path}" if exc.status_code == 404
+                   else f"{request.method} is not allowed on {request.url.path}")
+        return JSONResponse(ApiError(exc.status_code, message).body(), status_code=exc.status_code)
 
     @app.middleware("http")
     async def _auth(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1/"):
-            if request.headers.get("authorization", "") != f"Bearer {api_key}":
-                error = ApiError(401, "missing or wrong API key: send Authorization: Bearer KEY",
-                                 type_="authentication_error", code="invalid_api_key")
-                return JSONResponse(error.body(), status_code=401)
+        if (api_key and request.url.path.startswith("/v1/")
+                and request.headers.get("authorization", "") != f"Bearer {api_key}"):
+            error = ApiError(401, "missing or wrong API key: send Authorization: Bearer KEY",
+                             type_="authentication_error", code="invalid_api_key")
+            return JSONResponse(error.body(), status_code=401)
         return await call_next(request)
 
     if access_log:  # added last, so it is outermost and sees every answer, 401s included
@@ -124,8 +122,8 @@ def create_app(engine, model_name: str, template: str = "native", api_key: str |
         try:
             batcher.submit(job)
         except Overloaded:
-            raise ApiError(429, f"the server is busy ({batcher.pending} requests waiting or running); retry "
-                           "shortly", type_="rate_limit_error", code="overloaded", headers={"Retry-After": "1"})
+            raise ApiError(429, f"the server is busy ({batcher.pending} requests waiting or running); retry shortly",
+                           type_="rate_limit_error", code="overloaded", headers={"Retry-After": "1"}) from None
         reply = request.state.reply = Reply(req, model_name, len(prompt_ids))  # the access log reads its tokens
         if req.stream:
             return StreamingResponse(_sse(job, reply, request), media_type="text/event-stream",
@@ -172,22 +170,28 @@ def _finish(completion) -> str:
     return "length" if completion.finish_reason == "length" else "stop"
 
 
-def _watch_hang_up(request: Request, job: Job) -> asyncio.Task:
-    """A task that stops ``job`` as soon as its client hangs up, however fast tokens come: once the body is
-    read, the server's ``receive()`` returns only at ``http.disconnect``. The caller cancels it when done."""
+@contextlib.contextmanager
+def _watch_hang_up(request: Request, job: Job):
+    """Within: a task stops ``job`` as soon as its client hangs up, however fast tokens come (once the body is
+    read, the server's ``receive()`` returns only at ``http.disconnect``). On leaving, ``job`` is stopped: a
+    no-op once it finished, and the end of its rows if the handler was cancelled (the client left)."""
     async def watch():
         while (await request.receive())["type"] != "http.disconnect":
             pass
         job.cancelled.set()  # the batcher ends its rows at their next token
         job.events.put_nowait(("gone",))
 
-    return asyncio.create_task(watch())
+    task = asyncio.create_task(watch())
+    try:
+        yield
+    finally:
+        task.cancel()
+        job.cancelled.set()
 
 
 async def _collect(job: Job, reply: Reply, request: Request) -> Response:
     """Wait for a whole reply; stop the generation if the client goes away meanwhile."""
-    watch = _watch_hang_up(request, job)
-    try:
+    with _watch_hang_up(request, job):
         while True:
             kind, *rest = await job.events.get()
             if kind == "delta":
@@ -200,15 +204,11 @@ async def _collect(job: Job, reply: Reply, request: Request) -> Response:
                 return Response(status_code=499)  # nobody reads it; for the access log
             else:
                 raise ApiError(500, rest[0], type_="server_error")
-    finally:
-        watch.cancel()
-        job.cancelled.set()  # a no-op once finished; stops the rows if this handler was cancelled
 
 
 async def _sse(job: Job, reply: Reply, request: Request):
     """Server-sent events: a role chunk, reasoning/content deltas as they come, finish chunks, [DONE]."""
-    watch = _watch_hang_up(request, job)
-    try:
+    with _watch_hang_up(request, job):
         yield reply.chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
                            for i in range(reply.req.n)])
         while True:
@@ -236,9 +236,6 @@ async def _sse(job: Job, reply: Reply, request: Request):
                 yield f"data: {json.dumps(error)}\n\n"
                 break
         yield "data: [DONE]\n\n"
-    finally:
-        watch.cancel()
-        job.cancelled.set()  # the client left (the response task is cancelled) or we are done
 
 
 class AccessLog:

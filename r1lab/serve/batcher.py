@@ -118,8 +118,7 @@ class Batcher:
         results = self.engine.generate([job.prompt_ids for job in batch], batch[0].params, on_token=on_token)
         for i, (job, completions) in enumerate(zip(batch, results)):
             for j in range(n):
-                reasoning, content = splitters[i][j].feed(streams[i][j].finish())
-                tail_reasoning, tail_content = splitters[i][j].finish()
-                if reasoning + tail_reasoning or content + tail_content:
-                    job.send(("delta", j, reasoning + tail_reasoning, content + tail_content))
+                reasoning, content = splitters[i][j].finish(streams[i][j].finish())
+                if reasoning or content:
+                    job.send(("delta", j, reasoning, content))
             job.send(("done", completions))

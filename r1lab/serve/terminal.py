@@ -62,8 +62,7 @@ def reply(engine, messages: list[dict], template: str, params: SamplingParams, w
         engine.generate([engine.encode(rendered.text)], params, on_token=on_token)
     if stop.is_set():
         raise KeyboardInterrupt
-    show(*splitter.feed(stream.finish()))
-    show(*splitter.finish())
+    show(*splitter.finish(stream.finish()))
     write("\n")
     return parts["reasoning"], parts["content"]
 

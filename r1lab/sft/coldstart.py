@@ -81,12 +81,6 @@ def _from_traces(cfg, progress: bool):
     return rows, dropped
 
 
-def _readable(response: str, cfg) -> str | None:
-    """Why ``response`` is not a readable R1-format reply, or None."""
-    return (filters.no_reasoning(response) or filters.language_mixed(response, cfg.language, cfg.min_language_share)
-            or filters.long_paragraph(response, cfg.max_paragraph_chars) or filters.code_block(response))
-
-
 def _from_model(cfg, progress: bool):
     """Few-shot sampling: the shots are traces of other training examples; kept replies are verified and
     readable, and are stored against the plain question."""
@@ -107,7 +101,7 @@ def _from_model(cfg, progress: bool):
             reasons = []
             for response in group.responses:
                 reason = ("wrong" if task.verify(response, **example) != 1.0 else
-                          "format" if format_reward(response) != 1.0 else _readable(response, cfg))
+                          "format" if format_reward(response) != 1.0 else _unreadable(response, cfg))
                 if reason is None:
                     rows.append({"prompt": question_text(example, task), "response": response.strip(),
                                  "source": f"coldstart-model:{cfg.model}"})
@@ -118,13 +112,14 @@ def _from_model(cfg, progress: bool):
     return rows, dropped
 
 
+def _unreadable(response: str, cfg) -> str | None:
+    return filters.unreadable(response, cfg.language, cfg.min_language_share, cfg.max_paragraph_chars)
+
+
 def _from_jsonl(cfg, progress: bool):
-    if not cfg.data:
-        raise ValueError("source=jsonl needs --data FILE.jsonl")
     rows, dropped = [], Counter()
     for messages in load_sft_data(cfg.data):
-        reply = messages[-1]["content"]
-        reason = _readable(reply, cfg)
+        reason = _unreadable(messages[-1]["content"], cfg)
         if reason:
             dropped[reason.split(":")[0]] += 1
         else:

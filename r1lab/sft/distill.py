@@ -86,7 +86,8 @@ class Teacher:
                 extra = message.model_extra or {}
                 reasoning = extra.get("reasoning_content") or extra.get("reasoning") or ""
                 usage = reply.usage.model_dump() if reply.usage else {}
-                return reasoning, message.content or "", usage | {"finish_reason": reply.choices[0].finish_reason}, retries
+                usage["finish_reason"] = reply.choices[0].finish_reason
+                return reasoning, message.content or "", usage, retries
             except (ValueError, TypeError) as exc:  # a 200 whose body is not a chat completion
                 raise ConnectionError(f"the teacher {self.cfg.teacher!r} at {self.cfg.base_url} answered something "
                                       f"that is not a chat completion ({type(exc).__name__}: {str(exc)[:200]}); is "
@@ -116,7 +117,6 @@ def run_distill(cfg: DistillConfig, progress: bool = True) -> dict:
     todo = [e for e in examples if e["id"] not in done]
     lock = threading.Lock()
     stopped = threading.Event()  # set on Ctrl-C: an abandoned request that still returns is not written
-    totals = Counter()
 
     def record(example: dict, reasoning: str, content: str, usage: dict, retries: int) -> None:
         response = r1_response(reasoning, content) if reasoning else content
@@ -157,8 +157,7 @@ def run_distill(cfg: DistillConfig, progress: bool = True) -> dict:
     for row in rows:
         reason = None if (row["verdict"] or cfg.keep_wrong) else "wrong"
         reason = reason or filters.truncated(row["usage"].get("finish_reason", "stop"))
-        reason = (reason or filters.no_reasoning(row["response"]) or filters.language_mixed(row["response"])
-                  or filters.long_paragraph(row["response"]) or filters.code_block(row["response"]))
+        reason = reason or filters.unreadable(row["response"])
         if reason:
             counts[reason.split(":")[0]] += 1
         else:
@@ -166,13 +165,10 @@ def run_distill(cfg: DistillConfig, progress: bool = True) -> dict:
             kept.append({"prompt": row["prompt"], "response": row["response"],
                          "source": {"kind": "distill", **made_by, "problem": row["id"], "verdict": row["verdict"]}})
     write_jsonl(out / "sft.jsonl", kept)
-    for row in rows:
-        totals["retries"] += row["retries"]
-        for key in ("prompt_tokens", "completion_tokens"):
-            totals[key] += row["usage"].get(key) or 0
     summary = {"prompts": len(examples), "traces": len(rows), "kept": len(kept), "dropped": dict(counts),
-               "retries": totals["retries"], "prompt_tokens": totals["prompt_tokens"],
-               "completion_tokens": totals["completion_tokens"], "path": str(out / "sft.jsonl")}
+               "retries": sum(row["retries"] for row in rows), "path": str(out / "sft.jsonl"),
+               **{key: sum(row["usage"].get(key) or 0 for row in rows) for key in ("prompt_tokens",
+                                                                                   "completion_tokens")}}
     if cfg.student:
         summary["student"] = train_sft(SftConfig(model=cfg.student, data=str(out / "sft.jsonl"),
                                                  template=cfg.template, out=str(out / "sft")), progress=progress)

@@ -79,12 +79,15 @@ def no_reasoning(completion: str) -> str | None:
     return None if answer else "no_reasoning: no answer after the reasoning"
 
 
+def unreadable(completion: str, language: str = "en", min_share: float = 0.95, max_chars: int = 1500) -> str | None:
+    """Why a reply is not a readable R1-format one (no think block, mixed language, a long paragraph or a code
+    block in the reasoning), or None: the checks cold start and distillation keep a trace by."""
+    return (no_reasoning(completion) or language_mixed(completion, language, min_share)
+            or long_paragraph(completion, max_chars) or code_block(completion))
+
+
 def truncated(finish_reason: str) -> str | None:
     return "truncated" if finish_reason == "length" else None
-
-
-def _normalise(text: str) -> str:
-    return " ".join(text.lower().split())
 
 
 def shingles(text: str, n: int) -> set[tuple[str, ...]]:
@@ -107,10 +110,11 @@ class Deduplicator:
         """None (and remember ``text``) if new; else why it is a duplicate.
 
         >>> d = Deduplicator()
-        >>> d.check("The sum of 2 and 3 is 5, so the answer is 5."), d.check("the sum of 2 and 3  is 5, so the answer is 5.")
-        (None, 'duplicate: exact')
+        >>> d.check("The sum of 2 and 3 is 5, so the answer is 5.")
+        >>> d.check("the sum of 2 and 3  is 5, so the answer is 5.")
+        'duplicate: exact'
         """
-        key = _normalise(text)
+        key = " ".join(text.lower().split())  # whitespace and case do not count
         if key in self._exact:
             return "duplicate: exact"
         grams = shingles(text, self.n)
@@ -128,8 +132,7 @@ class Decontaminator:
 
     def __init__(self, eval_prompts: list[str], n: int = 8):
         self.n = n
-        self._grams = set().union(*(shingles(p, n) for p in eval_prompts)) if eval_prompts else set()
-        self._grams = {g for g in self._grams if len(g) == n}  # prompts shorter than n words cannot match
+        self._grams = {g for p in eval_prompts for g in shingles(p, n) if len(g) == n}  # shorter prompts never match
 
     def check(self, prompt: str) -> str | None:
         """None if ``prompt`` shares no n-gram with the evaluation prompts, else why it is dropped.

@@ -24,12 +24,12 @@ from r1lab.config import SampleConfig, save_config
 from r1lab.engine import SamplingParams
 from r1lab.evaluate.benchmarks import load_benchmark
 from r1lab.files import write_json, write_jsonl
-from r1lab.rollout import open_engine, sample_in_batches
+from r1lab.rollout import batch_settings, open_engine, sample_in_batches
 from r1lab.runs import check_run_folder
 from r1lab.sft import filters
 from r1lab.tasks import build_task
-from r1lab.tasks.dataset import read_jsonl
 from r1lab.tasks.base import question_text
+from r1lab.tasks.dataset import read_jsonl
 
 
 def run_sample(cfg: SampleConfig, progress: bool = True) -> dict:
@@ -37,7 +37,7 @@ def run_sample(cfg: SampleConfig, progress: bool = True) -> dict:
     check_run_folder(cfg.out, SampleConfig)
     task = build_task(cfg.task, cfg.task_args)
     examples = [{"id": str(i), **e} for i, e in enumerate(task.examples("train")[:cfg.limit or None])]
-    eval_prompts = {name: _eval_prompts([name]) for name in cfg.decontaminate}
+    eval_prompts = {name: [e["prompt"] for e in load_benchmark(name).examples("test")] for name in cfg.decontaminate}
     decontaminator = filters.Decontaminator([p for ps in eval_prompts.values() for p in ps]) if eval_prompts else None
     non_reasoning = _read_non_reasoning(cfg.non_reasoning) if cfg.non_reasoning else []
     out = Path(cfg.out)
@@ -54,10 +54,8 @@ def run_sample(cfg: SampleConfig, progress: bool = True) -> dict:
     engine = open_engine(cfg.model, cfg.threads)
     params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                             stop=cfg.stop, include_stop_str_in_output=True)
-    settings = {"model": cfg.model, "template": cfg.template, "prefill": cfg.prefill, "k": cfg.n,
-                "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": 0, "max_new_tokens": cfg.max_new_tokens,
-                "seed": cfg.seed, "problems_per_batch": cfg.problems_per_batch or max(1, 64 // cfg.n),
-                "source": f"task {cfg.task} {cfg.task_args}"}
+    settings = batch_settings(cfg.model, cfg.template, cfg.prefill, params, cfg.seed, cfg.problems_per_batch,
+                              f"task {cfg.task} {cfg.task_args}")
     problems, seconds = sample_in_batches(engine, task, clean, params, cfg.template, cfg.prefill, cfg.seed,
                                           out / "samples", settings, progress)
     save_config(cfg, out / "config.yaml")  # only once the samples there were found to match these settings
@@ -105,7 +103,8 @@ def select(problems: list[list[dict]], examples: list[dict], cfg, counts: Counte
 def _drop_reason(r: dict, cfg, dedupe: filters.Deduplicator) -> str | None:
     if not r["correct"]:
         return "wrong"
-    opened = r.get("prompt", "").rstrip().endswith("<think>")  # the template opened the think block for the model
+    # the template opened the think block for the model, and the reply does not hold it already (R1's prefill does)
+    opened = r.get("prompt", "").rstrip().endswith("<think>") and not r["completion"].lstrip().startswith("<think>")
     checks = [
         lambda: filters.no_reasoning(("<think>\n" if opened else "") + r["completion"]),
         lambda: filters.truncated(r["finish_reason"]) if cfg.drop_truncated else None,
@@ -115,15 +114,7 @@ def _drop_reason(r: dict, cfg, dedupe: filters.Deduplicator) -> str | None:
         lambda: filters.code_block(r["completion"]) if cfg.drop_code_blocks else None,
         lambda: dedupe.check(r["completion"]),  # last: only a sample that passed the rest is remembered
     ]
-    for check in checks:
-        reason = check()
-        if reason:
-            return reason
-    return None
-
-
-def _eval_prompts(names: list[str]) -> list[str]:
-    return [e["prompt"] for name in names for e in load_benchmark(name).examples("test")]
+    return next((reason for check in checks if (reason := check())), None)
 
 
 def _read_non_reasoning(path: str) -> list[dict]:

@@ -28,8 +28,7 @@ _WORD = re.compile(r"[A-Za-z]{2,}")
 
 def _box_content(text: str, start: int) -> str | None:
     """The text between the brace at ``start`` and its partner, or None if it never closes."""
-    depth = 0
-    i = start
+    depth, i = 0, start
     while i < len(text):
         char = text[i]
         if char == "\\":  # \{ and \} are characters, not grouping
@@ -53,16 +52,12 @@ def extract_boxed(text: str) -> str | None:
     >>> extract_boxed("\\\\fbox{\\\\{1, 2\\\\}}"), extract_boxed("no box"), extract_boxed("\\\\boxed{3} \\\\boxed{4")
     ('\\\\{1, 2\\\\}', None, '3')
     """
-    starts = sorted(i + len(opener) - 1 for opener in _BOX_OPENERS for i in _find_all(text, opener))
+    starts = sorted(m.end() - 1 for opener in _BOX_OPENERS for m in re.finditer(re.escape(opener), text))  # their "{"
     for start in reversed(starts):
         content = _box_content(text, start)
         if content is not None:
             return content
     return None
-
-
-def _find_all(text: str, needle: str) -> list[int]:
-    return [m.start() for m in re.finditer(re.escape(needle), text)]
 
 
 def last_number(text: str) -> str | None:

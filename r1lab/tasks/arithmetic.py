@@ -50,8 +50,11 @@ def format_question(operands: list[int], operators: list[str]) -> str:
     >>> format_question([3, 5], ["+"]), format_question([12, 4, 7], ["-", "*"])
     ('What is 3 + 5?', 'What is 12 - 4 * 7?')
     """
-    expression = str(operands[0]) + "".join(f" {op} {x}" for op, x in zip(operators, operands[1:]))
-    return f"What is {expression}?"
+    return f"What is {_expression(operands, operators)}?"
+
+
+def _expression(operands: list[int], operators: list[str]) -> str:
+    return str(operands[0]) + "".join(f" {op} {x}" for op, x in zip(operators, operands[1:]))
 
 
 def draw_problem(rng: random.Random, digits: int, operands: int, operators: str) -> dict:
@@ -95,7 +98,7 @@ def arithmetic_trace(prompt: str) -> tuple[str, str]:
         i = ops.index("*")
         a, b = numbers[i], numbers[i + 1]
         numbers[i:i + 2], ops[i:i + 1] = [a * b], []
-        rest = _show(numbers, ops)
+        rest = _expression(numbers, ops)
         lines.append(f"{a} * {b} = {a * b}" + (f", so the expression becomes {rest}." if ops else "."))
         checks.append((a * b, "/", b, a) if b else None)
     while ops:  # then left to right
@@ -109,13 +112,6 @@ def arithmetic_trace(prompt: str) -> tuple[str, str]:
     if undo:
         lines.append("Let me check: " + ", and ".join(f"{v} {op} {b} = {a}" for v, op, b, a in undo) + ". Correct.")
     return "\n".join(lines), str(numbers[0])
-
-
-def _show(numbers: list[int], ops: list[str]) -> str:
-    out = [str(numbers[0])]
-    for op, n in zip(ops, numbers[1:]):
-        out += [op, str(n)]
-    return " ".join(out)
 
 
 @register_task("arithmetic")
@@ -135,11 +131,6 @@ class ArithmeticTask(Task):
         problems = unique_problems(lambda rng: draw_problem(rng, digits, operands, operators),
                                    key=lambda p: p["prompt"], count=n_train + n_test, seed=seed)
         self._splits = dict(zip(("train", "test"), split_problems(problems, n_train, n_test)))
-
-    def examples(self, split: str) -> list[dict]:
-        if split not in self._splits:
-            raise ValueError(f"unknown split {split!r}; use 'train' or 'test'")
-        return [dict(example) for example in self._splits[split]]
 
     def verify(self, completion: str, answer: str = "", **_) -> float | None:
         """

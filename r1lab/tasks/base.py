@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from typing import Callable
+from collections.abc import Callable
 
-TASKS: dict[str, Callable[..., "Task"]] = {}
+TASKS: dict[str, Callable[..., Task]] = {}
 
 
 def register_task(name: str):
@@ -37,9 +37,12 @@ class Task(ABC):
     #: where it goes. Math datasets ask for ``\\boxed{}`` (the R1 evaluation instruction).
     instruction: str = ""
 
-    @abstractmethod
     def examples(self, split: str) -> list[dict]:
-        """The examples of ``split`` ("train" or "test"), in a fixed, seeded order."""
+        """The examples of ``split`` ("train" or "test"), in a fixed, seeded order. This default serves tasks that
+        keep their splits in ``self._splits`` (``{"train": [...], "test": [...]}``), each example a fresh copy."""
+        if split not in self._splits:
+            raise ValueError(f"unknown split {split!r}; use 'train' or 'test'")
+        return [dict(example) for example in self._splits[split]]
 
     @abstractmethod
     def verify(self, completion: str, **example) -> float | None:

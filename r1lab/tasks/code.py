@@ -19,7 +19,8 @@ from r1lab.tasks.dataset import read_jsonl
 
 _SPECS = [
     ("sum_even", "takes a list of integers `xs` and returns the sum of its even numbers",
-     lambda rng: [[rng.randint(-20, 20) for _ in range(rng.randint(0, 8))]], lambda xs: sum(x for x in xs if x % 2 == 0)),
+     lambda rng: [[rng.randint(-20, 20) for _ in range(rng.randint(0, 8))]],
+     lambda xs: sum(x for x in xs if x % 2 == 0)),
     ("count_vowels", "takes a string `s` and returns how many of its characters are vowels (a, e, i, o, u, "
      "upper or lower case)", lambda rng: ["".join(rng.choice("abcdeiouXYZ ") for _ in range(rng.randint(0, 12)))],
      lambda s: sum(c in "aeiouAEIOU" for c in s)),
@@ -34,8 +35,15 @@ _SPECS = [
 ]
 
 
+class _CodeTask(Task):
+    """What the code tasks share: the verifier is the ``code`` reward, run in the sandbox."""
+
+    def verify(self, completion: str, **example) -> float | None:
+        return code_reward(completion, **example)
+
+
 @register_task("code_functions")
-class CodeFunctionsTask(Task):
+class CodeFunctionsTask(_CodeTask):
     """Write one small function; hidden tests (arguments and the reference's results) stay in the parent."""
 
     name = "code_functions"
@@ -51,15 +59,9 @@ class CodeFunctionsTask(Task):
                              "tests": [{"args": c, "expected": reference(*c)} for c in cases], "answer": ""})
         self._splits = dict(zip(("train", "test"), seeded_split(examples, n_test, seed)))
 
-    def examples(self, split: str) -> list[dict]:
-        return [dict(e) for e in self._splits[split]]
-
-    def verify(self, completion: str, **example) -> float | None:
-        return code_reward(completion, **example)
-
 
 @register_task("code_dataset")
-class CodeDatasetTask(Task):
+class CodeDatasetTask(_CodeTask):
     """MBPP/HumanEval-style rows (``text``/``prompt``, ``test_list`` or ``test`` asserts, optional ``entry_point``)
     or CodeContests/LiveCodeBench-style rows (``question``, ``tests``: [{input, output}])."""
 
@@ -90,9 +92,3 @@ class CodeDatasetTask(Task):
             return {"prompt": prompt, "tests": [], "func": None, "answer": ""}
         return {"prompt": prompt, "func": funcs.pop(), "answer": "",
                 "tests": [{"args": t.args, "expected": t.expected} for _, t in parsed]}
-
-    def examples(self, split: str) -> list[dict]:
-        return [dict(e) for e in self._splits[split]]
-
-    def verify(self, completion: str, **example) -> float | None:
-        return code_reward(completion, **example)

@@ -18,6 +18,7 @@ Left out: TinyZero's 0.1 partial credit for a well-formed wrong equation (format
 from __future__ import annotations
 
 import ast
+import operator
 import random
 import re
 from fractions import Fraction
@@ -29,6 +30,7 @@ from r1lab.tasks.procedural import check_counts, split_problems, unique_problems
 from r1lab.tasks.safe_expr import UnsafeExpression, evaluate
 
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
+_APPLY = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
 #: LaTeX and unicode spellings of the operators, and math delimiters to drop
 _SPELLINGS = {"\\times": "*", "\\cdot": "*", "×": "*", "·": "*", "\\div": "/", "÷": "/", "−": "-",
               "$": "", "\\(": "", "\\)": "", "\\[": "", "\\]": ""}
@@ -72,16 +74,8 @@ def combine(rng: random.Random, numbers: list[int]) -> tuple[Fraction, Tree] | N
             (a, ta), (b, tb) = (b, tb), (a, ta)
         if op == "/" and (b == 0 or (a / b).denominator != 1):
             return None
-        items.append((_apply(op, a, b), (op, ta, tb)))
+        items.append((_APPLY[op](a, b), (op, ta, tb)))
     return items[0]
-
-
-def _apply(op: str, a: Fraction, b: Fraction) -> Fraction:
-    if op == "+":
-        return a + b
-    if op == "-":
-        return a - b
-    return a * b if op == "*" else a / b
 
 
 def draw_problem(rng: random.Random, numbers: int, max_number: int, max_target: int) -> dict | None:
@@ -157,7 +151,7 @@ def countdown_trace(numbers: list[int], target: int, solution: str) -> tuple[str
         if isinstance(node, ast.BinOp) and type(node.op) in symbols:
             a, b = walk(node.left), walk(node.right)
             op = symbols[type(node.op)]
-            value = a + b if op == "+" else a - b if op == "-" else a * b if op == "*" else a / b
+            value = _APPLY[op](a, b)
             lines.append(f"{_num(a)} {op} {_num(b)} = {_num(value)}.")
             return value
         raise ValueError(f"not a countdown expression: {solution!r}")
@@ -201,9 +195,7 @@ class CountdownTask(Task):
         self._splits = dict(zip(("train", "test"), split_problems(problems, n_train, n_test)))
 
     def examples(self, split: str) -> list[dict]:
-        if split not in self._splits:
-            raise ValueError(f"unknown split {split!r}; use 'train' or 'test'")
-        return [{**example, "numbers": list(example["numbers"])} for example in self._splits[split]]
+        return [{**example, "numbers": list(example["numbers"])} for example in super().examples(split)]
 
     def verify(self, completion: str, numbers: list[int] | None = None, target: int | None = None,
                **_) -> float | None:

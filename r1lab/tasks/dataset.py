@@ -85,14 +85,6 @@ def _split(examples: list[dict], test_size: int | float, seed: int, source) -> t
                          "set test_size= to a smaller count or a fraction such as 0.1") from None
 
 
-def _load_hub(hf_name: str, hf_config: str | None, split: str | None):
-    try:
-        import datasets
-    except ImportError:
-        raise ImportError(f"hf_name={hf_name!r} needs the datasets library: pip install datasets") from None
-    return datasets.load_dataset(hf_name, hf_config, split=split)
-
-
 @register_task("dataset")
 class DatasetTask(Task):
     """Your own question/answer data; see the module docstring for the formats it reads."""
@@ -133,7 +125,11 @@ class DatasetTask(Task):
 
     @staticmethod
     def _load_hub_splits(hf_name, hf_config, split, fields, test_size, seed) -> tuple[list[dict], list[dict]]:
-        loaded = _load_hub(hf_name, hf_config, split)
+        try:
+            import datasets
+        except ImportError:
+            raise ImportError(f"hf_name={hf_name!r} needs the datasets library: pip install datasets") from None
+        loaded = datasets.load_dataset(hf_name, hf_config, split=split)
 
         def examples(rows, source: str) -> list[dict]:
             return [to_example(row, *fields, f"{source}[{i}]") for i, row in enumerate(rows)]
@@ -145,20 +141,19 @@ class DatasetTask(Task):
                              "pick one, and it is cut into train and test with test_size=")
         return examples(loaded["train"], f"{hf_name}[train]"), examples(loaded["test"], f"{hf_name}[test]")
 
-    def examples(self, split: str) -> list[dict]:
-        if split not in self._splits:
-            raise ValueError(f"unknown split {split!r}; use 'train' or 'test'")
-        return [dict(example) for example in self._splits[split]]
-
     def verify(self, completion: str, answer: str = "", **_) -> float | None:
         """1.0 if the final answer equals the reference, 0.0 if not, None without a reference."""
         return score_answer(completion, answer)
 
 
-def find_gsm8k(start: Path | None = None) -> Path:
+def shared_data(relative: str) -> list[Path]:
+    """Where ``shared/data/<relative>`` may be: next to the current directory, then next to this repository."""
+    return [base / "../shared/data" / relative for base in (Path.cwd(), Path(__file__).resolve().parents[2])]
+
+
+def find_gsm8k() -> Path:
     """The ``shared/data/gsm8k`` folder next to the current directory or next to this repository."""
-    repo_root = Path(__file__).resolve().parents[2]
-    candidates = [(start or Path.cwd()) / "../shared/data/gsm8k", repo_root / "../shared/data/gsm8k"]
+    candidates = shared_data("gsm8k")
     for candidate in candidates:
         if candidate.is_dir():
             return candidate.resolve()

@@ -8,7 +8,7 @@ in train. When the problem space is smaller than ``n_train + n_test`` the two sh
 from __future__ import annotations
 
 import random
-from typing import Callable, Hashable
+from collections.abc import Callable, Hashable
 
 
 def unique_problems(draw: Callable[[random.Random], dict], key: Callable[[dict], Hashable], count: int,

@@ -15,6 +15,7 @@ normalise them first), decimals and powers.
 from __future__ import annotations
 
 import ast
+import operator
 import re
 from fractions import Fraction
 
@@ -23,7 +24,7 @@ MAX_DEPTH = 30
 MAX_LITERAL = 10**6
 
 _ALLOWED_TEXT = re.compile(r"[0-9\s+\-*/()]*")
-_BINARY_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+_BINARY_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
 
 class UnsafeExpression(ValueError):
@@ -85,15 +86,7 @@ def _value(node: ast.expr) -> Fraction:
         return Fraction(node.value)
     if isinstance(node, ast.UnaryOp):
         return -_value(node.operand)
-    left, right = _value(node.left), _value(node.right)
-    op = type(node.op)
-    if op is ast.Add:
-        return left + right
-    if op is ast.Sub:
-        return left - right
-    if op is ast.Mult:
-        return left * right
-    return left / right
+    return _BINARY_OPS[type(node.op)](_value(node.left), _value(node.right))
 
 
 def literals(node: ast.expr) -> list[int]:

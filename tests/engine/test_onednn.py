@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from r1lab.engine.onednn import available
-from r1lab.engine.onednn import onednn_linears
+from r1lab.engine.onednn import available, onednn_linears
 from r1lab.packing import pack_samples, token_logprobs
 
 pytestmark = pytest.mark.skipif(not available(), reason="this torch build has no oneDNN linear")

@@ -2,13 +2,19 @@
 
 import json
 import random
-from pathlib import Path
 
 import pytest
 
 from r1lab.evaluate import benchmarks
-from r1lab.evaluate.benchmarks import (ChoiceBenchmark, choice_letter, default_k, find_shared, load_benchmark,
-                                       read_rows, task_benchmark)
+from r1lab.evaluate.benchmarks import (
+    ChoiceBenchmark,
+    choice_letter,
+    default_k,
+    find_shared,
+    load_benchmark,
+    read_rows,
+    task_benchmark,
+)
 from r1lab.tasks.dataset import reference_answer
 
 GSM8K = find_shared("gsm8k/test.jsonl")

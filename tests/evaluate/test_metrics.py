@@ -5,8 +5,16 @@ import itertools
 import numpy as np
 import pytest
 
-from r1lab.evaluate.metrics import (bootstrap_ci, cons_at_k, estimate, majority_answer, normal_ci, pass_at_k,
-                                    per_problem_pass_at_k, summarize)
+from r1lab.evaluate.metrics import (
+    bootstrap_ci,
+    cons_at_k,
+    estimate,
+    majority_answer,
+    normal_ci,
+    pass_at_k,
+    per_problem_pass_at_k,
+    summarize,
+)
 from r1lab.rewards.math import verify_math
 
 

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from r1lab import rollout
 from r1lab.cli import main
 from r1lab.config import EvalConfig
-from r1lab import rollout
 from r1lab.evaluate import runner
 from r1lab.evaluate.compare import compare_runs
 from r1lab.models import save_checkpoint

@@ -68,3 +68,8 @@ def test_language_is_read_from_the_example_and_unknown_is_an_error():
     with pytest.raises(ValueError, match="supported: .*en.*zh"):
         language_consistency(wrap("add"), language="klingon")
     assert {"en", "zh", "ru", "ja", "ko", "ar", "fr", "de", "es"} <= set(LANGUAGE_SCRIPTS)
+
+
+def test_text_before_the_think_block_is_not_reasoning():
+    assert language_consistency("Sure, 让我想想. <think>add them</think><answer>5</answer>") == 1.0
+    assert language_consistency("Let me think <think> 先相加 then add") == 0.4  # cut off inside the think block

@@ -81,7 +81,7 @@ def test_an_interrupted_run_resumes_with_its_saved_settings_and_refuses_others(t
 def test_a_resumed_library_call_with_other_settings_is_refused(tiny_path, tmp_path):
     run = tmp_path / "run"
     assert main(flags(tiny_path, run)) == 0
-    from r1lab.config import load_config, ZeroConfig
+    from r1lab.config import ZeroConfig, load_config
 
     cfg = load_config(ZeroConfig, flags(tiny_path, run)[1:] + ["--resume", "true", "--seed", "7"])
     with pytest.raises(ValueError, match="seed: 0 there, 7 now"):

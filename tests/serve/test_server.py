@@ -99,10 +99,9 @@ def test_reasoning_comes_apart_from_content_streamed_and_not():
 def test_several_requests_are_batched_together():
     tok = make_tokenizer()
     engine = ScriptedEngine(tok, "x" * 30, delay=0.01)
-    with running(create_app(engine, "s")) as url:
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            codes = list(pool.map(lambda i: httpx.post(url + "/v1/chat/completions", timeout=30, json={
-                "messages": [{"role": "user", "content": f"hi {i}"}]}).status_code, range(8)))
+    with running(create_app(engine, "s")) as url, concurrent.futures.ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda i: httpx.post(url + "/v1/chat/completions", timeout=30, json={
+            "messages": [{"role": "user", "content": f"hi {i}"}]}).status_code, range(8)))
     assert codes == [200] * 8 and len(engine.calls) < 8 and max(engine.calls) > 1
 
 

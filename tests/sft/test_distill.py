@@ -91,16 +91,16 @@ def test_429_and_500_are_retried_and_counted(tmp_path):
 
 def test_a_prompt_that_keeps_failing_stops_the_run_after_max_retries(tmp_path):
     app, seen = flaky_endpoint([503] * 10)
-    with running(app) as url:
-        with pytest.raises(Exception, match="503|try later"):
-            distill.run_distill(cfg_for(url, tmp_path / "run", max_retries=2, concurrency=1,
-                                        task_args={"n_train": 2, "n_test": 2}), progress=False)
+    with running(app) as url, pytest.raises(Exception, match="503|try later"):
+        distill.run_distill(cfg_for(url, tmp_path / "run", max_retries=2, concurrency=1,
+                                    task_args={"n_train": 2, "n_test": 2}), progress=False)
     assert max(seen.values()) == 3  # the first try and two retries
 
 
 def test_a_local_teacher_goes_through_the_engine(tmp_path):
-    from conftest import make_model, make_tokenizer
     from r1lab.models import save_checkpoint
+
+    from conftest import make_model, make_tokenizer
 
     tok = make_tokenizer()
     model = str(save_checkpoint(make_model(tok), tok, tmp_path / "tiny"))
@@ -173,6 +173,5 @@ def test_traces_without_reasoning_are_not_kept_and_a_teacher_without_choices_is_
     def empty():
         return JSONResponse({"id": "x", "object": "chat.completion", "created": 0, "model": "t", "choices": []})
 
-    with running(app) as url:
-        with pytest.raises(ConnectionError, match="no choices"):
-            distill.run_distill(cfg_for(url, tmp_path / "other"), progress=False)
+    with running(app) as url, pytest.raises(ConnectionError, match="no choices"):
+        distill.run_distill(cfg_for(url, tmp_path / "other"), progress=False)

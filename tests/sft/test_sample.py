@@ -2,7 +2,6 @@
 
 import json
 from collections import Counter
-from types import SimpleNamespace
 
 import pytest
 
@@ -111,6 +110,8 @@ def test_replies_without_reasoning_are_not_kept_as_reasoning_samples(tmp_path):
     assert [r["sample"] for _, r in kept] == [1] and counts == {"no_reasoning": 1}
     opened = dict(record(0, 1.0, "Add them: 5.\n</think>\n<answer>5</answer>"), prompt="...<think>\n")
     assert select([[opened]], [{"id": "b"}], SampleConfig(), Counter())  # the template opened the think block
+    prefilled = dict(record(0, 1.0, "<think>\nAdd them: 5.\n</think>\n<answer>5</answer>"), prompt="...<think>\n")
+    assert select([[prefilled]], [{"id": "c"}], SampleConfig(), Counter())  # R1's prefill is already in the reply
 
 
 def test_the_report_names_every_filter_and_the_decontamination_sets(tmp_path):

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from r1lab.config import ColdstartConfig, SftConfig
+from r1lab.models import save_checkpoint
 from r1lab.packing import pack_samples, token_logprobs
 from r1lab.sft.coldstart import write_coldstart
 from r1lab.sft.data import encode, first_fit, load_sft_data, to_messages
 from r1lab.sft.trainer import train_sft
-from r1lab.models import save_checkpoint
 from r1lab.tasks import get_task
 from r1lab.tasks.arithmetic import arithmetic_trace
 
