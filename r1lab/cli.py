@@ -1,10 +1,15 @@
-"""The ``r1lab`` command: one entry point, one subcommand per stage of the recipe."""
+"""The ``r1lab`` command: one entry point, one subcommand per stage of the recipe.
+
+Each command imports its stage when it runs, so ``r1lab --help`` and a settings error answer at once, without
+loading torch."""
 
 from __future__ import annotations
 
 import os
 import signal
 import sys
+
+from r1lab import config
 
 USAGE = """usage: r1lab COMMAND [options]
 
@@ -55,14 +60,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def zero(argv: list[str]) -> int:
-    from r1lab.config import ZeroConfig, make_config, parse_values
     from r1lab.rl.grpo import train
     from r1lab.runs import values_for_resume
 
-    values = parse_values(ZeroConfig, argv, prog="r1lab zero")
+    values = config.parse_values(config.ZeroConfig, argv, prog="r1lab zero")
     if values.get("resume"):  # continue with the run's own settings; refuse flags that change them
-        values = values_for_resume(ZeroConfig, values)
-    cfg = make_config(ZeroConfig, values)
+        values = values_for_resume(config.ZeroConfig, values)
+    cfg = config.make_config(config.ZeroConfig, values)
     summary = train(cfg)
     before, after = summary["eval_before"], summary["eval_after"]
     print(f"held-out accuracy {_format(before['accuracy'], '.1%')} -> {_format(after['accuracy'], '.1%')}; mean reward "
@@ -89,10 +93,9 @@ def evaluate(argv: list[str]) -> int:
             raise ValueError("usage: r1lab eval --compare RUN_A RUN_B (two run folders, nothing else)")
         print(format_comparison(compare_runs(*runs), *runs))
         return 0
-    from r1lab.config import EvalConfig, load_config
     from r1lab.evaluate.runner import run_eval
 
-    cfg = load_config(EvalConfig, argv, prog="r1lab eval", epilog=COMPARE_HELP)
+    cfg = config.load_config(config.EvalConfig, argv, prog="r1lab eval", epilog=COMPARE_HELP)
     summary = run_eval(cfg)
     for name, result in summary["benchmarks"].items():
         pass1 = result["metrics"]["pass@1"]
@@ -103,10 +106,9 @@ def evaluate(argv: list[str]) -> int:
 
 
 def coldstart(argv: list[str]) -> int:
-    from r1lab.config import ColdstartConfig, load_config
     from r1lab.sft.coldstart import write_coldstart
 
-    cfg = load_config(ColdstartConfig, argv, prog="r1lab coldstart")
+    cfg = config.load_config(config.ColdstartConfig, argv, prog="r1lab coldstart")
     result = write_coldstart(cfg)
     if not result["written"]:
         print(f"r1lab coldstart: no sample passed ({result['rejected']} failed verification or the filters), so "
@@ -119,10 +121,9 @@ def coldstart(argv: list[str]) -> int:
 
 
 def sample(argv: list[str]) -> int:
-    from r1lab.config import SampleConfig, load_config
     from r1lab.sft.sample import run_sample
 
-    cfg = load_config(SampleConfig, argv, prog="r1lab sample")
+    cfg = config.load_config(config.SampleConfig, argv, prog="r1lab sample")
     s = run_sample(cfg)
     print(f"kept {s['kept_reasoning']} reasoning samples ({s['correct']} of {s['samples']} were correct) and "
           f"{s['non_reasoning']} non-reasoning ones: {s['path']}; report: {cfg.out}/report.md")
@@ -130,10 +131,9 @@ def sample(argv: list[str]) -> int:
 
 
 def distill(argv: list[str]) -> int:
-    from r1lab.config import DistillConfig, load_config
     from r1lab.sft.distill import run_distill
 
-    cfg = load_config(DistillConfig, argv, prog="r1lab distill")
+    cfg = config.load_config(config.DistillConfig, argv, prog="r1lab distill")
     s = run_distill(cfg)
     print(f"{s['traces']} traces ({s['retries']} retries, {s['prompt_tokens']} + {s['completion_tokens']} tokens), "
           f"{s['kept']} kept: {s['path']}" + (f"; student: {s['student']['checkpoint']}" if "student" in s else ""))
@@ -144,10 +144,9 @@ def distill(argv: list[str]) -> int:
 
 
 def sft(argv: list[str]) -> int:
-    from r1lab.config import SftConfig, load_config
     from r1lab.sft.trainer import train_sft
 
-    cfg = load_config(SftConfig, argv, prog="r1lab sft")
+    cfg = config.load_config(config.SftConfig, argv, prog="r1lab sft")
     summary = train_sft(cfg)
     before, after = summary["eval_loss_before"], summary["eval_loss_after"]
     held_out = f"held-out loss {before:.3f} -> {after:.3f}" if before is not None else "no held-out set"
@@ -161,9 +160,7 @@ def _model_first(argv: list[str]) -> list[str]:
 
 
 def serve(argv: list[str]) -> int:
-    from r1lab.config import ServeConfig, load_config
-
-    cfg = load_config(ServeConfig, _model_first(argv), prog="r1lab serve")  # checks the template, among others
+    cfg = config.load_config(config.ServeConfig, _model_first(argv), prog="r1lab serve")
     import uvicorn
 
     from r1lab.rollout import open_engine
@@ -179,11 +176,10 @@ def serve(argv: list[str]) -> int:
 
 
 def chat(argv: list[str]) -> int:
-    from r1lab.config import ChatConfig, load_config
     from r1lab.rollout import open_engine
     from r1lab.serve.terminal import chat_loop
 
-    cfg = load_config(ChatConfig, _model_first(argv), prog="r1lab chat")
+    cfg = config.load_config(config.ChatConfig, _model_first(argv), prog="r1lab chat")
     chat_loop(open_engine(cfg.model, cfg.threads), cfg)
     return 0
 

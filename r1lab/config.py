@@ -323,6 +323,10 @@ class ChatConfig:
                 _at_least(self, 1, "max_tokens"))
 
 
+#: the commands that write a run folder (``--out``) with a ``config.yaml`` in it
+RUN_CONFIGS = (ZeroConfig, EvalConfig, SftConfig, ColdstartConfig, SampleConfig, DistillConfig)
+
+
 def _refuse(*problems: list[str]) -> None:
     """Raise one ValueError for all the problems found (one line for one, a list for several)."""
     found = [p for group in problems for p in group]

@@ -14,21 +14,10 @@ from pathlib import Path
 
 import yaml
 
-from r1lab.config import (
-    ColdstartConfig,
-    DistillConfig,
-    EvalConfig,
-    SampleConfig,
-    SftConfig,
-    ZeroConfig,
-    command_of,
-    make_config,
-)
+from r1lab.config import RUN_CONFIGS, command_of, make_config
 
 #: what a resumed run may change; every other setting must be the one the run was started with
 RESUME_MAY_CHANGE = ("resume", "threads", "out")  # out: the same folder, named another way (or moved)
-#: the commands that write a run folder (``--out``) with a ``config.yaml`` in it
-RUN_CONFIGS = (ZeroConfig, EvalConfig, SftConfig, ColdstartConfig, SampleConfig, DistillConfig)
 
 
 def values_for_resume(cls, values: dict, out_default: str | None = None) -> dict:

@@ -117,18 +117,11 @@ def summarize(cfg: ZeroConfig, history: list[dict], state: dict, final: Path) ->
     k = max(1, min(5, len(history) // 3))
     first, last = history[:k], history[-k:]
     mean = lambda rows, key: sum(r[key] for r in rows) / len(rows) if rows else math.nan  # noqa: E731
-    return {
-        "config": dataclasses.asdict(cfg),
-        "steps": len(history),
-        "eval_before": state["eval_before"],
-        "eval_after": state["eval_after"],
-        "reward_first_steps": mean(first, "reward"),
-        "reward_last_steps": mean(last, "reward"),
-        "steps_averaged": k,
-        "seconds_total": sum(r["seconds"] for r in history),
-        "seconds_per_step": mean(history, "seconds"),
-        "checkpoint": str(final),
-    }
+    return {"config": dataclasses.asdict(cfg), "steps": len(history), "eval_before": state["eval_before"],
+            "eval_after": state["eval_after"], "reward_first_steps": mean(first, "reward"),
+            "reward_last_steps": mean(last, "reward"), "steps_averaged": k,
+            "seconds_total": sum(r["seconds"] for r in history), "seconds_per_step": mean(history, "seconds"),
+            "checkpoint": str(final)}
 
 
 def write_report(run: Path, history: list[dict], summary: dict) -> Path:
@@ -152,14 +145,11 @@ def write_report(run: Path, history: list[dict], summary: dict) -> Path:
     lengths = col("mean_length")
     k = summary["steps_averaged"]
     lines = [
-        f"# r1lab zero: {summary['config']['model']} on {summary['config']['task']}",
-        "",
+        f"# r1lab zero: {summary['config']['model']} on {summary['config']['task']}", "",
         f"- steps: {summary['steps']}, {summary['config']['prompts_per_step']} prompts x "
         f"{summary['config']['group_size']} samples, max {summary['config']['max_new_tokens']} new tokens",
         f"- time: {summary['seconds_total'] / 60:.1f} min of training, {summary['seconds_per_step']:.1f} s per step",
-        "",
-        "| | before | after |",
-        "|---|---|---|",
+        "", "| | before | after |", "|---|---|---|",
         f"| held-out accuracy (greedy, n={after['n']}) | {before['accuracy']:.1%} | {after['accuracy']:.1%} |",
         f"| held-out format rate | {before['format_rate']:.1%} | {after['format_rate']:.1%} |",
         f"| mean training reward (first / last {summary['steps_averaged']} steps) | "
@@ -168,11 +158,7 @@ def write_report(run: Path, history: list[dict], summary: dict) -> Path:
         f"{_mean(lengths[-k:]):.1f} |",
         f"| reflection-word rate (first / last {k} steps) | {_mean(col('reflection_rate')[:k]):.1%} | "
         f"{_mean(col('reflection_rate')[-k:]):.1%} |",
-        "",
-        "![reward](plots/reward.png)",
-        "![length](plots/length.png)",
-        "![reflection](plots/reflection.png)",
-        "",
+        "", "![reward](plots/reward.png)", "![length](plots/length.png)", "![reflection](plots/reflection.png)", "",
         f"Checkpoint: `{summary['checkpoint']}` (load it with `AutoModelForCausalLM.from_pretrained`).",
         "Per-step metrics: `metrics.jsonl`; every sampled response: `samples.jsonl`; config: `config.yaml`.",
     ]
