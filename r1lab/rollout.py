@@ -131,13 +131,10 @@ def batch_settings(model: str, template: str, prefill: str | None, params: Sampl
 def sample_in_batches(engine, task, examples: list[dict], params: SamplingParams, template: str,
                       prefill: str | None, seed: int, folder: Path, settings: dict,
                       progress: bool = True) -> tuple[list[list[dict]], float]:
-    """Sample and judge every problem in batches of ``settings["problems_per_batch"]``, reusing the complete
-    batches already in ``folder/samples.jsonl``; returns the records of each problem and the seconds spent.
-
-    Batch ``b`` always holds the same problems and samples with its own seed, so a rerun after an interruption
-    ends with the samples an uninterrupted run would have made. ``folder/settings.json`` records ``settings``;
-    samples made with other settings are refused, never mixed.
-    """
+    """Sample and judge every problem in batches of ``settings["problems_per_batch"]``, reusing the complete batches
+    in ``folder/samples.jsonl``; returns each problem's records and the seconds spent. Batch ``b`` always holds the
+    same problems and its own seed, so a rerun after an interruption ends with the samples an uninterrupted run
+    makes. ``folder/settings.json`` records ``settings``; samples made with other settings are refused."""
     folder.mkdir(parents=True, exist_ok=True)
     check_settings_file(folder / "settings.json", settings)
     samples_path = folder / "samples.jsonl"

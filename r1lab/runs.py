@@ -1,11 +1,6 @@
-"""Run folders: which command owns a folder, and the settings a resumed run must keep.
-
-Every command that writes a run folder saves its settings there first (:func:`r1lab.config.save_config`, a
-``config.yaml`` headed ``# r1lab COMMAND``). From that file, :func:`check_run_folder` refuses an ``--out`` that
-holds another command's run, :func:`check_same_config` refuses to continue a run with other settings, and
-:func:`values_for_resume` fills in a resumed run's own settings. A setting added to a config class after a run
-was saved counts as its default, so older runs stay resumable.
-"""
+"""Run folders: which command owns one (its ``config.yaml``, headed ``# r1lab COMMAND``), and the settings a
+resumed run must keep. A setting added to a config class after a run was saved counts as its default, so older
+runs stay resumable."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
-"""The folder a GRPO run lives in: starting or reopening it, its checkpoints and resume point, its summary and
-report.
-
-A run folder holds ``config.yaml`` (written first), ``metrics.jsonl`` and ``samples.jsonl`` (one synced line per
-step), ``checkpoints/step-N/`` (the last ``keep_checkpoints``, each with the optimizer and scheduler state),
-``final/``, ``report.md`` with ``plots/``, and ``summary.json``, written last: its presence means finished.
-"""
+"""The folder a GRPO run lives in: ``config.yaml`` (written first), ``metrics.jsonl`` and ``samples.jsonl`` (one
+synced line per step), ``checkpoints/step-N/`` (the last ``keep_checkpoints``, with the optimizer state),
+``final/``, ``report.md`` with ``plots/``, and ``summary.json``, written last: its presence means finished."""
 
 from __future__ import annotations
 
