@@ -40,9 +40,8 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str, floor: float = 
 
 
 def clip_and_step(model, optimizer, max_grad_norm: float) -> float:
-    """Clip the gradient of the trainable parameters to ``max_grad_norm``, take the optimizer step, clear the
-    gradients; returns the norm before clipping."""
+    """Clip the gradient of the trainable parameters to ``max_grad_norm`` and take the optimizer step; returns the
+    norm before clipping. The caller clears the gradients (``optimizer.zero_grad``) where its loop needs it."""
     norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
     optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
     return float(norm)

@@ -186,6 +186,7 @@ def update_policy(model, reference, optimizer, groups: list[Group], cfg: ZeroCon
     totals = {"loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "grad_norm": 0.0}
     model.train()
     for _ in range(cfg.updates_per_batch):
+        optimizer.zero_grad(set_to_none=True)
         loss_sum = 0.0
         for pk, idx in zip(packs, index):
             logprobs = token_logprobs(model, pk, cfg.temperature)

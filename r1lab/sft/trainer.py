@@ -127,6 +127,7 @@ def sft_step(model, optimizer, rows, pad_id: int, max_grad_norm: float) -> tuple
         loss.backward()
         total += loss.item()
     clip_and_step(model, optimizer, max_grad_norm)
+    optimizer.zero_grad(set_to_none=True)
     return total, n_tokens
 
 
