@@ -224,7 +224,9 @@ def final_answer_span(completion: str) -> str:
     thinking, else the text after the last ``</think>``, else the whole response.
 
     Text inside the thinking never counts, and a response whose thinking is still open (cut off at
-    the length limit) has no final answer at all.
+    the length limit) has no final answer at all. It reads after the *last* ``</think>``, where
+    :func:`split_reasoning` (what a reader is shown) splits at the first: a verifier trusts nothing before the end
+    of all thinking.
 
     >>> final_answer_span("<think>maybe 3</think> so <answer> 4 </answer>")
     ' 4 '

@@ -27,9 +27,6 @@ from r1lab.tasks.base import question_text
 
 #: batch ``b`` of a seeded run samples with seed ``seed * BATCH_SEED_STRIDE + b``
 BATCH_SEED_STRIDE = 1_000_003
-#: what a batch file's settings must match for its samples to be reused
-SETTINGS_KEYS = ("model", "template", "prefill", "k", "temperature", "top_p", "top_k", "max_new_tokens",
-                 "seed", "problems_per_batch", "source")
 
 
 @dataclass
@@ -121,8 +118,8 @@ def sample_problems(engine, task, examples: list[dict], params: SamplingParams, 
 
 def batch_settings(model: str, template: str, prefill: str | None, params: SamplingParams, seed: int,
                    problems_per_batch: int, source: str) -> dict:
-    """What the samples of :func:`sample_in_batches` depend on (:data:`SETTINGS_KEYS`); ``problems_per_batch``
-    0 means ``64 // k``."""
+    """What the samples of :func:`sample_in_batches` depend on: reused only when every one of these is the same;
+    ``problems_per_batch`` 0 means ``64 // k``."""
     return {"model": model, "template": template, "prefill": prefill, "k": params.n, "temperature": params.temperature,
             "top_p": params.top_p, "top_k": params.top_k, "max_new_tokens": params.max_new_tokens, "seed": seed,
             "problems_per_batch": problems_per_batch or max(1, 64 // params.n), "source": source}
@@ -214,5 +211,5 @@ def check_settings_file(path: Path, settings: dict) -> None:
     if not path.is_file():
         write_json(path, settings)
         return
-    refuse_changed(path.parent, json.loads(path.read_text()), settings, SETTINGS_KEYS,
+    refuse_changed(path.parent, json.loads(path.read_text()), settings, list(settings),
                    "Use another --out, or the same settings to resume", what="samples made")

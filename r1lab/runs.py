@@ -74,7 +74,7 @@ def read_saved_config(path: Path) -> dict:
     return saved
 
 
-def check_run_folder(out: str | Path, cls, resume: bool = False) -> None:
+def check_run_folder(out: str | Path, cls) -> None:
     """Refuse an ``--out`` that is not a folder, or that holds another command's run (each command's
     ``config.yaml`` says which command wrote it), so no command writes over what another wrote."""
     out = Path(out)

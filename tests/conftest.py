@@ -42,3 +42,17 @@ def tokenizer():
 @pytest.fixture
 def tiny(tokenizer):
     return make_model(tokenizer), tokenizer
+
+
+def tiny_sft_run(folder) -> tuple[str, str]:
+    """A tiny saved model and 40 "What is i+1?" SFT rows in ``folder``: ``(model path, data path)``."""
+    import json
+
+    from r1lab.models import save_checkpoint
+
+    tok = make_tokenizer()
+    model_path = save_checkpoint(make_model(tok), tok, folder / "tiny")
+    data = folder / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"What is {i}+1?", "response": f"<answer>{i + 1}</answer>"}) + "\n"
+                            for i in range(40)))
+    return str(model_path), str(data)

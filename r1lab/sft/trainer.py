@@ -70,7 +70,7 @@ def train_sft(cfg: SftConfig, progress: bool = True) -> dict:
     history = []
     first_eval = eval_loss(model, held_out, tokenizer.pad_token_id, cfg.row_tokens)
     log(f"SFT: {len(train)} samples ({too_long} over max_length skipped), {total} steps; " +
-         (f"{n_eval} held out, eval loss before {first_eval:.3f}" if held_out else "no held-out set"))
+        (f"{n_eval} held out, eval loss before {first_eval:.3f}" if held_out else "no held-out set"))
     model.train()
     bar = progress_bar(total=total, desc="SFT", disable=not progress)
     for step, (epoch, rows, last_of_epoch) in enumerate(schedule, start=1):

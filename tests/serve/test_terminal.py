@@ -20,25 +20,6 @@ def test_reply_dims_the_reasoning_and_returns_both_parts():
     assert shown.replace(DIM, "").replace(RESET, "") == "hmm, 4.\n\n\nIt is 4.\n"
 
 
-def test_chat_loop_keeps_the_conversation_without_old_reasoning(capsys):
-    engine = ScriptedEngine(thinking_tokenizer(), "think\n</think>\nfine")
-    seen = []
-    real = engine.generate
-
-    def spy(prompts, params, on_token=None):
-        seen.append(engine.tokenizer.decode(prompts[0]))
-        return real(prompts, params, on_token)
-
-    engine.generate = spy
-    lines = iter(["hello", "", "again", "/quit"])  # an empty line is not the end
-    cfg = SimpleNamespace(model="scripted", template="native", temperature=0.6, top_p=0.95, max_tokens=64,
-                          system="Be kind.")
-    chat_loop(engine, cfg, read=lambda prompt: next(lines))
-    assert len(seen) == 2
-    assert "Be kind." in seen[0] and "Be kind." in seen[1]  # the system prompt folded into the first user turn
-    assert "[assistant]fine" in seen[1] and "think" not in seen[1].split("[assistant]")[1]
-
-
 def engine_and_prompts(script="think\n</think>\nfine", **kw):
     """A scripted engine that also keeps each prompt it was asked, decoded."""
     engine = ScriptedEngine(thinking_tokenizer(), script, **kw)
@@ -51,6 +32,17 @@ def engine_and_prompts(script="think\n</think>\nfine", **kw):
 
     engine.generate = generate
     return engine, prompts
+
+
+def test_chat_loop_keeps_the_conversation_without_old_reasoning(capsys):
+    engine, seen = engine_and_prompts()
+    lines = iter(["hello", "", "again", "/quit"])  # an empty line is not the end
+    cfg = SimpleNamespace(model="scripted", template="native", temperature=0.6, top_p=0.95, max_tokens=64,
+                          system="Be kind.")
+    chat_loop(engine, cfg, read=lambda prompt: next(lines))
+    assert len(seen) == 2
+    assert "Be kind." in seen[0] and "Be kind." in seen[1]  # the system prompt folded into the first user turn
+    assert "[assistant]fine" in seen[1] and "think" not in seen[1].split("[assistant]")[1]
 
 
 CFG = SimpleNamespace(model="scripted", template="native", temperature=0.6, top_p=0.95, max_tokens=64, system=None)

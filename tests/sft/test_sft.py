@@ -14,7 +14,7 @@ from r1lab.sft.trainer import train_sft
 from r1lab.tasks import get_task
 from r1lab.tasks.arithmetic import arithmetic_trace
 
-from conftest import make_model, make_tokenizer
+from conftest import make_model, make_tokenizer, tiny_sft_run
 
 
 def test_loss_is_on_the_assistant_reply_only(tokenizer):
@@ -75,12 +75,8 @@ def test_bad_rows_name_the_line(tmp_path):
 
 
 def test_sft_end_to_end_lowers_the_held_out_loss(tmp_path):
-    tok = make_tokenizer()
-    model_path = save_checkpoint(make_model(tok), tok, tmp_path / "tiny")
-    data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"What is {i}+1?", "response": f"<answer>{i + 1}</answer>"}) + "\n"
-                            for i in range(40)))
-    cfg = SftConfig(model=str(model_path), data=str(data), template="native", epochs=3, lr=3e-3, warmup_steps=0,
+    model_path, data = tiny_sft_run(tmp_path)
+    cfg = SftConfig(model=model_path, data=data, template="native", epochs=3, lr=3e-3, warmup_steps=0,
                     tokens_per_step=300, row_tokens=120, eval_size=6, out=str(tmp_path / "run"), threads=1)
     summary = train_sft(cfg, progress=False)
     assert summary["eval_loss_after"] < summary["eval_loss_before"] * 0.8

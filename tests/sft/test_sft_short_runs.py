@@ -5,10 +5,9 @@ import json
 import pytest
 
 from r1lab.config import SftConfig
-from r1lab.models import save_checkpoint
 from r1lab.sft.trainer import train_sft
 
-from conftest import make_model, make_tokenizer
+from conftest import tiny_sft_run
 
 
 def strict_json(text: str):
@@ -20,12 +19,8 @@ def strict_json(text: str):
 
 @pytest.fixture
 def setup(tmp_path):
-    tok = make_tokenizer()
-    model_path = save_checkpoint(make_model(tok), tok, tmp_path / "tiny")
-    data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"What is {i}+1?", "response": f"<answer>{i + 1}</answer>"}) + "\n"
-                            for i in range(40)))
-    return lambda **kw: SftConfig(**{"model": str(model_path), "data": str(data), "template": "native",
+    model_path, data = tiny_sft_run(tmp_path)
+    return lambda **kw: SftConfig(**{"model": model_path, "data": data, "template": "native",
                                      "warmup_steps": 0, "tokens_per_step": 200, "row_tokens": 120,
                                      "out": str(tmp_path / "run"), "threads": 1, **kw})
 
