@@ -6,6 +6,7 @@ from collections import Counter
 import pytest
 
 from r1lab.config import SampleConfig
+from r1lab.evaluate.benchmarks import find_shared
 from r1lab.models import save_checkpoint
 from r1lab.sft import filters
 from r1lab.sft.sample import run_sample, select
@@ -114,6 +115,7 @@ def test_replies_without_reasoning_are_not_kept_as_reasoning_samples(tmp_path):
     assert select([[prefilled]], [{"id": "c"}], SampleConfig(), Counter())  # R1's prefill is already in the reply
 
 
+@pytest.mark.skipif(find_shared("gsm8k/test.jsonl") is None, reason="../shared/data/gsm8k is not beside this checkout")
 def test_the_report_names_every_filter_and_the_decontamination_sets(tmp_path):
     tok = make_tokenizer()
     model = str(save_checkpoint(make_model(tok), tok, tmp_path / "tiny"))
