@@ -105,14 +105,11 @@ def sample_problems(engine, task, examples: list[dict], params: SamplingParams, 
     out = []
     for group in generate_groups(engine, examples, template, prefill, params, task):
         prompt = engine.tokenizer.decode(group.prompt_ids)  # exactly what the model was given
-        records = []
-        for j, (completion, response) in enumerate(zip(group.completions, group.responses)):
-            records.append({"id": str(group.example.get("id", "")), "sample": j,
-                            "prompt": prompt, "completion": response,
-                            "answer": extract(response), "reference": group.example.get("answer"),
-                            "correct": task.verify(response, **group.example), "tokens": len(completion.token_ids),
-                            "finish_reason": completion.finish_reason})
-        out.append(records)
+        out.append([{"id": str(group.example.get("id", "")), "sample": j, "prompt": prompt, "completion": response,
+                     "answer": extract(response), "reference": group.example.get("answer"),
+                     "correct": task.verify(response, **group.example), "tokens": len(completion.token_ids),
+                     "finish_reason": completion.finish_reason}
+                    for j, (completion, response) in enumerate(zip(group.completions, group.responses))])
     return out
 
 

@@ -61,14 +61,22 @@ def resume_point(run: Path, cfg: ZeroConfig) -> tuple[int, Path | None]:
     """The step to start from and the checkpoint to load (None: start from the model named in ``cfg``)."""
     if not cfg.resume:
         return 0, None
-    checkpoints = sorted((p for p in (run / "checkpoints").glob("step-*") if is_complete_checkpoint(p)),
-                         key=lambda p: int(p.name.split("-")[1]))
+    checkpoints = [p for p in _checkpoints(run) if is_complete_checkpoint(p)]
     if not checkpoints:
         say(f"r1lab: --resume: no complete checkpoint in {run / 'checkpoints'} yet; starting from step 0")
         return 0, None
     last = checkpoints[-1]
     say(f"r1lab: resuming from {last}")
-    return int(last.name.split("-")[1]), last
+    return _step_of(last), last
+
+
+def _checkpoints(run: Path) -> list[Path]:
+    """``checkpoints/step-N`` folders, oldest first."""
+    return sorted((run / "checkpoints").glob("step-*"), key=_step_of)
+
+
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.split("-")[1])
 
 
 def read_metrics(run: Path) -> list[dict]:
@@ -102,8 +110,7 @@ def save(run: Path, model, tokenizer, optimizer, scheduler, state, step: int, cf
                                                     "prefill": cfg.prefill},
                     write_extra=None if final else extra)
     if not final:
-        checkpoints = sorted((run / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-        for old in checkpoints[:-cfg.keep_checkpoints]:
+        for old in _checkpoints(run)[:-cfg.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
     return folder
 
@@ -112,12 +119,11 @@ def summarize(cfg: ZeroConfig, history: list[dict], state: dict, final: Path) ->
     """What ``summary.json`` holds: the settings, held-out accuracy before and after, reward at the start and end."""
     k = max(1, min(5, len(history) // 3))
     first, last = history[:k], history[-k:]
-    mean = lambda rows, key: sum(r[key] for r in rows) / len(rows) if rows else math.nan  # noqa: E731
     return {"config": dataclasses.asdict(cfg), "steps": len(history), "eval_before": state["eval_before"],
-            "eval_after": state["eval_after"], "reward_first_steps": mean(first, "reward"),
-            "reward_last_steps": mean(last, "reward"), "steps_averaged": k,
-            "seconds_total": sum(r["seconds"] for r in history), "seconds_per_step": mean(history, "seconds"),
-            "checkpoint": str(final)}
+            "eval_after": state["eval_after"], "reward_first_steps": _mean([r["reward"] for r in first]),
+            "reward_last_steps": _mean([r["reward"] for r in last]), "steps_averaged": k,
+            "seconds_total": sum(r["seconds"] for r in history),
+            "seconds_per_step": _mean([r["seconds"] for r in history]), "checkpoint": str(final)}
 
 
 def write_report(run: Path, history: list[dict], summary: dict) -> Path:

@@ -1,9 +1,9 @@
 """Finding the final answer in a response, shared by every task so they all read answers the same way.
 
-The final answer lives in the *final span* of a response (:func:`r1lab.chat.final_answer_span`, also importable
-from here): the last ``<answer>…</answer>`` block after the thinking, else the text after the last ``</think>``,
-else the whole response. Inside that span the answer is the last ``\\boxed{…}``, else (inside an answer block)
-the whole block when it is a bare formula, else the last number (:func:`extract_answer`).
+The final answer lives in the *final span* of a response (:func:`r1lab.chat.final_answer_span`): the last
+``<answer>…</answer>`` block after the thinking, else the text after the last ``</think>``, else the whole
+response. Inside that span the answer is the last ``\\boxed{…}``, else (inside an answer block) the whole block
+when it is a bare formula, else the last number (:func:`extract_answer`).
 
 Left out: answers split over several boxes (``\\boxed{1}, \\boxed{2}``: only the last counts),
 ``\\boxed 5`` without braces, and numbers written as words ("seven").
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from r1lab.chat import final_answer_span, final_span  # noqa: F401  (final_answer_span: re-exported)
+from r1lab.chat import final_span
 from r1lab.rewards.math import verify_math
 
 _BOX_OPENERS = ("\\boxed{", "\\fbox{")

@@ -2,7 +2,8 @@
 
 import pytest
 
-from r1lab.tasks.answers import extract_answer, extract_boxed, final_answer_span, last_number, score_answer
+from r1lab.chat import final_answer_span
+from r1lab.tasks.answers import extract_answer, extract_boxed, last_number, score_answer
 
 
 @pytest.mark.parametrize("completion, span", [
