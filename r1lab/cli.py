@@ -166,7 +166,7 @@ def serve(argv: list[str]) -> int:
     from r1lab.rollout import open_engine
     from r1lab.serve.app import create_app
 
-    app = create_app(open_engine(cfg.model, cfg.threads), cfg.model, cfg.template,
+    app = create_app(open_engine(cfg.model, cfg.threads, device=cfg.device, dtype=cfg.dtype), cfg.model, cfg.template,
                      api_key=cfg.api_key or os.environ.get("R1LAB_API_KEY"), max_pending=cfg.max_pending,
                      max_batch_rows=cfg.max_batch_rows, max_n=cfg.max_n, default_max_tokens=cfg.max_tokens)
     print(f"r1lab serve: {cfg.model} at http://{cfg.host}:{cfg.port}/ (chat page) and "
@@ -180,7 +180,7 @@ def chat(argv: list[str]) -> int:
     from r1lab.serve.terminal import chat_loop
 
     cfg = config.load_config(config.ChatConfig, _model_first(argv), prog="r1lab chat")
-    chat_loop(open_engine(cfg.model, cfg.threads), cfg)
+    chat_loop(open_engine(cfg.model, cfg.threads, device=cfg.device, dtype=cfg.dtype), cfg)
     return 0
 
 

@@ -32,7 +32,8 @@ ADVANTAGES = ("grpo", "drgrpo", "batch_std")  # r1lab.rl.advantages.ADVANTAGES
 LOSS_AGGREGATIONS = ("token", "sequence")  # r1lab.rl.losses.LOSS_AGGREGATIONS
 LR_SCHEDULES = ("cosine", "linear", "constant")  # r1lab.optim.LR_SCHEDULES
 INTERVALS = ("bootstrap", "normal")  # r1lab.evaluate.metrics.CI_METHODS
-COLDSTART_SOURCES = ("traces", "model", "jsonl")  # r1lab.sft.coldstart: _from_traces, _from_model, _from_jsonl
+COLDSTART_SOURCES = ("traces", "model", "jsonl")
+DTYPES = ("auto", "fp32", "bf16", "fp16")  # r1lab.models.DTYPES, and auto  # r1lab.sft.coldstart: _from_traces, _from_model, _from_jsonl
 
 
 @dataclass
@@ -86,6 +87,10 @@ class ZeroConfig:
     resume: bool = False  # continue the run in --out from its last checkpoint, with its saved settings
     seed: int = 0
     threads: int = 0  # 0 = all cores
+    device: str = "auto"
+    dtype: str = "auto"
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, one more forward pass of time
+    tis_cap: float = 2.0  # truncated importance sampling: weight tokens by min(pi_old / pi_sampler, cap); 0 = off
 
     def validate(self) -> None:
         """Refuse settings that cannot work, before any model is loaded; each problem names its field."""
@@ -105,7 +110,7 @@ class ZeroConfig:
                       f"eval_temperature={self.eval_temperature!r}: sampled evaluation needs a value > 0 (0.6)"),
                 _need(not sampled_eval or 0 < self.eval_top_p <= 1,
                       f"eval_top_p={self.eval_top_p!r}: use a value in (0, 1] (0.95)"),
-                _at_least(self, 0, "beta", "clip_low", "clip_high"),
+                _at_least(self, 0, "beta", "clip_low", "clip_high", "tis_cap"), _device(self),
                 _need(self.lr > 0, f"lr={self.lr!r}: use a value > 0 (e.g. 2e-5)"))
 
 
@@ -131,6 +136,8 @@ class EvalConfig:
     seed: int = 0
     out: str = "runs/eval"
     threads: int = 0  # 0 = all cores
+    device: str = "auto"
+    dtype: str = "auto"
 
     def validate(self) -> None:
         strays = sorted(set(self.data) - set(self.benchmarks))
@@ -140,7 +147,7 @@ class EvalConfig:
                 _need(self.greedy or self.temperature > 0, f"temperature={self.temperature!r}: sampling needs a "
                                                            "value > 0 (0.6); use --greedy true for greedy decoding"),
                 _need(0 < self.top_p <= 1, f"top_p={self.top_p!r}: use a value in (0, 1] (0.95)"),
-                _one_of(self, "interval", INTERVALS),
+                _one_of(self, "interval", INTERVALS), _device(self),
                 _need(not strays, f"data names {strays}, which are not among benchmarks {self.benchmarks}; add "
                                   "them to --benchmarks or drop them from --data"))
 
@@ -171,6 +178,9 @@ class SftConfig:
     out: str = "runs/sft"
     seed: int = 0
     threads: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, one more forward pass of time
 
     def validate(self) -> None:
         _refuse(_need(bool(self.data), "give the training data: --data FILE.jsonl (make a cold-start set with r1lab "
@@ -178,7 +188,7 @@ class SftConfig:
                 _one_of(self, "template", TEMPLATES), _one_of(self, "lr_schedule", LR_SCHEDULES),
                 _at_least(self, 1, "epochs", "tokens_per_step", "row_tokens", "max_length"),
                 _at_least(self, 0, "max_steps", "limit", "eval_every", meaning=" (0 = off)"),
-                _need(self.lr > 0, f"lr={self.lr!r}: use a value > 0 (e.g. 5e-5)"),
+                _need(self.lr > 0, f"lr={self.lr!r}: use a value > 0 (e.g. 5e-5)"), _device(self),
                 _at_least(self, 0, "eval_size", meaning=" (a share below 1, a count, or 0 for no held-out set)"))
 
 
@@ -201,11 +211,13 @@ class ColdstartConfig:
     language: str = "en"
     out: str = "runs/coldstart.jsonl"
     seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
 
     def validate(self) -> None:
         _refuse(_one_of(self, "source", COLDSTART_SOURCES), _sampling(self, "temperature"),
                 _at_least(self, 1, "n", "max_new_tokens"), _at_least(self, 0, "examples", "shots"),
-                _need(self.source != "jsonl" or bool(self.data), "source=jsonl needs --data FILE.jsonl"))
+                _need(self.source != "jsonl" or bool(self.data), "source=jsonl needs --data FILE.jsonl"), _device(self))
 
 
 @dataclass
@@ -239,10 +251,12 @@ class SampleConfig:
     out: str = "runs/sample"
     seed: int = 0
     threads: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
 
     def validate(self) -> None:
         _refuse(_one_of(self, "template", TEMPLATES), _at_least(self, 1, "n", "keep", "max_new_tokens"),
-                _sampling(self, "temperature", "top_p"),
+                _sampling(self, "temperature", "top_p"), _device(self),
                 _need(0 <= self.non_reasoning_share < 1,
                       f"non_reasoning_share={self.non_reasoning_share!r}: use a share in [0, 1) (R1: 0.25)"),
                 _need(not self.non_reasoning_share or bool(self.non_reasoning),
@@ -274,12 +288,14 @@ class DistillConfig:
     out: str = "runs/distill"
     seed: int = 0
     threads: int = 0
+    device: str = "auto"  # where a local teacher and the student run: auto | cpu | cuda | cuda:N
+    dtype: str = "auto"
 
     def validate(self) -> None:
         """Refuse settings that cannot work, before any request is sent; each problem names its field. The
         template is checked where it is used: for a local teacher, or for the student's SFT."""
         _refuse(_at_least(self, 1, "concurrency", "max_tokens"), _at_least(self, 0, "max_retries", "backoff"),
-                _sampling(self, "temperature", "top_p"),
+                _sampling(self, "temperature", "top_p"), _device(self),
                 _need(not self.base_url or self.base_url.startswith(("http://", "https://")),
                       f"base_url={self.base_url!r}: must start with http:// or https://"),
                 _one_of(self, "template", TEMPLATES) if self.base_url is None or self.student else [])
@@ -299,11 +315,13 @@ class ServeConfig:
     max_n: int = 8  # the largest n (choices per request) accepted
     max_tokens: int = 2048  # default reply budget when a request gives none
     threads: int = 0  # 0 = all cores
+    device: str = "auto"
+    dtype: str = "auto"
 
     def validate(self) -> None:
         """Refuse settings that cannot work, before the model is loaded."""
         _refuse(_one_of(self, "template", TEMPLATES),
-                _at_least(self, 1, "max_pending", "max_batch_rows", "max_n", "max_tokens"))
+                _at_least(self, 1, "max_pending", "max_batch_rows", "max_n", "max_tokens"), _device(self))
 
 
 @dataclass
@@ -317,10 +335,12 @@ class ChatConfig:
     max_tokens: int = 2048
     system: str | None = None  # folded into the first user turn, as R1 advises
     threads: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
 
     def validate(self) -> None:
         _refuse(_one_of(self, "template", TEMPLATES), _sampling(self, "temperature", "top_p"),
-                _at_least(self, 1, "max_tokens"))
+                _at_least(self, 1, "max_tokens"), _device(self))
 
 
 #: the commands that write a run folder (``--out``) with a ``config.yaml`` in it
@@ -359,6 +379,14 @@ def _sampling(cfg, *names: str) -> list[str]:
     return [f"{n}={getattr(cfg, n)!r}: use {rule[n]}" for n in names if not ok[n](getattr(cfg, n))]
 
 
+def _device(cfg) -> list[str]:
+    """``device`` and ``dtype`` are spelled as :mod:`r1lab.models` reads them (whether that GPU exists is checked
+    when the model is loaded: reading a config must not start CUDA)."""
+    device_ok = re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(cfg.device))
+    return (_need(bool(device_ok), f"device={cfg.device!r}: use auto | cpu | cuda | cuda:N")
+            + _one_of(cfg, "dtype", DTYPES))
+
+
 def _weights(rewards: dict) -> list[str]:
     """Reward weights are numbers. The names are not checked here: rewards are an open registry, and an unknown
     name is refused when the rewards are built, before any model is loaded."""
@@ -382,6 +410,9 @@ COMMON_HELP = {
     "out": "output folder (a file for coldstart); r1lab never overwrites what a run wrote there",
     "seed": "random seed for data order and sampling",
     "threads": "CPU threads; 0 = all cores",
+    "device": "where the model runs: auto (a CUDA GPU when there is one, else the CPU) | cpu | cuda | cuda:N",
+    "dtype": "compute precision: auto (bf16 on a GPU that has it, else fp32) | fp32 | bf16 | fp16; training keeps "
+             "fp32 weights and optimizer state and computes in this precision",
     "steps": "optimizer steps (each samples prompts_per_step x group_size completions)",
     "prompts_per_step": "prompts per step",
     "group_size": "completions per prompt (G); advantages compare them",

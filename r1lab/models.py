@@ -55,8 +55,56 @@ def use_threads(threads: int = 0) -> None:
     torch.set_num_threads(threads or os.cpu_count() or 1)
 
 
-def load_model(name: str, dtype: torch.dtype = torch.float32, lora: dict | None = None):
-    """Return ``(model, tokenizer)`` for a model name (see the module docstring).
+DEVICES = "auto | cpu | cuda | cuda:N"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto``: the first CUDA GPU when torch sees one, else the CPU. ``cuda`` and ``cuda:N`` are checked here, so
+    a machine without that GPU gets a sentence instead of a CUDA traceback later.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"device={spec!r}: use {DEVICES}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={spec!r}: use {DEVICES}")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            built = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise ValueError(f"device={spec!r}: torch sees no CUDA GPU here (torch {torch.__version__}, {built}); "
+                             "use --device cpu, or install a CUDA build of torch")
+        if (device.index or 0) >= count:
+            raise ValueError(f"device={spec!r}: this machine has {count} CUDA GPU(s): cuda:0 to cuda:{count - 1}")
+    return device
+
+
+def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+    """The compute precision. ``auto``: bf16 on a GPU that supports it, else fp32 (fp16 needs loss scaling and
+    overflows on long sequences more easily, so it is only used when asked for); fp32 on the CPU, where bf16
+    matrix products are up to ~100x slower than fp32 on CPUs without AMX.
+
+    >>> resolve_dtype("auto", torch.device("cpu")), resolve_dtype("bf16", torch.device("cpu"))
+    (torch.float32, torch.bfloat16)
+    """
+    if spec == "auto":
+        gpu_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if gpu_bf16 else torch.float32
+    if spec not in DTYPES:
+        raise ValueError(f"dtype={spec!r}: use auto | {' | '.join(DTYPES)}")
+    return DTYPES[spec]
+
+
+def load_model(name: str, dtype: torch.dtype = torch.float32, lora: dict | None = None,
+               device: str | torch.device = "cpu"):
+    """Return ``(model, tokenizer)`` for a model name (see the module docstring), its weights in ``dtype`` on
+    ``device``.
 
     ``lora``: keyword arguments for ``peft.LoraConfig`` (``r``, ``lora_alpha``, ``target_modules``...);
     the returned model is then a peft model whose base weights are frozen.
@@ -78,9 +126,21 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, lora: dict | None 
             raise _hub_error(name, e) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    model = model.to(device)
     if lora:
         model = add_lora(model, **lora)
     return model, tokenizer
+
+
+def checkpoint_activations(model) -> None:
+    """Keep only each decoder layer's input in the forward pass and recompute the rest in the backward pass (HF's
+    gradient checkpointing, non-reentrant so frozen LoRA bases need no input-grad hook): activation memory
+    falls from every layer's intermediates to one layer's, for one more forward pass of compute."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the older name goes in v6
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def add_lora(model, r: int = 16, lora_alpha: int = 32, target_modules="all-linear", lora_dropout: float = 0.0):

@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+import torch
+
 from r1lab.chat import render
 from r1lab.console import progress as progress_bar
 from r1lab.engine import Completion, SamplingParams, TorchEngine
 from r1lab.files import append_jsonl, write_atomic, write_json
-from r1lab.models import load_model, use_threads
+from r1lab.models import load_model, resolve_device, resolve_dtype, use_threads
 from r1lab.rewards import REWARDS, get_reward, score
 from r1lab.runs import refuse_changed
 from r1lab.tasks.answers import extract_answer
@@ -52,12 +54,21 @@ class Group:
         return max(self.rewards) - min(self.rewards) > 1e-6
 
 
-def open_engine(model, threads: int = 0, lora: dict | None = None) -> TorchEngine:
+def open_engine(model, threads: int = 0, lora: dict | None = None, device: str = "auto", dtype: str = "auto",
+                train: bool = False) -> TorchEngine:
     """The engine for ``model``: a name :func:`r1lab.models.load_model` understands (hub id, folder, .gguf, the
-    embedded default), or a loaded ``(model, tokenizer)`` pair. Torch runs on ``threads`` CPU threads (0: all)."""
+    embedded default), or a loaded ``(model, tokenizer)`` pair, put on ``device``. Torch runs on ``threads`` CPU
+    threads (0: all). The engine decodes in the ``dtype`` precision; the weights are held in it too, except for a
+    model that will be trained (``train``), whose weights stay fp32 (:mod:`r1lab.optim` says why)."""
     use_threads(threads)
-    model, tokenizer = load_model(model, lora=lora) if isinstance(model, str) else model
-    return TorchEngine(model, tokenizer)
+    where = resolve_device(device)
+    precision = resolve_dtype(dtype, where)
+    held = torch.float32 if train else precision
+    if isinstance(model, str):
+        model, tokenizer = load_model(model, dtype=held, lora=lora, device=where)
+    else:
+        model, tokenizer = model[0].to(where), model[1]
+    return TorchEngine(model, tokenizer, dtype=precision)
 
 
 def generate_groups(engine, examples: list[dict], template: str, prefill: str | None, params: SamplingParams,

@@ -12,7 +12,8 @@ import yaml
 from r1lab.config import RUN_CONFIGS, command_of, make_config
 
 #: what a resumed run may change; every other setting must be the one the run was started with
-RESUME_MAY_CHANGE = ("resume", "threads", "out")  # out: the same folder, named another way (or moved)
+#: out: the same folder, named another way (or moved); where and how precisely it computes is not what the run is
+RESUME_MAY_CHANGE = ("resume", "threads", "out", "device", "dtype", "gradient_checkpointing")
 
 
 def values_for_resume(cls, values: dict, out_default: str | None = None) -> dict:

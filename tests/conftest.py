@@ -34,6 +34,16 @@ def make_model(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 32):
     return LlamaForCausalLM(config).eval()
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need a CUDA GPU; where torch sees none they are skipped, saying so."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False here)")
+    for item in items:
+        if item.get_closest_marker("gpu"):  # not `in item.keywords`, which also holds folder names
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def tokenizer():
     return make_tokenizer()

@@ -60,6 +60,13 @@ class BufferLayer(DynamicLayer):
             self._k, self._v = self._k[:keep], self._v[:keep]
             self.keys, self.values = self._k[..., :self.length, :], self._v[..., :self.length, :]
 
+    def cast(self, dtype: torch.dtype) -> None:
+        """Hold K and V in ``dtype`` (a prefill under autocast can leave K in fp32: rotary embeddings promote it)."""
+        if self.length and (self._k.dtype, self._v.dtype) != (dtype, dtype):
+            self._k, self._v = self._k.to(dtype), self._v.to(dtype)
+            self.keys, self.values = self._k[..., :self.length, :], self._v[..., :self.length, :]
+            self.dtype = dtype
+
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.length:
             self._k, self._v = self._k[indices], self._v[indices]

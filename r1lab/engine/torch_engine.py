@@ -11,32 +11,60 @@ What it does that a plain ``model.generate`` loop does not:
 - **Log-probs for free.** The log-prob of every sampled token under the temperature-scaled policy (before
   top-k/top-p filtering) comes back with the tokens, so GRPO with one update per batch needs no extra
   forward pass for its "old" log-probs.
+- **A compute precision of its own.** ``dtype`` (default: the weights') is what decoding computes in: fp32
+  master weights can roll out in bf16 (a bf16 snapshot of the decoder's weights; autocast for the HF forward).
+- **Two decode paths, one result.** ``decode="dynamic"`` (the default off CUDA) syncs with the host every token
+  and shrinks the batch as rows finish; ``decode="static"`` (the default on CUDA, :mod:`r1lab.engine.static_decode`)
+  keeps all state on the device, replays CUDA graphs and syncs every ``sync_every`` tokens. Both draw their
+  uniforms from one generator on the model's device, seeded by ``params.seed``; on a CPU the first chunk's
+  stream is the same for both, so they sample the same tokens.
 
-It simplifies: prompts are processed in chunks that fit ``max_batch`` rows (no continuous batching), and
-the cache is HF's ``DynamicCache``.
+Every tensor the engine makes is made on the model's device. It simplifies: prompts are processed in chunks that
+fit ``max_batch`` rows (no continuous batching).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
 
+from r1lab.engine import static_decode
 from r1lab.engine.base import Completion, OnToken, SamplingParams
-from r1lab.engine.fast_decode import FastDecoder, supports
+from r1lab.engine.fast_decode import SUPPORTED, FastDecoder, supports
 from r1lab.engine.kv_cache import buffer_cache, compaction_moves
+from r1lab.engine.sampling import sample
+from r1lab.engine.static_decode import StaticDecoding
+from r1lab.engine.transcript import Transcript
 
 #: new-token positions reserved in the KV cache up front; a longer budget (R1 evaluates with 32,768) grows the
 #: buffers by doubling only if some row gets that far, instead of reserving memory most rows never use
 RESERVE_TOKENS = 2048
 
+DECODE_PATHS = ("auto", "static", "dynamic")
+
 
 class TorchEngine:
     def __init__(self, model, tokenizer, max_batch: int = 64, compact_fraction: float = 0.0,
-                 use_fast_decode: bool = True):
+                 use_fast_decode: bool = True, dtype: torch.dtype | None = None, decode: str = "auto",
+                 sync_every: int = 32, cuda_graphs: bool = True):
+        """``dtype``: the precision decoding computes in (None: the weights'). ``decode``: "auto" (static on CUDA
+        where :func:`r1lab.engine.static_decode.supports` the model, dynamic elsewhere), "static" or "dynamic".
+        ``sync_every``: tokens the static path decodes between host syncs; ``cuda_graphs``: whether it captures
+        them (off: the same steps, eager)."""
+        if decode not in DECODE_PATHS:
+            raise ValueError(f"decode={decode!r}: use one of {', '.join(DECODE_PATHS)}")
+        if decode == "static" and not (use_fast_decode and static_decode.supports(model)):
+            raise ValueError("decode='static' needs the fast decoder (use_fast_decode=True) and a model it supports "
+                             f"({', '.join(SUPPORTED)}, no LoRA, no dynamic rope)")
         self.model = model
         self.use_fast_decode = use_fast_decode
-        self._fast: tuple[tuple, FastDecoder] | None = None  # (weight versions it was built from, decoder)
+        self.dtype = dtype
+        self.decode = decode
+        #: (dtype and weight addresses it was built for, weight versions it holds, decoder)
+        self._fast: tuple[tuple, tuple, FastDecoder] | None = None
+        self._static = StaticDecoding(sync_every, cuda_graphs)
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.compact_fraction = compact_fraction
@@ -56,197 +84,132 @@ class TorchEngine:
                  on_token: OnToken | None = None) -> list[list[Completion]]:
         """Sample ``params.n`` completions per prompt; result[i] holds prompt i's completions.
 
-        ``on_token(prompt_index, sample_index, token_id)`` is called for every sampled token as it is decoded
-        (a server streams from it); returning False ends that sample at once with finish reason "abort"."""
+        ``on_token(prompt_index, sample_index, token_id)`` is called for every sampled token in order (the dynamic
+        path calls it as each token is decoded, the static path every ``sync_every`` tokens; a server streams from
+        it); returning False ends that sample at once with finish reason "abort"."""
         if not prompts:
             return []
         for i, p in enumerate(prompts):
             if len(p) == 0:
                 raise ValueError(f"prompt {i} is empty: give at least one token")
-        generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+        device = _device(self.model)
+        dtype = self.dtype or next(self.model.parameters()).dtype
+        generator = torch.Generator(device=device).manual_seed(params.seed) if params.seed is not None else None
         per_chunk = max(1, self.max_batch // params.n)
-        fast = self._fast_decoder(min(len(prompts), per_chunk) * params.n)
+        fast = self._fast_decoder(min(len(prompts), per_chunk) * params.n, dtype)
+        static = fast is not None and (self.decode == "static" or (
+            self.decode == "auto" and device.type == "cuda" and static_decode.supports(self.model)))
+        decode_chunk = self._decode_static if static else self._decode_dynamic
+        stop_ids = (set() if params.ignore_eos else set(self.eos_ids)) | set(params.stop_token_ids)
         results: list[list[Completion]] = []
         was_training = self.model.training
         self.model.eval()
         try:
             for start in range(0, len(prompts), per_chunk):
                 chunk = prompts[start:start + per_chunk]
-                results.extend(self._generate_chunk(chunk, start, params, generator, fast, on_token))
+                transcript = Transcript(self.tokenizer, len(chunk), params, stop_ids, start, on_token)
+                decode_chunk(chunk, params, generator, fast, transcript, dtype)
+                results.extend(transcript.completions())
         finally:
             self.model.train(was_training)
         return results
 
-    def _fast_decoder(self, batch_hint: int) -> FastDecoder | None:
-        """The fused/packed decoder, rebuilt only when a weight changed since the last call (an optimizer step
-        bumps every trained tensor's version), so a server or an evaluation does not repack per request."""
+    def _fast_decoder(self, batch_hint: int, dtype: torch.dtype) -> FastDecoder | None:
+        """The fused/packed decoder in ``dtype``. After an optimizer step (it bumps every trained tensor's version)
+        its weights are refreshed in place, or it is rebuilt where they are packed or the parameters moved, so
+        a server or an evaluation does not repack per request and captured CUDA graphs stay valid."""
         if not (self.use_fast_decode and supports(self.model)):
             return None
-        versions = tuple(p._version for p in self.model.parameters())
-        if self._fast is None or self._fast[0] != versions:
-            self._fast = (versions, FastDecoder(self.model, batch_hint=batch_hint))
-        return self._fast[1]
+        params = list(self.model.parameters())
+        built_for = (dtype, tuple(p.data_ptr() for p in params))
+        versions = tuple(p._version for p in params)
+        if self._fast is not None and self._fast[0] == built_for:
+            decoder = self._fast[2]
+            if self._fast[1] == versions or decoder.refresh():
+                self._fast = (built_for, versions, decoder)
+                return decoder
+        self._fast = None  # the old snapshot is freed before the new one is made
+        self._fast = (built_for, versions, FastDecoder(self.model, batch_hint=batch_hint, dtype=dtype))
+        return self._fast[2]
 
-    def _generate_chunk(self, prompts, offset, params: SamplingParams, generator, fast, on_token=None):
-        n, device = params.n, _device(self.model)
-        lengths = torch.tensor([len(p) for p in prompts])
-        width = int(lengths.max())
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):  # left padding: every row's next token sits at the same column
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
+    def _autocast(self, dtype: torch.dtype):
+        """The HF forward in ``dtype`` where that is not the weights' own precision."""
+        if dtype == next(self.model.parameters()).dtype:
+            return contextlib.nullcontext()
+        return torch.autocast(_device(self.model).type, dtype=dtype)
+
+    def _prefill(self, prompts, reserve: int, dtype: torch.dtype):
+        """Run each prompt once (left-padded; only the last position needs the LM head). Returns its next-token
+        logits (P, V) fp32, the cache (room for ``reserve`` more tokens), the attention mask (P, T), the prompt
+        lengths and T."""
+        device = _device(self.model)
+        lengths = [len(p) for p in prompts]
+        width = max(lengths)
+        # left padding: every row's next token sits at the same column
+        ids = torch.tensor([[self.pad_id] * (width - len(p)) + [int(t) for t in p] for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], device=device)  # (P, T)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-
-        # Prefill each prompt once (only the last position needs the LM head), then copy to its n samples.
-        cache = buffer_cache(width + min(params.max_new_tokens, RESERVE_TOKENS))
-        out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                         position_ids=positions.to(device), past_key_values=cache,
-                         use_cache=True, logits_to_keep=1)
+        with self._autocast(dtype):
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                             past_key_values=buffer_cache(width + reserve), use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
-        logits = out.logits[:, -1, :].float().repeat_interleave(n, dim=0)  # (B, V)
+        for layer in cache.layers:
+            layer.cast(dtype)
+        return out.logits[:, -1, :].float(), cache, mask, lengths, width
+
+    def _decode_static(self, prompts, params: SamplingParams, generator, fast: FastDecoder, transcript: Transcript,
+                       dtype: torch.dtype) -> None:
+        logits, cache, _, lengths, width = self._prefill(prompts, 0, dtype)
+        device = logits.device
+        # every step's uniforms at once: on a CPU this is the stream the dynamic path draws step by step
+        uniforms = torch.rand((params.max_new_tokens, len(prompts) * params.n), generator=generator, device=device)
+        self._static.decode(fast, [(layer.keys, layer.values) for layer in cache.layers], logits, lengths, width,
+                            params, uniforms, transcript, self.pad_id, RESERVE_TOKENS)
+
+    def _decode_dynamic(self, prompts, params: SamplingParams, generator, fast: FastDecoder | None,
+                        transcript: Transcript, dtype: torch.dtype) -> None:
+        n, device = params.n, _device(self.model)
+        logits, cache, mask, lengths, _ = self._prefill(prompts, min(params.max_new_tokens, RESERVE_TOKENS), dtype)
+        # each prompt's cache is copied to its n samples
+        logits = logits.repeat_interleave(n, dim=0)  # (B, V)
         if n > 1:
             cache.batch_repeat_interleave(n)
-        mask = mask.repeat_interleave(n, dim=0).to(device)  # (B, T)
-        next_pos = lengths.repeat_interleave(n).to(device)  # (B,)
-
+        mask = mask.repeat_interleave(n, dim=0)  # (B, T)
+        next_pos = torch.tensor(lengths, device=device).repeat_interleave(n)  # (B,)
         rows = len(prompts) * n
-        tokens: list[list[int]] = [[] for _ in range(rows)]
-        logprobs: list[list[float]] = [[] for _ in range(rows)]
-        finish: list[str | None] = [None] * rows
-        active = torch.arange(rows)  # which output row each live batch row writes to
-        stop_ids = (set() if params.ignore_eos else set(self.eos_ids)) | set(params.stop_token_ids)
-        tail_tokens = max((len(s) for s in params.stop), default=0) + 2
-
+        active = torch.arange(rows, device=device)  # which output row each live batch row writes to
         for step in range(params.max_new_tokens):
             # one uniform per output row and step, drawn for all rows: compaction never shifts the random stream
-            uniform = torch.rand(rows, generator=generator)[active]
-            token, logprob = _sample(logits, params, uniform)
+            uniform = torch.rand(rows, generator=generator, device=device)[active]
+            token, logprob = sample(logits, params, uniform)
             live = []
             for b, (row, tok, lp) in enumerate(zip(active.tolist(), token.tolist(), logprob.tolist())):
-                if finish[row] is not None:
-                    continue  # finished earlier, waiting to be compacted away
-                tokens[row].append(tok)
-                logprobs[row].append(lp)
-                if tok in stop_ids or (params.stop and self._hits_stop(tokens[row], params.stop, tail_tokens)):
-                    finish[row] = "stop"
-                elif on_token is not None and on_token(offset + row // n, row % n, tok) is False:
-                    finish[row] = "abort"
-                else:
+                if not transcript.ended(row) and transcript.add(row, tok, lp):  # ended rows wait for compaction
                     live.append(b)
             if not live or step == params.max_new_tokens - 1:
                 break
             if len(active) - len(live) >= max(1, self.compact_fraction * len(active)):
                 # drop finished rows: live rows past the new end move into the holes (only they are copied)
                 src, dst = compaction_moves(live)
-                src_t, dst_t = torch.tensor(src, dtype=torch.long), torch.tensor(dst, dtype=torch.long)
+                src_t = torch.tensor(src, dtype=torch.long, device=device)
+                dst_t = torch.tensor(dst, dtype=torch.long, device=device)
                 n_live = len(live)
                 for layer in cache.layers:
-                    layer.move_rows(src_t.to(device), dst_t.to(device), n_live)
+                    layer.move_rows(src_t, dst_t, n_live)
                 for t in (active, token, mask, next_pos):
-                    t[dst_t.to(t.device)] = t[src_t.to(t.device)]
+                    t[dst_t] = t[src_t]
                 active, token, mask, next_pos = active[:n_live], token[:n_live], mask[:n_live], next_pos[:n_live]
             mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
             if fast is not None:
-                bias = torch.zeros(mask.shape, dtype=logits.dtype, device=device).masked_fill_(mask == 0, float("-inf"))
-                logits = fast.step(token.to(device), next_pos, cache, bias)
+                bias = torch.zeros(mask.shape, device=device).masked_fill_(mask == 0, float("-inf"))  # (B, T+1)
+                logits = fast.step(token, next_pos, cache, bias)
             else:
-                out = self.model(input_ids=token.view(-1, 1).to(device), attention_mask=mask,
-                                 position_ids=next_pos.view(-1, 1), past_key_values=cache, use_cache=True)
+                with self._autocast(dtype):
+                    out = self.model(input_ids=token.view(-1, 1), attention_mask=mask,
+                                     position_ids=next_pos.view(-1, 1), past_key_values=cache, use_cache=True)
                 cache = out.past_key_values
                 logits = out.logits[:, -1, :].float()
             next_pos = next_pos + 1
-
-        def completion(row: int) -> Completion:
-            text = self.tokenizer.decode(tokens[row], skip_special_tokens=True)
-            return Completion(prompt_index=offset + row // n, token_ids=tokens[row], logprobs=logprobs[row],
-                              finish_reason=finish[row] or "length",
-                              text=_cut_at_stop(text, params.stop, params.include_stop_str_in_output))
-
-        return [[completion(row) for row in range(i * n, (i + 1) * n)] for i in range(len(prompts))]
-
-    def _hits_stop(self, row_tokens: list[int], stop: Sequence[str], tail_tokens: int) -> bool:
-        tail = self.tokenizer.decode(row_tokens[-tail_tokens:], skip_special_tokens=False)
-        return any(s in tail for s in stop)
-
-
-def _sample(logits: torch.Tensor, params: SamplingParams, uniform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick one token per row (``uniform``: one U(0,1) draw per row); return it with its log-prob under the
-    temperature-scaled distribution (before top-k/top-p), which is what the trainer recomputes."""
-    if params.temperature == 0:
-        token = logits.argmax(dim=-1)
-        logprob = torch.log_softmax(logits, dim=-1).gather(-1, token[:, None])[:, 0]
-        return token, logprob
-    scaled = logits / params.temperature if params.temperature != 1 else logits  # (B, V)
-    lse = torch.logsumexp(scaled, dim=-1, keepdim=True)  # (B, 1)
-    if params.top_k or params.top_p < 1:
-        filtered = _top_k_top_p(scaled, params.top_k, params.top_p)
-        probs = torch.exp(filtered - torch.logsumexp(filtered, dim=-1, keepdim=True))
-    else:
-        probs = torch.exp(scaled - lse)
-    token = _inverse_cdf(probs, uniform)
-    return token, scaled.gather(-1, token[:, None])[:, 0] - lse[:, 0]
-
-
-def _inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor, block: int = 128) -> torch.Tensor:
-    """Sample one index per row from ``probs`` (B, V) with one uniform per row, in two levels: pick a block of
-    ``block`` entries from the block sums, then an entry inside it. A full-length cumsum is sequential and was
-    the slowest part of sampling; this touches the (B, V) array once."""
-    B, V = probs.shape
-    pad = (-V) % block
-    if pad:
-        probs = torch.nn.functional.pad(probs, (0, pad))
-    blocks = probs.view(B, -1, block)  # (B, V/block, block)
-    block_cdf = blocks.sum(-1).cumsum(-1)  # (B, V/block)
-    target = uniform[:, None].to(probs.dtype) * block_cdf[:, -1:]  # (B, 1)
-    b = torch.searchsorted(block_cdf, target).clamp_(max=block_cdf.shape[1] - 1)  # (B, 1)
-    before = torch.where(b > 0, block_cdf.gather(-1, (b - 1).clamp(min=0)), torch.zeros_like(target))
-    inner_cdf = blocks.gather(1, b[:, :, None].expand(B, 1, block))[:, 0].cumsum(-1)  # (B, block)
-    i = torch.searchsorted(inner_cdf, target - before).clamp_(max=block - 1)
-    token = (b * block + i)[:, 0].clamp_(max=V - 1)
-    # rounding between block sums and the inner cumsum can land on a zero-probability entry: redraw those rows
-    bad = probs.gather(-1, token[:, None])[:, 0] <= 0
-    if bad.any():
-        token[bad] = torch.multinomial(probs[bad], 1)[:, 0]
-    return token
-
-
-#: the nucleus is looked for among this many most likely tokens first (a top-k is ~20x cheaper than sorting a
-#: 49k vocabulary per row); rows whose nucleus is wider fall back to the full sort
-NUCLEUS_CANDIDATES = 256
-
-
-def _top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Set logits outside the top-k / nucleus to -inf (the most likely token always survives). A token is in the
-    nucleus when the probability of the tokens more likely than it is at most ``top_p``."""
-    if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p >= 1.0:
-        return logits
-    k = min(NUCLEUS_CANDIDATES, logits.shape[-1])
-    top, order = torch.topk(logits, k, dim=-1)  # (B, k), most likely first
-    probs = torch.exp(top - torch.logsumexp(logits, dim=-1, keepdim=True))
-    before = probs.cumsum(dim=-1) - probs  # mass of the more likely candidates
-    wide = torch.zeros(len(logits), dtype=torch.bool)
-    if k < logits.shape[-1]:
-        wide = before[:, -1] + probs[:, -1] <= top_p
-    out = torch.full_like(logits, float("-inf")).scatter_(-1, order, top.masked_fill(before > top_p, float("-inf")))
-    if wide.any():  # the candidates hold no more than top_p: the nucleus may reach past them
-        rows = wide.nonzero()[:, 0]
-        sorted_logits, full_order = torch.sort(logits[rows], dim=-1, descending=True)
-        p = torch.softmax(sorted_logits, dim=-1)
-        drop = torch.zeros_like(p, dtype=torch.bool).scatter(-1, full_order, p.cumsum(dim=-1) - p > top_p)
-        out[rows] = logits[rows].masked_fill(drop, float("-inf"))
-    return out
-
-
-def _cut_at_stop(text: str, stop: Sequence[str], include: bool) -> str:
-    hits = [(text.find(s), s) for s in stop if s in text]
-    if not hits:
-        return text
-    index, s = min(hits)
-    return text[:index + len(s)] if include else text[:index]
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

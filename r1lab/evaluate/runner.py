@@ -73,7 +73,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
     benches = {name: get_benchmark(name, cfg) for name in cfg.benchmarks}  # bad names fail before the model loads
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    engine = open_engine(cfg.model, cfg.threads)
+    engine = open_engine(cfg.model, cfg.threads, device=cfg.device, dtype=cfg.dtype)
 
     summary = {"model": cfg.model, "template": cfg.template, "benchmarks": {}}
     for name, bench in benches.items():

@@ -30,17 +30,16 @@ import torch
 from r1lab.config import ZeroConfig
 from r1lab.console import progress as progress_bar, say
 from r1lab.engine import SamplingParams
-from r1lab.engine.onednn import onednn_linears
 from r1lab.evaluate.runner import heldout_accuracy
 from r1lab.files import append_jsonl, write_json
-from r1lab.models import load_model, no_adapter
-from r1lab.optim import clip_and_step, make_optimizer
+from r1lab.models import checkpoint_activations, load_model, no_adapter, resolve_dtype
+from r1lab.optim import clip_and_step, loss_scaler, make_optimizer, precision
 from r1lab.packing import pack, token_logprobs
 from r1lab.rewards.format import format_reward, reflection_rate
 from r1lab.rl import run as run_folder
 from r1lab.rl.advantages import get_advantage
 from r1lab.rl.diagnostics import check_step
-from r1lab.rl.losses import grpo_loss, token_weights
+from r1lab.rl.losses import grpo_loss, token_weights, truncated_is_weights
 from r1lab.rollout import Group, build_rewards, generate_groups, open_engine, score_group
 from r1lab.tasks import build_task
 
@@ -66,16 +65,23 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
     start_step, checkpoint = run_folder.resume_point(run, cfg)
     run_folder.start_logs(run, cfg, start_step)
     policy, lora = load_policy(cfg, checkpoint)
-    engine = open_engine(policy, cfg.threads, lora=lora)
+    engine = open_engine(policy, cfg.threads, lora=lora, device=cfg.device, dtype=cfg.dtype, train=True)
     model, tokenizer = engine.model, engine.tokenizer
+    if cfg.gradient_checkpointing:
+        checkpoint_activations(model)
     reference = reference_policy(model, cfg, checkpoint)
     optimizer, scheduler = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps,
                                           cfg.lr_schedule)
+    device = next(model.parameters()).device
+    scaler = loss_scaler(device, resolve_dtype(cfg.dtype, device))  # fp16: a dynamic loss scale
     state = run_folder.load_trainer_state(checkpoint, optimizer, scheduler)
     history = run_folder.read_metrics(run)
 
+    eval_seconds = None  # how long one held-out evaluation takes (for the time estimate), when one runs here
     if "eval_before" not in state:
+        t0 = time.perf_counter()
         state["eval_before"] = evaluate(engine, task, test_set, cfg, desc="eval before")
+        eval_seconds = time.perf_counter() - t0
         say(f"held-out accuracy before: {state['eval_before']['accuracy']:.1%} "
             f"(format {state['eval_before']['format_rate']:.1%}, n={len(test_set)})")
 
@@ -85,8 +91,7 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
         groups = sample_groups(engine, task, train_set, rewards, cfg, step)
         t_gen = time.perf_counter() - t0
         set_advantages(groups, cfg.advantage)
-        with onednn_linears(model):  # CPU fp32: oneDNN's products, 2x MKL's on AMD (r1lab.engine.onednn)
-            stats = update_policy(model, reference, optimizer, groups, cfg, tokenizer.pad_token_id)
+        stats = update_policy(model, reference, optimizer, groups, cfg, tokenizer.pad_token_id, scaler)
         scheduler.step()
 
         metrics = step_metrics(step + 1, groups, stats, t_gen, time.perf_counter() - t0, cfg)
@@ -97,6 +102,8 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
         append_jsonl(run / "samples.jsonl", *sample_records(step + 1, groups))
         bar.update(1)
         say(console_line(metrics))
+        if step == start_step and step + 1 < cfg.steps:
+            say(time_estimate(metrics["seconds"], cfg.steps - step - 1, eval_seconds, device))
         for warning in check_step(metrics, history, cfg.max_new_tokens):
             say(f"  warning: {warning}")
         history.append(metrics)
@@ -158,48 +165,66 @@ def set_advantages(groups: list[Group], estimator: str) -> None:
 
 
 # -------------------------------------------------------------------------------------------- the update
-def update_policy(model, reference, optimizer, groups: list[Group], cfg: ZeroConfig, pad_id: int) -> dict:
-    """``updates_per_batch`` AdamW steps on the GRPO loss over ``groups``; returns mean statistics."""
+def update_policy(model, reference, optimizer, groups: list[Group], cfg: ZeroConfig, pad_id: int,
+                  scaler: torch.amp.GradScaler | None = None) -> dict:
+    """``updates_per_batch`` AdamW steps on the GRPO loss over ``groups``, computing in ``cfg.dtype`` over fp32
+    weights; returns mean statistics, with the gap between the sampler's log-probs and the trainer's."""
+    device = next(model.parameters()).device
+    dtype = resolve_dtype(cfg.dtype, device)
     lengths = [len(c) for g in groups for c in g.completions]
-    weights = token_weights(lengths, cfg.loss_aggregation)  # (N,)
-    advantages = torch.tensor([a for g in groups for a, c in zip(g.advantages, g.completions) for _ in c.token_ids])
-    old_logprobs = torch.tensor([lp for g in groups for c in g.completions for lp in c.logprobs])
+    weights = token_weights(lengths, cfg.loss_aggregation).to(device)  # (N,)
+    advantages = torch.tensor([a for g in groups for a, c in zip(g.advantages, g.completions) for _ in c.token_ids],
+                              device=device)  # (N,)
+    sampler_logprobs = torch.tensor([lp for g in groups for c in g.completions for lp in c.logprobs],
+                                    device=device)  # (N,) as the engine computed them while sampling
     offsets = [0, *itertools.accumulate(sum(len(c) for c in g.completions) for g in groups)]  # group token spans
     active = [i for i, g in enumerate(groups) if cfg.beta > 0 or any(abs(a) > 0 for a in g.advantages)]
     size = cfg.groups_per_micro_batch
     micro_batches = [active[i:i + size] for i in range(0, len(active), size)]
     packs = [pack([(groups[i].prompt_ids, [c.token_ids for c in groups[i].completions]) for i in mb], pad_id)
              for mb in micro_batches]
-    index = [torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in mb]) for mb in micro_batches]
+    index = [torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in mb]).to(device) for mb in micro_batches]
 
-    if cfg.updates_per_batch > 1:  # recompute old log-probs through the training path, so the first ratio is 1
-        with torch.no_grad():
+    # The "old" policy is the trainer's own view of the weights that sampled: in bf16 the sampler's log-probs
+    # differ from it. With one update per batch it is the first pass's detached log-probs (no extra forward).
+    old_logprobs = None
+    if cfg.updates_per_batch > 1:
+        old_logprobs = torch.zeros_like(sampler_logprobs)
+        with torch.no_grad(), precision(model, dtype):
             for pk, idx in zip(packs, index):
-                old_logprobs[idx] = token_logprobs(model, pk, cfg.temperature).cpu()
+                old_logprobs[idx] = token_logprobs(model, pk, cfg.temperature).float()
     ref_logprobs = None
     if cfg.beta > 0:
-        ref_logprobs = torch.zeros_like(old_logprobs)
-        with torch.no_grad(), no_adapter(reference) as ref:
+        ref_logprobs = torch.zeros_like(sampler_logprobs)
+        with torch.no_grad(), no_adapter(reference) as ref, precision(ref, dtype):
             for pk, idx in zip(packs, index):
-                ref_logprobs[idx] = token_logprobs(ref, pk, cfg.temperature).cpu()
+                ref_logprobs[idx] = token_logprobs(ref, pk, cfg.temperature).float()
 
     totals = {"loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "grad_norm": 0.0}
+    gaps = []  # |trainer - sampler| log-prob per trained token, from the first update
     model.train()
-    for _ in range(cfg.updates_per_batch):
+    for update in range(cfg.updates_per_batch):
         optimizer.zero_grad(set_to_none=True)
         loss_sum = 0.0
         for pk, idx in zip(packs, index):
-            logprobs = token_logprobs(model, pk, cfg.temperature)
-            loss, stats = grpo_loss(logprobs, old_logprobs[idx], advantages[idx], weights[idx], cfg.clip_low,
-                                    cfg.clip_high, cfg.beta, None if ref_logprobs is None else ref_logprobs[idx])
-            loss.backward()
+            with precision(model, dtype):
+                logprobs = token_logprobs(model, pk, cfg.temperature).float()
+            old = logprobs.detach() if old_logprobs is None else old_logprobs[idx]
+            if update == 0:
+                gaps.append((old - sampler_logprobs[idx]).abs())
+            loss, stats = grpo_loss(logprobs, old, advantages[idx], weights[idx], cfg.clip_low, cfg.clip_high,
+                                    cfg.beta, None if ref_logprobs is None else ref_logprobs[idx],
+                                    sampler_weights=truncated_is_weights(old, sampler_logprobs[idx], cfg.tis_cap))
+            (scaler.scale(loss) if scaler is not None else loss).backward()
             loss_sum += loss.item()
             totals["clip_frac"] += stats["clip_frac"].item() / cfg.updates_per_batch
             totals["kl"] += stats.get("kl", torch.tensor(0.0)).item() / cfg.updates_per_batch
-        grad_norm = clip_and_step(model, optimizer, cfg.max_grad_norm)
+        grad_norm = clip_and_step(model, optimizer, cfg.max_grad_norm, scaler)
         totals["loss"] += loss_sum / cfg.updates_per_batch
         totals["grad_norm"] += grad_norm / cfg.updates_per_batch
     totals["trained_groups"] = len(active)
+    gap = torch.cat(gaps) if gaps else torch.zeros(1)
+    totals["logprob_gap_mean"], totals["logprob_gap_max"] = gap.mean().item(), gap.max().item()
     return totals
 
 
@@ -235,6 +260,17 @@ def step_metrics(step: int, groups: list[Group], stats: dict, t_gen: float, t_to
     metrics["seconds"] = t_total
     metrics["seconds_generate"] = t_gen
     return metrics
+
+
+def time_estimate(step_seconds: float, steps_left: int, eval_seconds: float | None, device) -> str:
+    """What the first step says about the rest of the run: the remaining steps at its pace, plus the final
+    held-out evaluation when the one before training was timed here (the first step also warms caches, so this
+    errs long)."""
+    seconds = step_seconds * steps_left + (eval_seconds or 0.0)
+    minutes = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+    evaluation = " and the final evaluation" if eval_seconds is not None else ""
+    return (f"  estimated time left: about {minutes} for {steps_left} more steps{evaluation} "
+            f"({step_seconds:.1f} s per step on {device})")
 
 
 def console_line(m: dict) -> str:
@@ -275,7 +311,8 @@ def reference_policy(model, cfg: ZeroConfig, checkpoint: Path | None):
         return None
     if hasattr(model, "disable_adapter"):
         return model
-    reference = (copy.deepcopy(model) if checkpoint is None else load_model(cfg.model)[0]).eval()
+    device = next(model.parameters()).device
+    reference = (copy.deepcopy(model) if checkpoint is None else load_model(cfg.model, device=device)[0]).eval()
     reference.requires_grad_(False)
     return reference
 

@@ -63,11 +63,28 @@ def token_weights(lengths: list[int], mode: str) -> torch.Tensor:
     raise ValueError(f"unknown loss aggregation {mode!r}; choose one of {', '.join(LOSS_AGGREGATIONS)}")
 
 
+def truncated_is_weights(old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, cap: float) -> torch.Tensor | None:
+    """Truncated importance sampling (TIS; Yao et al. 2025, as verl's ``tis_imp_ratio_cap``): the engine that
+    sampled (bf16, other kernels) is not exactly the policy the trainer computes, so each token's surrogate is
+    weighted by ``min(pi_old / pi_sampler, cap)``, detached. Shapes ``(N,)``; ``cap`` 0 turns it off (None).
+
+    >>> truncated_is_weights(torch.tensor([-1.0, 0.0]), torch.tensor([-1.0, -2.0]), 2.0).tolist()
+    [1.0, 2.0]
+    """
+    if not cap:
+        return None
+    return torch.exp(old_logprobs - sampler_logprobs).clamp(max=cap).detach()
+
+
 def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
               weights: torch.Tensor, clip_low: float, clip_high: float, beta: float = 0.0,
-              ref_logprobs: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """GRPO loss = weighted sum of (clipped surrogate + beta * KL); returns it with detached statistics."""
+              ref_logprobs: torch.Tensor | None = None,
+              sampler_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GRPO loss = weighted sum of (clipped surrogate [x ``sampler_weights``, see :func:`truncated_is_weights`]
+    + beta * KL); returns it with detached statistics."""
     per_token, clipped = clipped_surrogate(logprobs, old_logprobs, advantages, clip_low, clip_high)
+    if sampler_weights is not None:
+        per_token = per_token * sampler_weights
     stats = {"clip_frac": (clipped.float() * weights).sum().detach()}
     if beta > 0:
         if ref_logprobs is None:

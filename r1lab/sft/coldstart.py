@@ -90,7 +90,7 @@ def _from_model(cfg, progress: bool):
     header = "Here are worked examples. Think step by step inside <think> </think>, then give the answer " \
              "inside <answer> </answer>.\n\n" + "\n\n".join(
                  f"Question: {s['prompt']}\nReply: {_traced(s, task)}" for s in shots)
-    engine = open_engine(cfg.model, threads=0)
+    engine = open_engine(cfg.model, threads=0, device=cfg.device, dtype=cfg.dtype)
     params = SamplingParams(n=cfg.n, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                             stop=["</answer>"], include_stop_str_in_output=True, seed=cfg.seed)
     prompted = [dict(e, prompt=f"{header}\n\nQuestion: {e['prompt']}\nReply:") for e in examples]

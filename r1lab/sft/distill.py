@@ -171,7 +171,8 @@ def run_distill(cfg: DistillConfig, progress: bool = True) -> dict:
                                                                                    "completion_tokens")}}
     if cfg.student:
         summary["student"] = train_sft(SftConfig(model=cfg.student, data=str(out / "sft.jsonl"),
-                                                 template=cfg.template, out=str(out / "sft")), progress=progress)
+                                                 template=cfg.template, out=str(out / "sft"), threads=cfg.threads,
+                                                 device=cfg.device, dtype=cfg.dtype), progress=progress)
     write_json(out / "summary.json", summary)
     return summary
 
@@ -257,7 +258,7 @@ def read_traces(path: Path) -> dict[str, dict]:
 
 def _local_teacher(cfg: DistillConfig, task, todo: list[dict], record, bar) -> None:
     """The teacher is a model here: its replies are split into reasoning and content as a server would."""
-    engine = open_engine(cfg.teacher, cfg.threads)
+    engine = open_engine(cfg.teacher, cfg.threads, device=cfg.device, dtype=cfg.dtype)
     params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_tokens, seed=cfg.seed)
     for start in range(0, len(todo), 16):
         batch = todo[start:start + 16]

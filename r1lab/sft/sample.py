@@ -51,7 +51,7 @@ def run_sample(cfg: SampleConfig, progress: bool = True) -> dict:
             counts["contaminated prompts"] += 1
         else:
             clean.append(example)
-    engine = open_engine(cfg.model, cfg.threads)
+    engine = open_engine(cfg.model, cfg.threads, device=cfg.device, dtype=cfg.dtype)
     params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                             stop=cfg.stop, include_stop_str_in_output=True)
     settings = batch_settings(cfg.model, cfg.template, cfg.prefill, params, cfg.seed, cfg.problems_per_batch,

@@ -22,10 +22,9 @@ import torch
 
 from r1lab.config import SftConfig, save_config
 from r1lab.console import log, progress as progress_bar
-from r1lab.engine.onednn import onednn_linears
 from r1lab.files import append_jsonl, write_json
-from r1lab.models import load_model, save_checkpoint, use_threads
-from r1lab.optim import clip_and_step, make_optimizer
+from r1lab.models import checkpoint_activations, load_model, resolve_device, resolve_dtype, save_checkpoint, use_threads
+from r1lab.optim import clip_and_step, loss_scaler, make_optimizer, precision
 from r1lab.packing import pack_samples, token_logprobs
 from r1lab.plots import plot_curves
 from r1lab.runs import check_run_folder
@@ -49,7 +48,11 @@ def train_sft(cfg: SftConfig, progress: bool = True) -> dict:
     if cfg.limit:
         conversations = conversations[:cfg.limit]
     lora = {"r": cfg.lora_r, "lora_alpha": cfg.lora_alpha} if cfg.lora_r else None
-    model, tokenizer = load_model(cfg.model, lora=lora)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)  # the compute precision; the weights stay fp32 (r1lab.optim)
+    model, tokenizer = load_model(cfg.model, lora=lora, device=device)
+    if cfg.gradient_checkpointing:
+        checkpoint_activations(model)
     samples = [encode(m, cfg.template, tokenizer) for m in conversations]
     too_long = sum(len(p) + len(r) > cfg.max_length for p, r in samples)
     samples = [s for s in samples if len(s[0]) + len(s[1]) <= cfg.max_length]
@@ -64,24 +67,24 @@ def train_sft(cfg: SftConfig, progress: bool = True) -> dict:
     schedule = schedule[:cfg.max_steps or None]
     total = len(schedule)
     optimizer, scheduler = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.warmup_steps, total, cfg.lr_schedule)
+    scaler = loss_scaler(device, dtype)
     run.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run / "config.yaml")
     metrics_path = run / "metrics.jsonl"
     history = []
-    first_eval = eval_loss(model, held_out, tokenizer.pad_token_id, cfg.row_tokens)
+    first_eval = eval_loss(model, held_out, tokenizer.pad_token_id, cfg.row_tokens, dtype)
     log(f"SFT: {len(train)} samples ({too_long} over max_length skipped), {total} steps; " +
         (f"{n_eval} held out, eval loss before {first_eval:.3f}" if held_out else "no held-out set"))
     model.train()
     bar = progress_bar(total=total, desc="SFT", disable=not progress)
     for step, (epoch, rows, last_of_epoch) in enumerate(schedule, start=1):
         t0 = time.perf_counter()
-        with onednn_linears(model):  # CPU fp32: oneDNN's products (r1lab.engine.onednn)
-            loss, tokens = sft_step(model, optimizer, rows, tokenizer.pad_token_id, cfg.max_grad_norm)
+        loss, tokens = sft_step(model, optimizer, rows, tokenizer.pad_token_id, cfg.max_grad_norm, dtype, scaler)
         scheduler.step()
         record = {"step": step, "epoch": epoch + 1, "loss": loss, "tokens": tokens, "lr": scheduler.get_last_lr()[0],
                   "seconds": time.perf_counter() - t0}
         if held_out and (step == total or (step % cfg.eval_every == 0 if cfg.eval_every else last_of_epoch)):
-            record["eval_loss"] = eval_loss(model, held_out, tokenizer.pad_token_id, cfg.row_tokens)
+            record["eval_loss"] = eval_loss(model, held_out, tokenizer.pad_token_id, cfg.row_tokens, dtype)
             model.train()
         history.append(record)
         append_jsonl(metrics_path, record)
@@ -117,28 +120,30 @@ def _steps_of_epoch(samples, cfg: SftConfig, epoch: int) -> list[list[list[tuple
     return steps
 
 
-def sft_step(model, optimizer, rows, pad_id: int, max_grad_norm: float) -> tuple[float, int]:
-    """One optimizer step over ``rows`` (one forward and backward each): mean negative log-likelihood of every
-    response token."""
+def sft_step(model, optimizer, rows, pad_id: int, max_grad_norm: float, dtype: torch.dtype = torch.float32,
+             scaler: torch.amp.GradScaler | None = None) -> tuple[float, int]:
+    """One optimizer step over ``rows`` (one forward and backward each, computing in ``dtype``): mean negative
+    log-likelihood of every response token."""
     n_tokens = sum(len(r) for row in rows for _, r in row)
     total = 0.0
     for row in rows:
-        loss = -token_logprobs(model, pack_samples([row], pad_id)).sum() / n_tokens
-        loss.backward()
+        with precision(model, dtype):
+            loss = -token_logprobs(model, pack_samples([row], pad_id)).sum() / n_tokens
+        (scaler.scale(loss) if scaler is not None else loss).backward()
         total += loss.item()
-    clip_and_step(model, optimizer, max_grad_norm)
+    clip_and_step(model, optimizer, max_grad_norm, scaler)
     optimizer.zero_grad(set_to_none=True)
     return total, n_tokens
 
 
 @torch.no_grad()
-def eval_loss(model, samples, pad_id: int, row_tokens: int) -> float | None:
+def eval_loss(model, samples, pad_id: int, row_tokens: int, dtype: torch.dtype = torch.float32) -> float | None:
     """Mean negative log-likelihood per response token over ``samples``; None when there are none."""
     if not samples:
         return None
     model.eval()
     total, count = 0.0, 0
-    with onednn_linears(model):
+    with precision(model, dtype):
         for row in pack_rows(samples, row_tokens):
             logp = token_logprobs(model, pack_samples([row], pad_id))
             total += -logp.sum().item()

@@ -27,6 +27,7 @@ def test_factory_uses_plain_mm_off_fp32(tiny):
     model, _ = tiny
     model64 = type(model)(model.config).double()
     assert PackedLinear.factory(model64, 8) is Linear
+    assert PackedLinear.factory(model, 8, torch.bfloat16) is Linear  # fp32 weights computing in bf16
     if onednn.available():
         assert PackedLinear.factory(model, 8) is not Linear
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from r1lab.engine import SamplingParams, TorchEngine
+from r1lab.engine import SamplingParams, TorchEngine, onednn
 
 
 def prompts_of(tok, *texts):
@@ -101,12 +101,12 @@ def test_bad_params_are_refused():
 
 
 def test_two_level_inverse_cdf_samples_the_distribution():
-    from r1lab.engine.torch_engine import _inverse_cdf
+    from r1lab.engine.sampling import inverse_cdf
 
     torch.manual_seed(0)
     probs = torch.tensor([0.05, 0.0, 0.25, 0.1, 0.0, 0.3, 0.15, 0.1, 0.05, 0.0])  # V=10, not a block multiple
     u = torch.rand(200_000)
-    tokens = _inverse_cdf(probs.expand(len(u), -1).contiguous(), u, block=4)
+    tokens = inverse_cdf(probs.expand(len(u), -1).contiguous(), u, block=4)
     freq = torch.bincount(tokens, minlength=10).float() / len(u)
     assert torch.allclose(freq, probs, atol=0.005)
     assert freq[probs == 0].sum() == 0  # never a zero-probability token
@@ -170,12 +170,12 @@ def _nucleus_by_full_sort(logits, top_p):
 @pytest.mark.parametrize("scale", [0.1, 1.0, 5.0, 30.0])  # flat (nucleus past the candidates) to peaked
 @pytest.mark.parametrize("top_p", [0.5, 0.95, 0.999])
 def test_nucleus_from_candidates_equals_the_full_sort(scale, top_p):
-    from r1lab.engine.torch_engine import _top_k_top_p
+    from r1lab.engine.sampling import top_k_top_p
 
     g = torch.Generator().manual_seed(int(scale * 10))
     logits = torch.randn(16, 3000, generator=g) * scale
     logits[::3] *= 0.01  # some rows nearly uniform in every case
-    fast = _top_k_top_p(logits, 0, top_p)
+    fast = top_k_top_p(logits, 0, top_p)
     assert torch.equal(fast == float("-inf"), _nucleus_by_full_sort(logits, top_p) == float("-inf"))
     kept = fast > float("-inf")
     assert torch.equal(fast[kept], logits[kept]) and kept.any(dim=-1).all()
@@ -187,15 +187,16 @@ def test_the_packed_decoder_is_reused_until_a_weight_changes(tiny):
     prompts = prompts_of(tok, "Hi")
     params = SamplingParams(n=2, temperature=0.0, max_new_tokens=6)
     first = engine.generate(prompts, params)
-    decoder = engine._fast[1]
+    decoder = engine._fast[2]
     engine.generate(prompts, params)
-    assert engine._fast[1] is decoder  # same weights: not rebuilt
+    assert engine._fast[2] is decoder  # same weights: not rebuilt
     torch.manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p))  # in-place updates, as an optimizer step makes
     changed = engine.generate(prompts, params)
-    assert engine._fast[1] is not decoder
+    # weights packed for oneDNN are packed anew; a plain snapshot is refreshed in place
+    assert (engine._fast[2] is not decoder) == onednn.available()
     slow = TorchEngine(model, tok, use_fast_decode=False).generate(prompts, params)
     assert [c.token_ids for c in changed[0]] == [c.token_ids for c in slow[0]]
     assert [c.token_ids for c in changed[0]] != [c.token_ids for c in first[0]]

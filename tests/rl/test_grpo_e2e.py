@@ -114,3 +114,22 @@ def test_held_out_eval_runs_every_n_steps_through_the_eval_code_with_k_samples(t
         assert ev["samples"] == 3 and ev["n"] == 4 and ev["ci_low"] <= ev["accuracy"] <= ev["ci_high"]
     rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert ["eval_accuracy" in r for r in rows] == [True, True, False]  # the last step has eval_after
+
+
+def test_the_first_step_estimates_the_time_left(tiny_path, tmp_path, capsys):
+    grpo.train(config(tiny_path, tmp_path / "run"), progress=False)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "estimated time left" in line]
+    assert len(lines) == 1 and "for 2 more steps and the final evaluation" in lines[0] and "on cpu" in lines[0]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_the_gap_between_sampler_and_trainer_logprobs_is_logged(tiny_path, tmp_path, dtype):
+    grpo.train(config(tiny_path, tmp_path / "run", dtype=dtype), progress=False)
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor([r["loss"], r["logprob_gap_mean"], r["logprob_gap_max"]])).all()
+               for r in rows)
+    assert all(0 <= r["logprob_gap_mean"] <= r["logprob_gap_max"] for r in rows)
+    if dtype == "fp32":  # the same weights and precision: the engine and the trainer agree to rounding
+        assert max(r["logprob_gap_max"] for r in rows) < 1e-3
+    else:  # bf16 rollouts and bf16-autocast training take different kernels: a real, measured gap
+        assert max(r["logprob_gap_max"] for r in rows) > 1e-4

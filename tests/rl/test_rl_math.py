@@ -93,3 +93,18 @@ def test_micro_batch_accumulation_is_exact():
 def test_beta_needs_reference():
     with pytest.raises(ValueError, match="ref_logprobs"):
         grpo_loss(torch.zeros(2), torch.zeros(2), torch.ones(2), torch.ones(2) / 2, 0.2, 0.2, beta=0.1)
+
+
+def test_truncated_importance_weights_scale_the_surrogate_only():
+    from r1lab.rl.losses import truncated_is_weights
+
+    lp = torch.tensor([-1.0, -2.0], requires_grad=True)
+    old, sampler = lp.detach(), torch.tensor([-1.0, -4.0])  # the sampler gave token 2 less mass than the trainer
+    w_is = truncated_is_weights(old, sampler, cap=2.0)
+    assert w_is.tolist() == [1.0, 2.0] and not w_is.requires_grad  # exp(2) is truncated at the cap
+    assert truncated_is_weights(old, sampler, cap=0) is None  # off
+    adv, w = torch.tensor([1.0, 1.0]), torch.tensor([0.5, 0.5])
+    plain, _ = grpo_loss(lp, old, adv, w, 0.2, 0.2, beta=0.1, ref_logprobs=old)
+    weighted, _ = grpo_loss(lp, old, adv, w, 0.2, 0.2, beta=0.1, ref_logprobs=old, sampler_weights=w_is)
+    # ratio 1, KL 0 at old == ref: the surrogate is -A per token, so the loss goes from -(0.5 + 0.5) to -(0.5 + 1.0)
+    assert plain.item() == pytest.approx(-1.0) and weighted.item() == pytest.approx(-1.5)
