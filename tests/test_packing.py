@@ -115,6 +115,29 @@ def test_segment_block_mask_is_create_block_masks(block):
         assert (got.full_kv_num_blocks > 0).any() and (got.kv_num_blocks > 0).any()
 
 
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_both_kernels_equal_one_dense_masked_attention():
+    """Hand-made segments, one of them sharing a prefix that ends inside a segment; grouped-query heads."""
+    segments = [[(0, 3, 0), (3, 5, 0), (5, 9, 4), (9, 12, 3)], [(0, 6, 0), (6, 7, 6)]]
+    R, L, d = 2, 13, 8
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(R, heads, L, d, generator=g, requires_grad=True) for heads in (4, 2, 2))
+    mask = brute_force_mask(segments, L)[:, None]  # (R, 1, L, L)
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3, enable_gqa=True)
+    want = want.transpose(1, 2)  # (R, L, heads, d)
+    real = torch.zeros(R, L, 1, 1)
+    real[0, :12], real[1, :7] = 1, 1  # padding rows are not compared: no kernel promises them anything
+    got = packing._sdpa_per_segment(q, k, v, 0.3, 0.0, packing._with_masks(segments, "cpu"))
+    assert torch.allclose(got * real, want * real, atol=1e-6)
+    weights = torch.randn(R, L, 4, d, generator=g) * real
+    expected = torch.autograd.grad((want * weights).sum(), (q, k, v))
+    for a, b in zip(torch.autograd.grad((got * weights).sum(), (q, k, v)), expected):
+        assert torch.allclose(a, b, atol=1e-6)
+    with torch.no_grad():
+        flex = packing._flex_attention(q, k, v, 0.3, 0.0, block_mask=segment_block_mask(segments, L, "cpu", block=16))
+    assert torch.allclose(flex * real, want * real, atol=1e-6)
+
+
 def flex_on_this_device(monkeypatch, block=16):
     """Route packed attention through the CUDA path's flex kernel and block mask, eager, on any device."""
     def flex(segments, width, device):
