@@ -128,7 +128,6 @@ def _r1(messages: list[dict]) -> str:
 
 
 OPEN, CLOSE = "<think>", "</think>"
-_ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
 def partial_suffix(text: str, marker: str) -> int:
@@ -250,5 +249,10 @@ def final_span(completion: str) -> tuple[str, bool]:
         completion = completion.rsplit(CLOSE, 1)[1]
     elif OPEN in completion:
         return "", False
-    blocks = _ANSWER_BLOCK.findall(completion)
-    return (blocks[-1], True) if blocks else (completion, False)
+    last, start = None, completion.find("<answer>")
+    while start >= 0:  # the last <answer>...</answer> pair, in one linear scan (a lazy regex is quadratic here)
+        end = completion.find("</answer>", start + 8)
+        if end < 0:
+            break
+        last, start = completion[start + 8:end], completion.find("<answer>", end + 9)
+    return (last, True) if last is not None else (completion, False)

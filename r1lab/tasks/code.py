@@ -2,8 +2,9 @@
 
 - ``code_functions`` (procedural): generated function specs with hidden tests computed in the parent by a
   reference implementation.
-- ``code_dataset``: MBPP/HumanEval-style JSONL (a function and ``assert f(...) == ...`` lines, parsed in the
-  parent) or CodeContests/LiveCodeBench-style JSONL (stdin/stdout ``tests``).
+- ``code_dataset``: MBPP/HumanEval-style JSONL (``assert`` lines, judged as :func:`r1lab.sandbox.judge.judge_asserts`
+  says, with ``test_imports`` run first; MBPP's prompt lists the tests, as the benchmark's own prompt does) or
+  CodeContests/LiveCodeBench-style JSONL (stdin/stdout ``tests``; a row's ``tolerance`` allows slack on decimals).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 from pathlib import Path
 
 from r1lab.rewards.code import code_reward
-from r1lab.sandbox.judge import parse_assert
+from r1lab.sandbox.judge import plan_assert
 from r1lab.tasks.base import Task, register_task, seeded_split
 from r1lab.tasks.dataset import read_jsonl
 
@@ -40,6 +41,20 @@ class _CodeTask(Task):
 
     def verify(self, completion: str, **example) -> float | None:
         return code_reward(completion, **example)
+
+
+def _self_contained(line: str) -> bool:
+    """Whether an assert line can be judged on its own: every name it uses is a builtin, a stdlib module or a
+    function it calls (the solution's). HumanEval's ``check`` bodies also hold asserts on loop variables
+    (``assert f(x) == y`` inside ``for x, y in ...``): those are left out rather than failed for every solution."""
+    import ast
+    import builtins
+    import sys
+
+    tree = ast.parse(line)
+    called = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    return all(n in called or hasattr(builtins, n) or n in sys.stdlib_module_names for n in names)
 
 
 @register_task("code_functions")
@@ -72,8 +87,8 @@ class CodeDatasetTask(_CodeTask):
         examples = [self._example(row, f"{path}:{n}") for n, row in read_jsonl(Path(path))]
         examples = [e for e in examples if e["tests"]]
         if not examples:
-            raise ValueError(f"{path}: no row has tests r1lab can judge (asserts of the form f(...) == literal, "
-                             "or stdin/stdout tests)")
+            raise ValueError(f"{path}: no row has tests r1lab can judge: assert lines (test_list, or test with "
+                             "entry_point) or stdin/stdout tests ([{input, output}])")
         self._splits = dict(zip(("train", "test"), seeded_split(examples, test_size, seed)))
 
     @staticmethod
@@ -81,14 +96,18 @@ class CodeDatasetTask(_CodeTask):
         prompt = row.get("prompt") or row.get("text") or row.get("question")
         if not isinstance(prompt, str):
             raise ValueError(f"{where}: no prompt, text or question field")
-        if "tests" in row and row["tests"] and isinstance(row["tests"][0], dict) and "input" in row["tests"][0]:
-            return {"prompt": prompt, "tests": [{"input": t["input"], "output": t["output"]} for t in row["tests"]],
-                    "func": None, "answer": ""}
+        tests = row.get("tests")
+        if isinstance(tests, list) and tests and isinstance(tests[0], dict) and "input" in tests[0]:
+            tolerance = row.get("tolerance")
+            return {"prompt": prompt, "func": None, "answer": "", "setup": "",
+                    "tests": [{"input": t["input"], "output": t["output"], "tolerance": tolerance} for t in tests]}
         lines = row.get("test_list") or str(row.get("test", "")).splitlines()
-        parsed = [p for p in (parse_assert(line.replace("candidate(", f"{row.get('entry_point', 'candidate')}("))
-                              for line in lines) if p]
-        funcs = {name for name, _ in parsed}
-        if len(funcs) != 1:
-            return {"prompt": prompt, "tests": [], "func": None, "answer": ""}
-        return {"prompt": prompt, "func": funcs.pop(), "answer": "",
-                "tests": [{"args": t.args, "expected": t.expected} for _, t in parsed]}
+        entry = row.get("entry_point")
+        asserts = [line.strip().replace("candidate(", f"{entry}(") if entry else line.strip() for line in lines
+                   if isinstance(line, str)]
+        asserts = [a for a in asserts if plan_assert(a) is not None and _self_contained(a)]
+        setup = "\n".join(row.get("test_imports") or []) + "\n" + str(row.get("test_setup_code") or "")
+        if asserts and "test_list" in row:  # MBPP's prompt: the task, then the tests it must pass (names the function)
+            prompt = prompt + "\nYour code should pass these tests:\n" + "\n".join(asserts)
+        return {"prompt": prompt, "func": None, "answer": "", "setup": setup.strip() + "\n" if setup.strip() else "",
+                "tests": [{"assert": a} for a in asserts]}

@@ -216,3 +216,449 @@ def test_stdin_stdout_problem_gold_and_wrong(canary):
     assert judge_io("a, b = map(int, input().split())\nprint(a + b)", tests, limits=FAST).score() == 1.0
     assert judge_io("print(7)", tests, limits=FAST).score() == 0.0
     assert judge_io("print(7)", tests, limits=FAST).score(partial=True) == 0.5
+
+
+# --- round 2: the judge survives any output, stdin cannot hang it, the host stays invisible (issue 13) -----------
+
+def _forge(line: str) -> str:
+    """A solution that prints ``line`` as every test's result (it reads the run's marker from its own file)."""
+    return f"""
+import re, os
+marker = re.search(r"@@r1lab-[0-9a-f]+@@", open(__file__).read()).group()
+for _ in range(3):
+    print(marker + {line!r})
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("line", [
+    '["ok", ' + '["list", [' * 50_000 + ']]' * 50_000 + ']',  # deeper than any parser's recursion
+    '["ok", ["list", 5]]', '["ok", ["dict", [[1]]]]', '["ok", ["set", [["list", []]]]]', '["ok", ["int", "zz"]]',
+    '["ok", ["int", "' + "f" * 200_000 + '"]]', '["ok"]', '7', '["ok", ["float", "1e999999"]]',
+    '["ok", ["bytes", "xyz"]]', '["ok", ["complex", [1]]]', '["ok", ["tuple", [["none", 1]]]]',
+])
+def test_malformed_or_deep_result_lines_are_wrong_answers_not_crashes(canary, line):
+    assert score(_forge(line) + GOLD) == 0.0
+
+
+def test_deep_results_from_the_program_itself_are_wrong_answers(canary):
+    deep = "def add(a, b):\n    x = a + b\n    for _ in range(100_000):\n        x = [x]\n    return x\n"
+    assert score(deep) == 0.0
+
+
+def test_a_huge_stdin_that_the_program_never_reads_cannot_hang_the_judge(canary):
+    t0 = time.monotonic()
+    verdict = judge_io("import time\ntime.sleep(60)", [IOTest("7\n" * 2_000_000, "7")], limits=Limits(wall=2, cpu=2))
+    assert verdict.score() == 0.0 and verdict.details == ["test 0: timeout"]
+    assert time.monotonic() - t0 < 2 + 5  # the deadline, plus room for a loaded machine
+
+
+def test_an_answer_after_the_deadline_gets_no_credit_even_when_stdin_was_slow_to_feed(canary):
+    late = "import sys, time\ntime.sleep(1.5)\ndata = sys.stdin.read()\nprint(len(data.split()))"
+    verdict = judge_io(late, [IOTest("1\n" * 1_000_000, "1000000")], limits=Limits(wall=1, cpu=5))
+    assert verdict.score() == 0.0 and verdict.details == ["test 0: timeout"]
+    assert judge_io(late, [IOTest("1\n" * 1_000_000, "1000000")], limits=Limits(wall=10, cpu=5)).score() == 1.0
+
+
+@pytest.mark.parametrize("reply", [
+    "```python\n" + "x = 1\n" * 200_000,  # an unclosed fence
+    "```" * 300_000, "```\n" * 300_000, "<answer>```python\n" * 100_000, "<think>" + "```py\n" * 100_000,
+])
+def test_extract_code_is_linear_in_the_reply(reply):
+    from r1lab.rewards.code import extract_code
+
+    t0 = time.monotonic()
+    extract_code(reply)
+    assert time.monotonic() - t0 < 5  # about 0.01 to 0.4 s here for a megabyte; the old regex took minutes
+
+
+def _run_and_read(program: str, limits: Limits = FAST) -> str:
+    from r1lab.sandbox.run import run
+
+    result = run(program, limits=limits)
+    assert result.status == "ok", result
+    return result.stdout
+
+
+def test_the_filesystem_holds_no_host_file_beyond_the_interpreter(canary, tmp_path_factory):
+    import json
+    import sys
+
+    tmp_path = tmp_path_factory.mktemp("answers")
+    (tmp_path / "answers.jsonl").write_text('{"answer": 42}\n')
+    os.chmod(tmp_path / "answers.jsonl", 0o644)
+    walk = """
+import json, os
+seen = []
+for top, dirs, files in os.walk('/'):
+    if top.startswith('/proc'):
+        dirs[:] = []
+        continue
+    seen += [os.path.join(top, f) for f in files + dirs]
+print(json.dumps(seen))
+"""
+    seen = json.loads(_run_and_read(walk))
+    assert seen and not [p for p in seen if p.endswith((".jsonl", ".json", ".txt", ".csv", ".parquet"))
+                         and "/usr/lib/python3" not in p]
+    project = str(Path(__file__).resolve().parents[2])
+    for host_path in (project, str(tmp_path), "/root", "/home", "/work", "/etc/passwd", "/etc/shadow", "/run",
+                      "/var", "/sys", sys.prefix if sys.prefix.startswith("/root") else "/nonexistent"):
+        assert not [p for p in seen if p == host_path or p.startswith(host_path.rstrip("/") + "/")], host_path
+    allowed = ("/usr", "/lib", "/dev", "/tmp", "/etc", "/proc", "/bin", "/sbin")
+    assert not [p for p in seen if not p.startswith(allowed)]
+
+
+def test_host_unix_sockets_path_and_abstract_are_out_of_reach(canary, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("sockets")
+    os.chmod(tmp_path, 0o777)
+    servers = []
+    for address in (str(tmp_path / "host.sock"), "\0r1lab-host-abstract"):
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(address)
+        if not address.startswith("\0"):
+            os.chmod(address, 0o777)
+        server.listen()
+        servers.append(server)
+    probe = f"""
+import socket
+for address in ({str(tmp_path / 'host.sock')!r}, "\\0r1lab-host-abstract"):
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(address)
+        print("connected", repr(address))
+    except OSError as e:
+        print("refused", type(e).__name__)
+"""
+    try:
+        out = _run_and_read(probe)
+    finally:
+        for server in servers:
+            server.close()
+    assert "connected" not in out and out.count("refused") == 2
+
+
+def test_ptys_come_from_a_private_devpts():
+    host_master, host_slave = os.openpty()  # a host pty that must stay invisible
+    try:
+        out = _run_and_read("import os, pty\nprint(sorted(os.listdir('/dev/pts')))\nm, s = os.openpty()\n"
+                            "print(os.ttyname(s), sorted(os.listdir('/dev/pts')))")
+    finally:
+        os.close(host_master)
+        os.close(host_slave)
+    before, after = out.splitlines()
+    assert before == "['ptmx']" and after.startswith("/dev/pts/0 ")
+
+
+def test_no_new_privileges_seccomp_and_nosuid_nodev_mounts():
+    out = _run_and_read("status = open('/proc/self/status').read()\n"
+                        "print([l for l in status.splitlines() if l.startswith(('NoNewPrivs', 'Seccomp:', 'Uid'))])\n"
+                        "for line in open('/proc/self/mountinfo'): print(line.split()[4], line.split()[5])")
+    head, *mounts = out.splitlines()
+    assert "NoNewPrivs:\\t1" in head and "Seccomp:\\t2" in head and "'Uid:\\t0" not in head
+    for line in mounts:
+        target, options = line.split()
+        assert "nosuid" in options, line
+        if not target.startswith("/dev/") or target.startswith("/dev/shm"):
+            assert "nodev" in options or target == "/dev/pts", line
+
+
+@pytest.mark.parametrize("call", [
+    "libc.syscall(248, b'user', b'r1lab', b'secret', 6, -4)",  # add_key into the session keyring
+    "libc.syscall(250, 0, -3, 0, 0, 0)",  # keyctl(KEYCTL_GET_KEYRING_ID, session)
+    "libc.syscall(101, 16, 1, 0, 0)",  # ptrace(PTRACE_ATTACH, 1)
+    "libc.syscall(272, 0x10000000)",  # unshare(CLONE_NEWUSER)
+    "libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0)",  # clone(CLONE_NEWUSER | SIGCHLD)
+    "libc.syscall(425, 8, 0)",  # io_uring_setup
+    "libc.syscall(165, b'none', b'/tmp', b'tmpfs', 0, 0)",  # mount
+    "libc.syscall(41, 40, 1, 0)",  # socket(AF_VSOCK, SOCK_STREAM)
+    "libc.syscall(321, 0, 0, 0)",  # bpf
+])
+def test_denied_system_calls_fail_with_eperm(call):
+    out = _run_and_read(f"import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nr = {call}\n"
+                        "print(r, ctypes.get_errno())")
+    assert out.split() == ["-1", "1"], out
+
+
+def test_memory_is_bounded_for_the_whole_run_not_per_process(canary):
+    from r1lab.sandbox.run import cgroups_available
+
+    if not cgroups_available():
+        pytest.skip("no cgroup can be made here: memory is bounded per process only (the documented fallback)")
+    forks = """
+import os, time
+def add(a, b):
+    kids = []
+    for _ in range(3):
+        pid = os.fork()
+        if pid == 0:
+            block = bytearray(200 << 20)
+            for i in range(0, len(block), 4096):
+                block[i] = 1
+            time.sleep(1)
+            os._exit(0)
+        kids.append(pid)
+    ok = all(os.waitpid(k, 0)[1] == 0 for k in kids)
+    return a + b if ok else -1
+"""
+    limits = Limits(wall=10, cpu=5, memory_mb=256)
+    assert judge_calls(forks, "add", TESTS[:1], limits=limits).score() == 0.0
+    assert judge_calls(forks, "add", TESTS[:1], limits=Limits(wall=10, cpu=5, memory_mb=1024)).score() == 1.0
+
+
+def test_processes_are_bounded_for_the_whole_run():
+    out = _run_and_read("import os, time\nmade = 0\nfor _ in range(100):\n    try:\n        if os.fork() == 0:\n"
+                        "            time.sleep(3)\n            os._exit(0)\n        made += 1\n    except OSError:\n"
+                        "        break\nprint(made)", Limits(wall=8, cpu=2, processes=16))
+    assert int(out) < 16
+
+
+def test_uids_are_unique_across_processes_on_the_machine(tmp_path):
+    import subprocess
+    import sys
+
+    claim = ("import secrets, sys, time\nsecrets.randbelow = lambda n: 0\nfrom r1lab.sandbox.run import claim_uid\n"
+             "with claim_uid() as uid:\n    print(uid, flush=True)\n    time.sleep(3)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", claim], stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    uids = [int(p.stdout.readline()) for p in procs]
+    for p in procs:
+        p.wait()
+    assert len(set(uids)) == 3 and all(200_000 <= u < 250_000 for u in uids)
+
+
+@pytest.mark.parametrize("spoof", ["import os\nos._exit(125)\n", "import os\nos._exit(126)\n", "raise SystemExit(125)\n",
+                                   "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n"])
+def test_exit_codes_cannot_spoof_a_sandbox_error(canary, spoof):
+    verdict = judge_calls(spoof + GOLD, "add", TESTS, limits=FAST)
+    assert verdict.error is None and verdict.score() == 0.0
+
+
+def test_numbers_compare_exactly_where_exactness_matters(canary):
+    from r1lab.sandbox.judge import outputs_match
+
+    big = 10 ** 12
+    assert judge_calls("def f(): return 10 ** 12 + 500_000", "f", [CallTest([], big)], limits=FAST).score() == 0.0
+    assert judge_calls("def f(): return float('inf')", "f", [CallTest([], 10 ** 400)], limits=FAST).score() == 0.0
+    assert judge_calls("def f(): return 10 ** 400", "f", [CallTest([], 10 ** 400)], limits=FAST).score() == 1.0
+    for got, want in [("1000000500000", "1000000000000"), ("inf", str(10 ** 400)), ("\uff17", "7"), ("\u0667", "7"),
+                      ("1_00", "100"), ("+7", "7"), ("3e0", "3"), ("7.0", "7"), ("0x7", "7"), ("nan", "nan0")]:
+        assert not outputs_match(got, want, tolerance=1e-6), (got, want)
+        assert not outputs_match(got, want), (got, want)
+    assert outputs_match("2.5000001", "2.5", tolerance=1e-6) and not outputs_match("2.5000001", "2.5")
+    assert not outputs_match("inf", "2.5", tolerance=1e300)
+    print_fullwidth = "print('\\uff17')"
+    assert judge_io(print_fullwidth, [IOTest("", "7", tolerance=1e-6)], limits=FAST).score() == 0.0
+
+
+@pytest.mark.parametrize("solution, test, expected", [
+    ("def f(): return 20.0", "assert f() == 20", 1.0),
+    ("def f(x): return type(x).__name__", "assert f((1, 2)) == 'tuple'", 1.0),
+    ("def f(d): return [type(k).__name__ for k in d]", "assert f({1: 'a', (2, 3): 'b'}) == ['int', 'tuple']", 1.0),
+    ("def f(s): return sorted(s)", "assert f({3, 1, 2}) == [1, 2, 3]", 1.0),
+    ("def f(b): return b[::-1]", "assert f(b'ab') == b'ba'", 1.0),
+    ("def f(): return [1, 2]", "assert f() == (1, 2)", 0.0),  # Python: a list is not a tuple
+    ("def f(): return {1, 2}", "assert f() == [1, 2]", 0.0),
+    ("import collections\ndef f(): return collections.Counter('aab')", "assert f() == {'a': 2, 'b': 1}", 1.0),
+    ("import re\ndef f(s): return re.search('a', s)", "assert f('cat')", 1.0),
+    ("import re\ndef f(s): return re.search('a', s)", "assert not f('cat')", 0.0),
+    ("def f(x): return x * 1.0001", "assert math.isclose(f(3.0), 3.0, rel_tol=0.001)", 1.0),
+    ("def f(x): return x * 1.01", "assert math.isclose(f(3.0), 3.0, rel_tol=0.001)", 0.0),
+    ("def f(a, b): return (4, 5)", "assert set(f((3, 4, 5, 6), (5, 7, 4, 10))) == set((4, 5))", 1.0),
+    ("import sys\ndef f(t): return sys.getsizeof(t)", "assert f((1, 'a')) == sys.getsizeof((1, 'a'))", 1.0),
+    ("def sum(a, b): return a - b", "assert sum(10, 4) == 6", 1.0),  # the solution's own name shadows the builtin
+])
+def test_dataset_asserts_follow_python_semantics(solution, test, expected):
+    from r1lab.sandbox.judge import AssertTest, judge_asserts
+
+    assert judge_asserts(solution, [AssertTest(test)], limits=FAST).score() == expected
+
+
+def test_the_expected_side_of_an_assert_never_enters_the_solutions_sandbox(canary):
+    from r1lab.sandbox.judge import AssertTest, judge_asserts
+
+    peek = "def f(*a):\n    return (4, 5) if 'set((4, ' + '5))' in open(__file__).read() else (1,)\n"
+    assert judge_asserts(peek, [AssertTest("assert set(f((3, 4, 5, 6), (5, 7, 4, 10))) == set((4, 5))")],
+                         limits=FAST).score() == 0.0
+
+
+@pytest.mark.parametrize("rigged", [
+    "class I(int):\n    def __index__(self): return 3\n    def __eq__(self, o): return True\n"
+    "def add(a, b): return I(999)",
+    "class L(list):\n    def __iter__(self): return iter([3])\n    def __eq__(self, o): return True\n"
+    "def add(a, b): return L([9])",
+    "class D(dict):\n    def items(self): return [(1, 3)]\n    def __eq__(self, o): return True\n"
+    "def add(a, b): return D({9: 9})",
+    "class S(str):\n    def __str__(self): return '3'\ndef add(a, b): return S('no')",
+    "class B:\n    def __bool__(self): return True\n    def __eq__(self, o): return True\ndef add(a, b): return B()",
+])
+def test_subclasses_travel_as_their_plain_values_and_rigging_never_passes(canary, rigged):
+    assert score(rigged) == 0.0
+
+
+def test_honest_programs_using_threads_processes_files_and_big_numbers_pass(canary):
+    honest = """
+import math, sys, tempfile, threading, subprocess, collections, fractions, decimal, functools, heapq
+from multiprocessing import Pool
+
+def _square(x):
+    return x * x
+
+def add(a, b):
+    out = []
+    t = threading.Thread(target=lambda: out.append(a + b))
+    t.start(); t.join()
+    with Pool(2) as pool:
+        assert pool.map(_square, [1, 2, 3]) == [1, 4, 9]
+    with tempfile.NamedTemporaryFile('w+') as f:
+        f.write('ok'); f.flush(); f.seek(0); assert f.read() == 'ok'
+    assert subprocess.run([sys.executable, '-c', 'print(6 * 7)'], capture_output=True, text=True).stdout == '42\\n'
+    assert math.factorial(3000).bit_length() > 30000 and fractions.Fraction(1, 3) * 3 == 1
+    sys.setrecursionlimit(20000)
+    @functools.lru_cache(None)
+    def depth(n): return 0 if n == 0 else 1 + depth(n - 1)
+    assert depth(5000) == 5000
+    print('\\u00e9\\u4e2d')
+    return out[0]
+"""
+    assert judge_calls(honest, "add", TESTS, limits=Limits(wall=20, cpu=20)).score() == 1.0
+
+
+# --- found by the adversarial review of round 2 ------------------------------------------------------------------
+
+@pytest.mark.parametrize("solution, test", [
+    ("class F(float):\n    def __sub__(self, o): return 0.0\n    def __rsub__(self, o): return 0.0\n"
+     "def mad(xs): return F(99.0)", "assert abs(mad([1.0, 2.0, 3.0]) - 2.0/3.0) < 1e-6"),
+    ("import builtins\nbuiltins.abs = lambda v: 0.0\ndef mad(xs): return 12345.0",
+     "assert abs(mad([1.0, 2.0, 3.0]) - 2.0/3.0) < 1e-6"),
+    ("class A:\n    def __eq__(self, o): return True\n    def __ne__(self, o): return False\n"
+     "def mean(xs): return A()", "assert mean([1, 2, 3]) == 2 and mean([4]) == 4"),
+    ("class A:\n    def __eq__(self, o): return True\ndef mean(xs): return A()", "assert mean([1, 2]) == 1.5 == 1.5"),
+    ("class A:\n    def __ne__(self, o): return False\ndef mean(xs): return A()", "assert not mean([1]) != 1"),
+    ("class A:\n    def __sub__(self, o): return 0\ndef mean(xs): return A()", "assert mean([1, 2, 3]) - 2 == 0"),
+    ("str = 'anything'\ndef decode(s): return 'anything'", "assert decode('x') == str"),
+])
+def test_whole_expression_asserts_are_evaluated_without_the_solutions_objects(canary, solution, test):
+    from r1lab.sandbox.judge import AssertTest, judge_asserts
+
+    assert judge_asserts(solution, [AssertTest(test)], limits=FAST).score() == 0.0
+
+
+def test_whole_expression_asserts_still_pass_honest_solutions():
+    from r1lab.sandbox.judge import AssertTest, judge_asserts
+
+    tests = [AssertTest("assert abs(mad([1.0, 2.0, 3.0]) - 2.0/3.0) < 1e-6"),
+             AssertTest("assert mad([1.0]) == 0 and mad([2.0, 2.0]) == 0.0"), AssertTest("assert 0 <= mad([5.0, 1.0])")]
+    honest = "def mad(xs):\n    m = sum(xs) / len(xs)\n    return sum(abs(x - m) for x in xs) / len(xs)\n"
+    assert judge_asserts(honest, tests, limits=FAST).score() == 1.0
+
+
+def test_a_result_crafted_for_hash_collisions_is_refused_in_linear_time(canary):
+    P = 2 ** 61 - 1
+    body = ",".join('["int","%x"]' % (k * P) for k in range(1, 30_000))
+    t0 = time.monotonic()
+    assert score(_forge('["ok",["set",[' + body + ']]]') + GOLD) == 0.0
+    assert time.monotonic() - t0 < 5  # about 0.7 s here; building that set took 13 s
+
+
+def test_a_run_that_forks_spinners_cannot_starve_the_run_beside_it(canary):
+    from r1lab.sandbox.pool import run_many
+    from r1lab.sandbox.run import cgroups_available
+
+    if not cgroups_available():
+        pytest.skip("no cgroup can be made here: CPU is not bounded per run")
+    hog = ("import os\nfor _ in range(60):\n    if os.fork() == 0:\n        os.setsid()\n        while True: pass\n"
+           "import time\ntime.sleep(30)\n")
+    honest = "def add(a, b):\n    n = 0\n    for i in range(6_000_000):\n        n += i\n    return a + b\n"
+    limits = Limits(wall=12, cpu=12)
+    hogged, verdict = run_many([lambda: judge_calls(hog + GOLD, "add", TESTS[:1], limits=Limits(wall=8, cpu=8)),
+                                lambda: (time.sleep(0.5), judge_calls(honest, "add", TESTS[:1], limits=limits))[1]],
+                               workers=2)
+    assert verdict.score() == 1.0, verdict
+
+
+@pytest.mark.parametrize("solution", [
+    "def inc(x):\n    return x + 1\nif __name__ == '__main__':\n    print(inc(int(input())))\n",  # main is not run
+    "def inc(x):\n    print('debug', x, end=' ')\n    return x + 1\n",  # printing without a newline
+])
+def test_honest_solutions_with_main_guards_or_stray_prints_pass(solution):
+    assert judge_calls(solution, "inc", [CallTest([1], 2), CallTest([5], 6)], limits=FAST).score() == 1.0
+
+
+def _decimal(n: int) -> str:
+    digits = []
+    while n:
+        n, r = divmod(n, 10 ** 1000)
+        digits.append(f"{r:01000d}")
+    return "".join(reversed(digits)).lstrip("0")
+
+
+def test_big_integers_print_and_lone_surrogates_do_not_raise():
+    from r1lab.rewards.code import code_reward
+
+    big = format(2 ** 20000, "x")  # this (host) Python may keep the 4300-digit limit on str(int)
+    assert judge_io(f"print(str(0x{big}))", [IOTest("", _decimal(2 ** 20000))], limits=FAST).score() == 1.0
+    assert code_reward("```python\nprint('\ud800')\n```", tests=[{"input": "\udcff", "output": "x"}]) == 0.0
+    assert code_reward("```python\ndef f(): return '\ud800'\n```", tests=[{"args": [], "expected": "x"}],
+                       func="f") == 0.0
+
+
+def test_claiming_uids_leaves_one_lock_file_behind_at_most():
+    import tempfile
+
+    from r1lab.sandbox.run import claim_uid
+
+    folder = Path(tempfile.gettempdir())
+    before = set(folder.iterdir())
+    for _ in range(50):
+        with claim_uid():
+            pass
+    assert {p.name for p in set(folder.iterdir()) - before} <= {"r1lab-sandbox-uids.lock"}
+
+
+@pytest.mark.parametrize("solution, test", [
+    ("def abs(x):\n    return 0\ndef mad(xs):\n    return 0", "assert abs(mad([1.0, 2.0, 3.0]) - 2.0/3.0) < 1e-6"),
+    ("def set(*a):\n    return 0\ndef common(a, b):\n    return 0", "assert set(common((3, 4), (4, 5))) == set((4,))"),
+    ("list = lambda *a: 7\ndef f(n):\n    return 7", "assert f(3) == list(range(3))"),
+    ("sorted = lambda *a, **k: [1, 3]\ndef f(xs):\n    return [9]", "assert sorted(f([3, 1])) == [1, 3]"),
+    ("class math:\n    @staticmethod\n    def fabs(x): return 0\ndef poly(x):\n    return 9", "assert math.fabs(poly(2.5) - 1.0) < 1e-4"),
+])
+def test_a_solution_redefining_the_tests_builtins_does_not_change_the_test(solution, test):
+    from r1lab.sandbox.judge import AssertTest, judge_asserts
+
+    assert judge_asserts(solution, [AssertTest(test)], limits=FAST).score() == 0.0
+
+
+def test_names_the_setup_imports_belong_to_the_test():
+    from r1lab.sandbox.judge import AssertTest, judge_asserts
+
+    tests = [AssertTest("assert hypot_len(3, 4) == sqrt(25)")]
+    cheat = "def sqrt(x):\n    return -1\ndef hypot_len(a, b):\n    return -1\n"
+    assert judge_asserts(cheat, tests, setup="from math import sqrt", limits=FAST).score() == 0.0
+    honest = "def hypot_len(a, b):\n    return (a * a + b * b) ** 0.5\n"
+    assert judge_asserts(honest, tests, setup="from math import sqrt", limits=FAST).score() == 1.0
+
+
+@pytest.mark.parametrize("solution, test, expected", [
+    ("def f(xs): return map(lambda x: x * x, xs)", "assert list(f([1, 2, 3])) == [1, 4, 9]", 1.0),
+    ("def f(xs): return map(lambda x: x * x, xs)", "assert f([1, 2, 3]) == [1, 4, 9]", 0.0),  # a map is not a list
+    ("def f(n): return (i for i in range(n))", "assert sum(f(4)) == 6", 1.0),
+    ("def f(d): return d.keys()", "assert f({1: 2, 3: 4}) == {1, 3}", 1.0),  # keys views compare like sets
+    ("def f(n): return range(n)", "assert len(f(5)) == 5", 1.0),
+    ("import collections\ndef f(xs): return collections.deque(xs)", "assert list(f([3, 1])) == [3, 1]", 1.0),
+    ("import fractions\ndef f(): return fractions.Fraction(1, 2)", "assert f() == 0.5", 1.0),
+    ("def f(): return iter(int, 1)", "assert next(f()) == 0", 0.0),  # an endless iterator is refused, not hung on
+])
+def test_iterables_and_library_numbers_keep_pythons_meaning(solution, test, expected):
+    from r1lab.sandbox.judge import AssertTest, judge_asserts
+
+    assert judge_asserts(solution, [AssertTest(test)], limits=FAST).score() == expected
+
+
+def test_a_failed_expected_side_is_tried_again_not_remembered():
+    from r1lab.sandbox import judge
+    from r1lab.sandbox.judge import AssertTest, judge_asserts
+
+    test = [AssertTest("assert f() == sum(range(3 * 10 ** 7))")]
+    honest = "def f():\n    return 449999985000000\n"
+    assert judge_asserts(honest, test, limits=Limits(wall=0.3, cpu=1)).score() == 0.0
+    assert judge_asserts(honest, test, limits=Limits(wall=30, cpu=30)).score() == 1.0
+    assert judge._expected_values[("", "sum(range(3 * 10 ** 7))")] == 449999985000000

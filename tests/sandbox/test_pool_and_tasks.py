@@ -52,15 +52,17 @@ def test_mbpp_and_stdin_style_rows_load_and_judge(tmp_path):
 
     path = tmp_path / "code.jsonl"
     rows = [{"text": "Write a function to add two numbers.", "code": "def add(a, b): return a + b",
-             "test_list": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert is_ok(add)"]},
+             "test_list": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(2, 2) in (4, 5)",
+                           "assert not add(0, 0)", "x = 1"]},
             {"question": "Read two numbers and print their product.",
              "tests": [{"input": "3 4\n", "output": "12\n"}, {"input": "0 9\n", "output": "0\n"}]}] * 3
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     task = CodeDatasetTask(str(path), test_size=2)
     for example in task.examples("train") + task.examples("test"):
-        if example["func"]:
-            assert len(example["tests"]) == 2  # the assert of another shape is skipped, never run
+        if "assert" in example["tests"][0]:
+            assert len(example["tests"]) == 4  # a line that is not an assert is skipped, never run
             assert task.verify("```python\ndef add(a, b): return a + b\n```", **example) == 1.0
+            assert task.verify("```python\ndef add(a, b): return a + b + 1\n```", **example) == 0.0
         else:
             assert task.verify("```python\na, b = map(int, input().split())\nprint(a * b)\n```", **example) == 1.0
     assert extract_code("```js\nx\n```") is None
