@@ -43,7 +43,7 @@ _THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
 @dataclass(frozen=True)
 class Rendered:
     text: str  # the full prompt, ending with the prefill
-    prefill: str  # the forced start of the assistant's reply ("" if none)
+    prefill: str  # the forced start of the assistant's reply ("" if none), with a <think> the template itself opens
 
     @property
     def thinking(self) -> bool:
@@ -113,7 +113,9 @@ def render(messages: list[dict], template: str, tokenizer=None, prefill: str | N
     else:
         raise ValueError(f"unknown chat template {template!r}; choose one of {', '.join(TEMPLATES)}")
     prefill = default_prefill if prefill is None else prefill
-    return Rendered(text=text + prefill, prefill=prefill)
+    opened = re.search(r"<think>\s*$", text) if template in ("native", "native-zero") else None
+    opener = text[opened.start():] if opened else ""  # e.g. DeepSeek-R1-Distill's template ends with <think>\n
+    return Rendered(text=text + prefill, prefill=opener + prefill)
 
 
 def _r1zero(messages: list[dict]) -> str:

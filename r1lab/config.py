@@ -119,8 +119,8 @@ class EvalConfig:
     """``r1lab eval``: the R1 evaluation protocol (k samples at T=0.6, top-p 0.95; pass@1, pass@k, cons@k)."""
 
     model: str = "smollm2-135m"  # hub id, local folder, .gguf file, or the embedded smollm2-135m
-    benchmarks: list = field(default_factory=lambda: ["gsm8k"])  # gsm8k | math500 | aime24 | gpqa-diamond | task:NAME (an r1lab task's test split)
-    data: dict = field(default_factory=dict)  # benchmark -> local JSONL/Parquet path, e.g. {aime24: aime.jsonl}
+    benchmarks: list = field(default_factory=lambda: ["gsm8k"])  # gsm8k | math500 | aime24 | aime25 | amc23 | gpqa-diamond | mbpp | task:NAME | any name given a --data file
+    data: dict = field(default_factory=dict)  # benchmark -> JSONL/Parquet path, or {path, kind: math|choice|code, question, answer, id}
     task_args: dict = field(default_factory=dict)  # for task:NAME benchmarks, e.g. {digits: 2}
     limit: int = 0  # the first N problems of each benchmark; 0 = all
     k: int = 0  # samples per problem; 0 = by the set's size (4 to 64, as the paper)
@@ -575,8 +575,8 @@ def _check_type(value, hint, name):
             return float(value)
         except ValueError:
             pass
-    if base is list and isinstance(value, str):  # --benchmarks gsm8k: one name is a list of one
-        return [value]
+    if base is list and isinstance(value, str):  # --benchmarks gsm8k (one name) or gsm8k,math500 (several)
+        return [part.strip() for part in value.split(",") if part.strip()]
     if base is bool and not isinstance(value, bool):
         raise ValueError(f"option {name} must be true or false, got {value!r}")
     if not isinstance(value, base) or (base is int and isinstance(value, bool)):

@@ -24,7 +24,7 @@ from r1lab.files import append_jsonl, write_atomic, write_json
 from r1lab.models import load_model, resolve_device, resolve_dtype, use_threads
 from r1lab.rewards import REWARDS, get_reward, score
 from r1lab.runs import refuse_changed
-from r1lab.tasks.answers import extract_answer
+from r1lab.tasks.answers import closed_answer, extract_answer
 from r1lab.tasks.base import question_text
 
 #: batch ``b`` of a seeded run samples with seed ``seed * BATCH_SEED_STRIDE + b``
@@ -48,6 +48,12 @@ class Group:
     def responses(self) -> list[str]:
         """The whole assistant responses (prefill + generated text): what rewards and people read."""
         return [self.prefill + c.text for c in self.completions]
+
+    @property
+    def finished(self) -> list[bool]:
+        """Per completion: whether it has a final answer to judge. A reply cut at the length limit has one only if
+        it already closed it (:func:`r1lab.tasks.answers.closed_answer`)."""
+        return [c.finish_reason != "length" or closed_answer(r) for c, r in zip(self.completions, self.responses)]
 
     @property
     def has_signal(self) -> bool:
@@ -106,21 +112,30 @@ def score_group(group: Group, rewards: dict) -> None:
     """Fill ``group.rewards`` (weighted totals) and ``group.per_reward`` from ``rewards`` (:func:`build_rewards`)."""
     scores = score(group.responses, [group.example] * len(group.completions), rewards,
                    completion_lengths=[len(c) for c in group.completions])
+    if "accuracy" in rewards:  # an unfinished reply's accuracy is 0, as in evaluation
+        weight = rewards["accuracy"][1]
+        for i, finished in enumerate(group.finished):
+            value = scores.per_reward["accuracy"][i]
+            if not finished and value:
+                scores.totals[i] -= weight * value
+                scores.per_reward["accuracy"][i] = 0.0
     group.rewards, group.per_reward = scores.totals, scores.per_reward
 
 
 def sample_problems(engine, task, examples: list[dict], params: SamplingParams, template: str,
                     prefill: str | None) -> list[list[dict]]:
-    """``params.n`` samples for each example, each judged by ``task.verify``: one record list per problem."""
+    """``params.n`` samples for each example, each judged by ``task.verify``: one record list per problem. A reply
+    cut at the length limit before it closed a final answer has none: its answer is None and it is wrong."""
     extract = getattr(task, "extract", extract_answer)
     out = []
     for group in generate_groups(engine, examples, template, prefill, params, task):
         prompt = engine.tokenizer.decode(group.prompt_ids)  # exactly what the model was given
         out.append([{"id": str(group.example.get("id", "")), "sample": j, "prompt": prompt, "completion": response,
-                     "answer": extract(response), "reference": group.example.get("answer"),
-                     "correct": task.verify(response, **group.example), "tokens": len(completion.token_ids),
-                     "finish_reason": completion.finish_reason}
-                    for j, (completion, response) in enumerate(zip(group.completions, group.responses))])
+                     "answer": extract(response) if finished else None, "reference": group.example.get("answer"),
+                     "correct": task.verify(response, **group.example) if finished else 0.0,
+                     "tokens": len(completion.token_ids), "finish_reason": completion.finish_reason}
+                    for j, (completion, response, finished)
+                    in enumerate(zip(group.completions, group.responses, group.finished))])
     return out
 
 

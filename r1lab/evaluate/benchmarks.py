@@ -1,4 +1,5 @@
-"""The R1 paper's benchmarks as Tasks: GSM8K, MATH-500, AIME 2024 and GPQA-Diamond, plus any r1lab Task.
+"""The R1 paper's benchmarks as Tasks: GSM8K, MATH-500, AIME 2024/2025, AMC 2023, GPQA-Diamond, MBPP and
+LiveCodeBench-style code sets, any benchmark file by a name of your own, and any r1lab Task.
 
 Each benchmark is read, in this order, from: a path you give (a JSONL or Parquet file, or a folder holding
 one), the copy in ``../shared/data/`` next to the working directory or this repository (GSM8K, MATH-500),
@@ -12,8 +13,14 @@ needs: ``extract`` (a response's final answer) and ``equivalent`` (are two answe
   the rest with math-verify in a worker process with a deadline).
 - GPQA-Diamond is multiple choice: the four options are shuffled with a seed per problem, lettered A-D,
   and the response's letter (``\\boxed{C}``, ``Answer: C``) is compared with the correct one's.
+- Code sets (``mbpp``; any file of MBPP/HumanEval asserts or LiveCodeBench/CodeContests tests) are judged in the
+  sandbox by the ``code`` reward, on the code of the answer part only (:mod:`r1lab.rewards.code`); no cons@k.
 
-Left out: AIME 2025, LiveCodeBench and Codeforces (code needs the sandbox), and GPQA's other subsets.
+Any other name is a benchmark of your own: ``--data '{aime25: aime25.jsonl}'`` (fields and kind detected) or
+``--data '{mine: {path: f.jsonl, kind: math, question: problem, answer: solution, id: uid}}'``; kind is
+``math``, ``choice`` (fields ``choices``: the correct option's first) or ``code``. Order and ids are kept.
+
+Left out: Codeforces ratings, LiveCodeBench's compressed private tests, and GPQA's other subsets.
 """
 
 from __future__ import annotations
@@ -44,7 +51,8 @@ class Spec:
     answer: tuple[str, ...] = ()
     local: str | None = None  # under shared/data/
     choices: tuple[str, ...] = ()  # multiple choice: the correct option's field first
-    ids: tuple[str, ...] = ("unique_id", "id", "ID", "Record ID")
+    ids: tuple[str, ...] = ("unique_id", "id", "ID", "Record ID", "task_id", "question_id", "problem_id")
+    kind: str = "math"  # math | choice | code
 
 
 BENCHMARKS: dict[str, Spec] = {
@@ -53,10 +61,20 @@ BENCHMARKS: dict[str, Spec] = {
     "math500": Spec(hub=("HuggingFaceH4/MATH-500", None, "test"), question=("problem",), answer=("answer", "solution"),
                     local="math500/test.jsonl"),
     "aime24": Spec(hub=("HuggingFaceH4/aime_2024", None, "train"), question=("problem", "Problem", "question"),
-                   answer=("answer", "Answer")),
+                   answer=("answer", "Answer", "solution")),
+    "aime25": Spec(hub=("math-ai/aime25", None, "test"), question=("problem", "Problem", "question"),
+                   answer=("answer", "Answer", "solution"), local="aime25/test.jsonl"),
+    "amc23": Spec(hub=("math-ai/amc23", None, "test"), question=("question", "problem", "Problem"),
+                  answer=("answer", "Answer", "solution"), local="amc23/test.jsonl"),
+    "mbpp": Spec(hub=("google-research-datasets/mbpp", "sanitized", "test"), question=("prompt", "text"),
+                 local="mbpp/sanitized.jsonl", kind="code"),
     "gpqa-diamond": Spec(hub=("Idavidrein/gpqa", "gpqa_diamond", "train"), question=("Question", "question"),
-                         choices=("Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")),
+                         choices=("Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3"),
+                         kind="choice"),
 }
+KINDS = ("math", "choice", "code")
+_QUESTION_FIELDS = ("problem", "question", "Problem", "Question", "prompt", "text", "question_content")
+_ANSWER_FIELDS = ("answer", "Answer", "final_answer", "expected_answer", "solution")
 
 
 def default_k(n_problems: int) -> int:
@@ -95,6 +113,24 @@ class Benchmark(Task):
 
     def equivalent(self, a: str, b: str) -> bool:
         return verify_math(a, b)
+
+
+class CodeBenchmark(Benchmark):
+    """Code: each example's tests run in the sandbox on the code of the answer part; pass@k only (no votes)."""
+
+    instruction = ("Write your solution in Python inside a ```python code block. For a program that reads input, "
+                   "read stdin and print the answer.")
+    equivalent = None  # no cons@k: two programs are not one vote because their text matches
+
+    def verify(self, completion: str, **example) -> float | None:
+        from r1lab.rewards.code import code_reward
+
+        return code_reward(completion, **example)
+
+    def extract(self, completion: str) -> str | None:
+        from r1lab.rewards.code import extract_code
+
+        return extract_code(completion)
 
 
 class ChoiceBenchmark(Benchmark):
@@ -140,22 +176,61 @@ def choice_letter(completion: str) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------- loading
-def load_benchmark(name: str, path: str | Path | None = None, seed: int = 0) -> Benchmark:
-    """A benchmark by name, from ``path`` if given, else the shared local copy, else the hub."""
-    if name not in BENCHMARKS:
-        raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)} "
-                       "(or evaluate an r1lab task with task:NAME, e.g. task:arithmetic)")
-    spec = BENCHMARKS[name]
-    if path is not None:
-        rows, source = read_rows(Path(path)), str(path)
-    elif spec.local and (local := find_shared(spec.local)) is not None:
+def load_benchmark(name: str, path=None, seed: int = 0) -> Benchmark:
+    """A benchmark by name, from ``path`` if given (a file, or ``{path, kind, question, answer, id}``), else the
+    shared local copy, else the hub. A name r1lab does not know needs a ``path``."""
+    given = path if isinstance(path, dict) else ({"path": path} if path is not None else {})
+    unknown = set(given) - {"path", "kind", "question", "answer", "id", "choices"}
+    if unknown:
+        raise ValueError(f"--data {name}: unknown keys {sorted(unknown)}; use path, kind ({' | '.join(KINDS)}), "
+                         "question, answer, id, choices")
+    if name not in BENCHMARKS and not given.get("path"):
+        raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}, task:NAME for an r1lab task, "
+                       f"or a file of your own under any name: --data '{{{name}: FILE.jsonl}}'")
+    if given.get("path"):
+        rows, source = read_rows(Path(given["path"])), str(given["path"])
+    elif (spec := BENCHMARKS[name]).local and (local := find_shared(spec.local)) is not None:
         rows, source = read_rows(local), str(local)
     else:
         rows, source = _hub_rows(name, spec), f"hub:{spec.hub[0]}"
     if not rows:
         raise ValueError(f"{source} holds no rows for benchmark {name}")
+    spec = _custom_spec(name, rows[0], given, source) if name not in BENCHMARKS or len(given) > 1 else BENCHMARKS[name]
+    if spec.kind == "code":
+        from r1lab.tasks.code import CodeDatasetTask
+
+        examples = []
+        for i, row in enumerate(rows):
+            example = CodeDatasetTask._example(row, f"{source} row {i + 1}")
+            if example["tests"]:
+                example["id"] = next((str(row[k]) for k in spec.ids if row.get(k) is not None), str(i))
+                examples.append(example)
+        if not examples:
+            raise ValueError(f"{source}: no row has tests r1lab can judge (assert lines, or input/output tests)")
+        return CodeBenchmark(name, examples, source=source)
     examples = [_example(name, spec, row, i, source, seed) for i, row in enumerate(rows)]
-    return (ChoiceBenchmark if spec.choices else Benchmark)(name, examples, source=source)
+    return (ChoiceBenchmark if spec.kind == "choice" else Benchmark)(name, examples, source=source)
+
+
+def _custom_spec(name: str, row: dict, given: dict, source: str) -> Spec:
+    """The fields and kind of a benchmark file: as given, else detected from its first row."""
+    base = BENCHMARKS.get(name)
+    kind = given.get("kind") or (base.kind if base else None)
+    if kind is None:
+        code = any(k in row for k in ("test_list", "test", "tests", "public_test_cases"))
+        kind = "code" if code else "choice" if "choices" in given else "math"
+    if kind not in KINDS:
+        raise ValueError(f"--data {name}: kind {kind!r} is not one of {', '.join(KINDS)}")
+    question = (given["question"],) if given.get("question") else base.question if base else _QUESTION_FIELDS
+    answer = (given["answer"],) if given.get("answer") else base.answer if base else _ANSWER_FIELDS
+    ids = (given["id"],) if given.get("id") else Spec.ids
+    choices = tuple(given.get("choices") or (base.choices if base else ()))
+    if kind == "choice" and len(choices) < 2:
+        raise ValueError(f"--data {name}: a choice benchmark needs choices: [correct field, wrong field, ...]")
+    if kind == "math" and not any(f in row for f in answer):
+        raise ValueError(f"{source}: no answer field in its first row (looked for {', '.join(answer)}; it has "
+                         f"{sorted(row)}); name it: --data '{{{name}: {{path: ..., answer: FIELD}}}}'")
+    return Spec(hub=("", None, ""), question=question, answer=answer, choices=choices, ids=ids, kind=kind)
 
 
 def find_shared(relative: str) -> Path | None:

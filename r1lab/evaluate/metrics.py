@@ -16,7 +16,9 @@ Uncertainty, reported with every metric:
   mean +- z * sd / sqrt(n) instead. The bootstrap needs no normality, so it is also right near 0% and 100%.
 - ``sample_sd``: how much the number moves from sampling alone, with the problems fixed: the standard
   deviation of the metric when each problem's samples are redrawn with replacement (what another seed would
-  give). For pass@1 the mean per-problem standard deviation across samples is reported too.
+  give), scaled by sqrt(k / (k - 1)) so that it is not biased low at small k (for pass@1 this is the
+  unbiased per-problem variance over k samples). None at k = 1, where one sample says nothing about the next.
+  For pass@1 the mean per-problem standard deviation across samples is reported too.
 
 Left out: intervals for a metric of several benchmarks pooled together, and stratified bootstraps.
 """
@@ -42,7 +44,7 @@ class Estimate:
     value: float
     ci_low: float
     ci_high: float
-    sample_sd: float
+    sample_sd: float | None  # None at one sample per problem: nothing to tell how another draw would move it
     n: int
 
     def as_dict(self) -> dict:
@@ -167,12 +169,17 @@ def estimate(per_problem: Callable[[list], np.ndarray], samples: list, method: s
         raise ValueError(f"unknown interval method {method!r}; use one of {', '.join(CI_METHODS)}")
     scores = per_problem(samples)
     low, high = CI_METHODS[method](scores)
+    k = min(len(s) for s in samples)
+    if k < 2:
+        return Estimate(float(scores.mean()), low, high, None, len(scores))
     rng = np.random.default_rng(seed + 1)
     redrawn = []
     for _ in range(SAMPLE_RESAMPLES):
         resampled = [[s[j] for j in rng.integers(0, len(s), size=len(s))] for s in samples]
         redrawn.append(float(per_problem(resampled).mean()))
-    return Estimate(float(scores.mean()), low, high, float(np.std(redrawn)), len(scores))
+    # redrawing k samples with replacement shrinks a mean's variance by (k - 1) / k: undo it (exact for pass@1)
+    return Estimate(float(scores.mean()), low, high, float(np.std(redrawn, ddof=1)) * math.sqrt(k / (k - 1)),
+                    len(scores))
 
 
 def summarize(correct: list[list[float]], answers: list[list[str | None]] | None = None,

@@ -38,10 +38,13 @@ def write_eval_report(out: Path, summary: dict) -> Path:
         facts = (f"{result['n_problems']} problems x k = {result['k']} samples ({result['n_samples']} in all); "
                  f"temperature {s['temperature']}, top-p {s['top_p']}, at most {s['max_new_tokens']} new tokens; "
                  f"{result['seconds']:.0f} s of generation; mean response {result['mean_tokens']:.0f} tokens, "
-                 f"{result['length_capped']:.1%} cut at the length limit, {result['answered']:.1%} gave an answer; "
+                 f"{result['length_capped']:.1%} cut at the length limit, {result['answered']:.1%} gave a finished "
+                 f"answer, {result.get('correct_truncated', 0)} correct samples were cut at the length limit (a cut "
+                 "reply counts only if it had closed its answer); "
                  f"per-problem sd of correctness across samples {result['per_problem_sd']:.3f}. "
                  f"Data: {s['source']}.")
-        rows = [(m, f"{v['value']:.1%}", f"[{v['ci_low']:.1%}, {v['ci_high']:.1%}]", f"{v['sample_sd']:.1%}")
+        rows = [(m, f"{v['value']:.1%}", f"[{v['ci_low']:.1%}, {v['ci_high']:.1%}]",
+                 f"{v['sample_sd']:.1%}" if v["sample_sd"] is not None else "n/a (k = 1)")
                 for m, v in result["metrics"].items()]
         header = ("metric", "value", f"{result['interval']} interval", "sd over samples")
         md += [f"## {name}", "", facts, "", "| " + " | ".join(header) + " |", "|---|---:|---:|---:|"]

@@ -22,7 +22,7 @@ from pathlib import Path
 from r1lab.config import EvalConfig, save_config
 from r1lab.console import log, progress
 from r1lab.engine import SamplingParams
-from r1lab.evaluate.benchmarks import BENCHMARKS, default_k, load_benchmark, task_benchmark
+from r1lab.evaluate.benchmarks import default_k, load_benchmark, task_benchmark
 from r1lab.evaluate.metrics import summarize
 from r1lab.evaluate.report import folder_name, write_eval_report
 from r1lab.files import write_json
@@ -60,7 +60,8 @@ def summarize_records(problems: list[list[dict]], task, interval: str = "bootstr
         "unjudged": sum(r["correct"] is None for r in samples),
         "mean_tokens": sum(r["tokens"] for r in samples) / len(samples),
         "length_capped": sum(r["finish_reason"] == "length" for r in samples) / len(samples),
-        "answered": sum(r["answer"] is not None for r in samples) / len(samples),
+        "answered": sum(r["answer"] is not None for r in samples) / len(samples),  # finished answers only
+        "correct_truncated": sum(r["finish_reason"] == "length" and bool(r["correct"]) for r in samples),
     })
     return summary
 
@@ -77,8 +78,11 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
 
     summary = {"model": cfg.model, "template": cfg.template, "benchmarks": {}}
     for name, bench in benches.items():
-        examples = bench.examples("test")[:cfg.limit or None]
-        k = 1 if cfg.greedy else (cfg.k or default_k(len(examples)))
+        every = bench.examples("test")
+        examples = every[:cfg.limit or None]
+        k = 1 if cfg.greedy else (cfg.k or default_k(len(every)))  # by the whole set: --limit does not change it
+        if not cfg.greedy and not cfg.k:
+            log(f"{name}: k = {k} samples per problem, picked from the set's {len(every)} problems (--k to choose)")
         params = SamplingParams(n=k, temperature=0.0 if cfg.greedy else cfg.temperature, top_p=cfg.top_p,
                                 top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens)
         settings = batch_settings(cfg.model, cfg.template, cfg.prefill, params, cfg.seed, cfg.problems_per_batch,
@@ -101,7 +105,4 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
 def get_benchmark(name: str, cfg):
     if name.startswith("task:"):
         return task_benchmark(name.split(":", 1)[1], cfg.task_args)
-    if name not in BENCHMARKS:
-        raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}, or task:NAME for an "
-                       "r1lab task (task:arithmetic, task:countdown, task:gsm8k)")
-    return load_benchmark(name, cfg.data.get(name), seed=cfg.seed)
+    return load_benchmark(name, cfg.data.get(name), seed=cfg.seed)  # a name of your own needs a --data file

@@ -29,7 +29,7 @@ def extract_code(completion: str, language: str = "python") -> str | None:
     >>> extract_code("no code"), extract_code("```\\nprint(3)\\n```"), extract_code("```python\\nopen")
     (None, 'print(3)\\n', None)
     """
-    span = final_answer_span(completion) or completion
+    span = final_answer_span(completion)  # the answer part only: code inside the thinking never counts
     tagged, untagged = [], []
     start = span.find(FENCE)
     while start >= 0:

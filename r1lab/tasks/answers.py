@@ -86,6 +86,20 @@ def _bare_formula(text: str) -> str | None:
     return text
 
 
+def closed_answer(completion: str) -> bool:
+    """Whether a response already holds a finished final answer after all its thinking: a closed ``<answer>``
+    block, a complete ``\\boxed{}``, or a closed code fence. A reply cut at the length limit is judged only if
+    it has one; otherwise the last number of unfinished text would pass for its answer.
+
+    >>> closed_answer("<think>a</think>So \\\\boxed{20}"), closed_answer("...120 cups of feed are needed to feed 20")
+    (True, False)
+    >>> closed_answer("<answer>4</answer>"), closed_answer("<think>x</think>```python\\nf()\\n```"), closed_answer("")
+    (True, True, False)
+    """
+    span, is_answer_block = final_span(completion)
+    return is_answer_block or extract_boxed(span) is not None or span.count("```") >= 2
+
+
 def extract_answer(completion: str) -> str | None:
     """The final answer of a response as a string, or None if it gives none.
 

@@ -70,14 +70,23 @@ def question_text(example: dict, task: Task) -> str:
 
 
 def seeded_split(items: list, test_size: int | float, seed: int) -> tuple[list, list]:
-    """Shuffle ``items`` with ``seed`` and cut off a test part (a count, or a fraction when < 1).
+    """Shuffle ``items`` with ``seed`` and cut off a test part: a count (an int) or a fraction (a float, 1.0 = all).
 
     >>> seeded_split(list(range(10)), 0.2, seed=0) == seeded_split(list(range(10)), 2, seed=0)
     True
     """
     items = list(items)
     random.Random(seed).shuffle(items)
-    n_test = int(round(test_size * len(items))) if isinstance(test_size, float) and test_size < 1 else int(test_size)
+    if isinstance(test_size, bool) or not isinstance(test_size, (int, float)):
+        raise ValueError(f"test_size must be a count (an int) or a fraction (a float from 0.0 to 1.0), "
+                         f"got {test_size!r}")
+    if isinstance(test_size, float):  # 1.0 is the whole set, not one item
+        if not 0.0 <= test_size <= 1.0:
+            raise ValueError(f"test_size {test_size} is a float, so a fraction: give one from 0.0 to 1.0, or a "
+                             "whole number of items (e.g. 100)")
+        n_test = int(round(test_size * len(items)))
+    else:
+        n_test = test_size
     if not 0 <= n_test <= len(items):
         raise ValueError(f"test_size {test_size} does not fit {len(items)} items")
     return items[n_test:], items[:n_test]

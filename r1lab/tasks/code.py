@@ -43,6 +43,37 @@ class _CodeTask(Task):
         return code_reward(completion, **example)
 
 
+def _livecodebench(row: dict, prompt: str, where: str) -> dict:
+    """A LiveCodeBench row: ``public_test_cases`` (and ``private_test_cases`` when given as plain JSON; the
+    compressed form is a pickle, which r1lab never loads) of ``testtype`` stdin (stdin/stdout runs) or functional
+    (LeetCode style: each input line a JSON argument of ``Solution().<metadata.func_name>``)."""
+    import json
+
+    cases = []
+    for key in ("public_test_cases", "private_test_cases"):
+        raw = row.get(key)
+        try:
+            value = json.loads(raw) if isinstance(raw, str) else raw
+        except ValueError:
+            continue  # the compressed private tests: left out
+        cases += [c for c in value or [] if isinstance(c, dict) and "input" in c and "output" in c]
+    if not cases:
+        raise ValueError(f"{where}: no test cases r1lab can read in public_test_cases/private_test_cases")
+    if all(c.get("testtype", "stdin") == "stdin" for c in cases):
+        return {"prompt": prompt, "func": None, "answer": "", "setup": "",
+                "tests": [{"input": c["input"], "output": c["output"], "tolerance": None} for c in cases]}
+    metadata = row.get("metadata")
+    metadata = json.loads(metadata) if isinstance(metadata, str) and metadata else metadata or {}
+    name = metadata.get("func_name")
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"{where}: functional tests need metadata.func_name")
+    asserts = []
+    for c in cases:
+        args = [json.loads(line) for line in str(c["input"]).splitlines() if line.strip()]
+        asserts.append(f"assert Solution().{name}({', '.join(map(repr, args))}) == {json.loads(c['output'])!r}")
+    return {"prompt": prompt, "func": None, "answer": "", "setup": "", "tests": [{"assert": a} for a in asserts]}
+
+
 def _self_contained(line: str) -> bool:
     """Whether an assert line can be judged on its own: every name it uses is a builtin, a stdlib module or a
     function it calls (the solution's). HumanEval's ``check`` bodies also hold asserts on loop variables
@@ -93,9 +124,11 @@ class CodeDatasetTask(_CodeTask):
 
     @staticmethod
     def _example(row: dict, where: str) -> dict:
-        prompt = row.get("prompt") or row.get("text") or row.get("question")
+        prompt = row.get("prompt") or row.get("text") or row.get("question") or row.get("question_content")
         if not isinstance(prompt, str):
             raise ValueError(f"{where}: no prompt, text or question field")
+        if "public_test_cases" in row or "private_test_cases" in row:
+            return _livecodebench(row, prompt or row.get("question_content"), where)
         tests = row.get("tests")
         if isinstance(tests, list) and tests and isinstance(tests[0], dict) and "input" in tests[0]:
             tolerance = row.get("tolerance")

@@ -87,7 +87,7 @@ def test_sample_end_to_end_with_non_reasoning_mix_and_resume(tmp_path):
     mix = tmp_path / "chat.jsonl"
     mix.write_text("".join(json.dumps({"prompt": f"hello {i}", "response": "Hi!"}) + "\n" for i in range(10)))
     cfg = SampleConfig(model=model, task="test_echo", task_args={}, n=3, keep=2, template="native", stop=[],
-                       prefill="<think>\nI say it.\n</think>\n", max_new_tokens=8, min_language_share=0, drop_truncated=False, near_duplicate=1.0,
+                       prefill="<think>\nI say it.\n</think>\n<answer>it</answer>", max_new_tokens=8, min_language_share=0, drop_truncated=False, near_duplicate=1.0,
                        non_reasoning=str(mix), non_reasoning_share=0.25, problems_per_batch=2,
                        out=str(tmp_path / "run"), threads=1)
     summary = run_sample(cfg, progress=False)
@@ -122,7 +122,8 @@ def test_the_report_names_every_filter_and_the_decontamination_sets(tmp_path):
     cfg = SampleConfig(model=model, task="test_echo", task_args={}, n=2, template="native", stop=[], max_new_tokens=6,
                        out=str(tmp_path / "run"), threads=1, decontaminate=["gsm8k"])
     summary = run_sample(cfg, progress=False)
-    assert summary["kept_reasoning"] == 0 and summary["dropped"]["no_reasoning"] == 12  # random text: no think block
+    # random text cut at 6 tokens: no answer, so wrong (issue 14), and no think block either
+    assert summary["kept_reasoning"] == 0 and sum(summary["dropped"].values()) == 12, summary["dropped"]
     report = (tmp_path / "run" / "report.md").read_text()
     for name in ("no_reasoning", "truncated", "language", "long_paragraph", "code_block", "duplicate"):
         assert f"- {name}" in report
