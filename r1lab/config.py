@@ -132,7 +132,8 @@ class EvalConfig:
     template: str = "native"
     prefill: str | None = None
     interval: str = "bootstrap"  # bootstrap | normal
-    problems_per_batch: int = 0  # problems generated together (0 = 64 // k); also the unit a resume redoes
+    problems_per_batch: int = 0  # problems generated together (0 = 256 // k); also the unit a resume redoes
+    max_rows: int = 64  # rows decoded at once; a finished row's slot is refilled from the batch (0 = no refill)
     seed: int = 0
     out: str = "runs/eval"
     threads: int = 0  # 0 = all cores
@@ -143,7 +144,7 @@ class EvalConfig:
         strays = sorted(set(self.data) - set(self.benchmarks))
         _refuse(_need(bool(self.benchmarks), "benchmarks is empty; name at least one, e.g. --benchmarks '[gsm8k]'"),
                 _one_of(self, "template", TEMPLATES), _at_least(self, 1, "max_new_tokens"), _sampling(self, "top_k"),
-                _at_least(self, 0, "k", "limit", "problems_per_batch", meaning=" (0 = automatic / all)"),
+                _at_least(self, 0, "k", "limit", "problems_per_batch", "max_rows", meaning=" (0 = automatic / all)"),
                 _need(self.greedy or self.temperature > 0, f"temperature={self.temperature!r}: sampling needs a "
                                                            "value > 0 (0.6); use --greedy true for greedy decoding"),
                 _need(0 < self.top_p <= 1, f"top_p={self.top_p!r}: use a value in (0, 1] (0.95)"),

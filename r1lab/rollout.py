@@ -140,12 +140,12 @@ def sample_problems(engine, task, examples: list[dict], params: SamplingParams, 
 
 
 def batch_settings(model: str, template: str, prefill: str | None, params: SamplingParams, seed: int,
-                   problems_per_batch: int, source: str) -> dict:
+                   problems_per_batch: int, source: str, rows: int = 64) -> dict:
     """What the samples of :func:`sample_in_batches` depend on: reused only when every one of these is the same;
-    ``problems_per_batch`` 0 means ``64 // k``."""
+    ``problems_per_batch`` 0 means ``rows // k``."""
     return {"model": model, "template": template, "prefill": prefill, "k": params.n, "temperature": params.temperature,
             "top_p": params.top_p, "top_k": params.top_k, "max_new_tokens": params.max_new_tokens, "seed": seed,
-            "problems_per_batch": problems_per_batch or max(1, 64 // params.n), "source": source}
+            "problems_per_batch": problems_per_batch or max(1, rows // params.n), "source": source}
 
 
 def sample_in_batches(engine, task, examples: list[dict], params: SamplingParams, template: str,

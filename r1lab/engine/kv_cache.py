@@ -4,6 +4,12 @@ HF's ``DynamicCache`` grows each layer with ``torch.cat`` on every decoded token
 on a CPU that copy was 44% of decode time in our profile. This layer reserves room for ``capacity``
 positions up front (the engine reserves prompt width + max new tokens, up to a cap) and writes each new token
 in place, doubling the buffer if a long generation outgrows it; the model sees views of the filled part.
+
+For continuous batching the buffers also keep spare rows: the live rows are a prefix view of them, finished rows
+are dropped by moving live rows into their slots (:meth:`BufferLayer.move_rows`), and waiting rows are admitted
+into the spare rows behind them (:meth:`BufferLayer.place`) with their prompt right-aligned at the current length.
+Every row writes its next token in the same column; the columns in front of a row's prompt are masked (and zero,
+so they stay finite), and columns no live row uses any more are dropped (:meth:`BufferLayer.shift_columns`).
 """
 
 from __future__ import annotations
@@ -35,11 +41,75 @@ class BufferLayer(DynamicLayer):
 
     def _grow(self, like: torch.Tensor, size: int) -> None:
         b, h, _, d = like.shape
-        k, v = like.new_empty((b, h, size, d)), like.new_empty((b, h, size, d))
+        rows = max(b, self._rows()) if self._k is not None else b  # spare rows (continuous batching) are kept
+        k, v = like.new_empty((rows, h, size, d)), like.new_empty((rows, h, size, d))
         if self._k is not None:
-            k[..., :self.length, :] = self._k[..., :self.length, :]
-            v[..., :self.length, :] = self._v[..., :self.length, :]
-        self._k, self._v = k, v
+            k[:b, :, :self.length, :] = self._k[..., :self.length, :]
+            v[:b, :, :self.length, :] = self._v[..., :self.length, :]
+        self._k, self._v = k[:b], v[:b]
+        self._full = (k, v)
+
+    def _rows(self) -> int:
+        """Rows the buffers hold (live rows are the first ``self._k.shape[0]``)."""
+        full = getattr(self, "_full", None)
+        return max(self._k.shape[0], full[0].shape[0] if full is not None else 0)
+
+    def _views(self) -> None:
+        self.keys, self.values = self._k[..., :self.length, :], self._v[..., :self.length, :]
+
+    def allocate(self, like_k: torch.Tensor, like_v: torch.Tensor, rows: int, length: int) -> None:
+        """Start empty buffers shaped like ``like_k``/``like_v`` (.., H, .., D) with ``rows`` spare rows, no live row,
+        ``length`` columns filled (by the rows :meth:`place` admits) and room for ``capacity`` or ``length``."""
+        self.lazy_initialization(like_k, like_v)
+        size = max(self.capacity, length)
+        k = like_k.new_zeros((rows, like_k.shape[1], size, like_k.shape[3]))
+        v = like_v.new_zeros((rows, like_v.shape[1], size, like_v.shape[3]))
+        self._full, self._k, self._v = (k, v), k[:0], v[:0]
+        self.length = length
+        self._views()
+
+    def place(self, at: int, keys: torch.Tensor, values: torch.Tensor, spare_rows: int = 0) -> None:
+        """Admit rows ``at .. at + k`` (the live rows become the first ``at + k``) holding a prompt's K/V ``keys``,
+        ``values`` (k, H, w, D), right-aligned so its last token sits in the last filled column (``w`` <= the
+        filled length); the columns in front are zeroed. Past the spare rows the buffers grow to ``spare_rows``."""
+        k, w = keys.shape[0], keys.shape[-2]
+        if w > self.length:
+            raise ValueError(f"a prompt of {w} positions does not fit {self.length} filled columns: shift first")
+        end, start = at + k, self.length - w
+        if getattr(self, "_full", None) is None:
+            self._full = (self._k, self._v)
+        if end > self._rows():
+            old_k, old_v = self._k, self._v
+            rows = max(end, spare_rows)
+            full_k = old_k.new_zeros((rows, *old_k.shape[1:]))
+            full_v = old_v.new_zeros((rows, *old_v.shape[1:]))
+            full_k[:at], full_v[:at] = old_k[:at], old_v[:at]
+            self._full = (full_k, full_v)
+        full_k, full_v = self._full
+        self._k, self._v = full_k[:end], full_v[:end]
+        self._k[at:end, :, :start] = 0
+        self._v[at:end, :, :start] = 0
+        self._k[at:end, :, start:self.length] = keys.to(self._k.dtype)
+        self._v[at:end, :, start:self.length] = values.to(self._v.dtype)
+        self._views()
+
+    def shift_columns(self, offset: int) -> None:
+        """Move the live rows' filled columns ``offset`` to the right (zero columns in front) or ``-offset`` to the
+        left (the first ``-offset`` columns dropped); the filled length changes by ``offset``."""
+        if not offset:
+            return
+        keep = slice(max(0, -offset), self.length)
+        k, v = self._k[:, :, keep].clone(), self._v[:, :, keep].clone()
+        length = self.length + offset
+        if length > self._k.shape[-2]:
+            self._grow(self._k, max(length, 2 * self._k.shape[-2]))
+        at = max(0, offset)
+        self._k[:, :, at:length], self._v[:, :, at:length] = k, v
+        if offset > 0:
+            self._k[:, :, :offset] = 0
+            self._v[:, :, :offset] = 0
+        self.length = length
+        self._views()
 
     def get_seq_length(self) -> int:
         return self.length
@@ -48,6 +118,7 @@ class BufferLayer(DynamicLayer):
         if self.length:
             self._k = self._k.repeat_interleave(repeats, dim=0)
             self._v = self._v.repeat_interleave(repeats, dim=0)
+            self._full = (self._k, self._v)
             self.keys, self.values = self._k[..., :self.length, :], self._v[..., :self.length, :]
 
     def move_rows(self, src: torch.Tensor, dst: torch.Tensor, keep: int) -> None:
@@ -64,12 +135,14 @@ class BufferLayer(DynamicLayer):
         """Hold K and V in ``dtype`` (a prefill under autocast can leave K in fp32: rotary embeddings promote it)."""
         if self.length and (self._k.dtype, self._v.dtype) != (dtype, dtype):
             self._k, self._v = self._k.to(dtype), self._v.to(dtype)
+            self._full = (self._k, self._v)
             self.keys, self.values = self._k[..., :self.length, :], self._v[..., :self.length, :]
             self.dtype = dtype
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.length:
             self._k, self._v = self._k[indices], self._v[indices]
+            self._full = (self._k, self._v)
             self.keys, self.values = self._k[..., :self.length, :], self._v[..., :self.length, :]
 
 
@@ -77,6 +150,17 @@ def buffer_cache(capacity: int) -> DynamicCache:
     """A ``DynamicCache`` whose layers are :class:`BufferLayer` with room for ``capacity`` positions."""
     cache = DynamicCache()
     cache.layer_class_to_replicate = functools.partial(BufferLayer, capacity)
+    return cache
+
+
+def slot_cache(like: list[tuple[torch.Tensor, torch.Tensor]], rows: int, length: int, capacity: int) -> DynamicCache:
+    """An empty cache for continuous batching: per layer, K/V shaped like ``like[i]`` with ``rows`` spare rows and
+    ``length`` columns filled (rows come in by :meth:`BufferLayer.place`), room for ``capacity`` columns."""
+    cache = buffer_cache(capacity)
+    for k, v in like:
+        layer = BufferLayer(capacity)
+        layer.allocate(k, v, rows, length)
+        cache.layers.append(layer)
     return cache
 
 

@@ -13,27 +13,34 @@ What it does that a plain ``model.generate`` loop does not:
   forward pass for its "old" log-probs.
 - **A compute precision of its own.** ``dtype`` (default: the weights') is what decoding computes in: fp32
   master weights can roll out in bf16 (a bf16 snapshot of the decoder's weights; autocast for the HF forward).
+- **Continuous batching** (dynamic path). At most ``max_rows`` rows decode at once; rows wait in a queue and are
+  admitted into the slots finished rows leave (once an eighth of the budget is free), their prompt's K/V copied
+  into the slot right-aligned with the column every row writes next. A long row no longer holds its whole chunk
+  of rows, so a run's time follows its total tokens. Cache columns no live row attends to are dropped as rows leave.
 - **Two decode paths, one result.** ``decode="dynamic"`` (the default off CUDA) syncs with the host every token
   and shrinks the batch as rows finish; ``decode="static"`` (the default on CUDA, :mod:`r1lab.engine.static_decode`)
-  keeps all state on the device, replays CUDA graphs and syncs every ``sync_every`` tokens. Both draw their
-  uniforms from one generator on the model's device, seeded by ``params.seed``; on a CPU the first chunk's
-  stream is the same for both, so they sample the same tokens.
+  keeps all state on the device, replays CUDA graphs and syncs every ``sync_every`` tokens, in chunks of
+  ``max_batch`` rows (no continuous batching). Both draw their uniforms from one generator on the model's device,
+  seeded by ``params.seed``; on a CPU the first chunk's stream is the same for both, so they sample the same
+  tokens. With refill, each output row draws from its own stream instead, a hash of (seed, row, token index)
+  (:func:`row_uniforms`), so its tokens do not depend on which rows share its batch or on ``max_rows``.
 
-Every tensor the engine makes is made on the model's device. It simplifies: prompts are processed in chunks that
-fit ``max_batch`` rows (no continuous batching).
+Every tensor the engine makes is made on the model's device.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 
 from r1lab.engine import static_decode
 from r1lab.engine.base import Completion, OnToken, SamplingParams
 from r1lab.engine.fast_decode import SUPPORTED, FastDecoder, supports
-from r1lab.engine.kv_cache import buffer_cache, compaction_moves
+from r1lab.engine.kv_cache import buffer_cache, compaction_moves, slot_cache
 from r1lab.engine.sampling import sample
 from r1lab.engine.static_decode import StaticDecoding
 from r1lab.engine.transcript import Transcript
@@ -44,15 +51,24 @@ RESERVE_TOKENS = 2048
 
 DECODE_PATHS = ("auto", "static", "dynamic")
 
+#: with continuous batching, waiting rows are admitted once this share (1/REFILL_SHARE) of the row budget is free
+#: (or as many slots as rows still wait): each admission is a prefill call, so single free slots are not refilled
+REFILL_SHARE = 8
+#: leading cache columns no live row attends to are dropped once there are this many and they are half the cache
+SHIFT_MIN = 32
+
 
 class TorchEngine:
     def __init__(self, model, tokenizer, max_batch: int = 64, compact_fraction: float = 0.0,
                  use_fast_decode: bool = True, dtype: torch.dtype | None = None, decode: str = "auto",
-                 sync_every: int = 32, cuda_graphs: bool = True):
+                 sync_every: int = 32, cuda_graphs: bool = True, max_rows: int | None = None):
         """``dtype``: the precision decoding computes in (None: the weights'). ``decode``: "auto" (static on CUDA
         where :func:`r1lab.engine.static_decode.supports` the model, dynamic elsewhere), "static" or "dynamic".
         ``sync_every``: tokens the static path decodes between host syncs; ``cuda_graphs``: whether it captures
-        them (off: the same steps, eager)."""
+        them (off: the same steps, eager). ``max_rows``: the dynamic path's row budget for continuous batching
+        (None: ``max_batch``; 0: off, prompts go in chunks of ``max_batch`` rows that each run to their longest row)."""
+        if max_rows is not None and max_rows < 0:
+            raise ValueError(f"max_rows must be >= 0 (0 = no continuous batching), got {max_rows}")
         if decode not in DECODE_PATHS:
             raise ValueError(f"decode={decode!r}: use one of {', '.join(DECODE_PATHS)}")
         if decode == "static" and not (use_fast_decode and static_decode.supports(model)):
@@ -67,6 +83,7 @@ class TorchEngine:
         self._static = StaticDecoding(sync_every, cuda_graphs)
         self.tokenizer = tokenizer
         self.max_batch = max_batch
+        self.max_rows = max_batch if max_rows is None else max_rows
         self.compact_fraction = compact_fraction
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
@@ -96,20 +113,27 @@ class TorchEngine:
         dtype = self.dtype or next(self.model.parameters()).dtype
         generator = torch.Generator(device=device).manual_seed(params.seed) if params.seed is not None else None
         per_chunk = max(1, self.max_batch // params.n)
-        fast = self._fast_decoder(min(len(prompts), per_chunk) * params.n, dtype)
+        rows = len(prompts) * params.n
+        budget = min(rows, self.max_rows if self.max_rows else per_chunk * params.n)
+        fast = self._fast_decoder(min(len(prompts), per_chunk) * params.n if not self.max_rows else budget, dtype)
         static = fast is not None and (self.decode == "static" or (
             self.decode == "auto" and device.type == "cuda" and static_decode.supports(self.model)))
-        decode_chunk = self._decode_static if static else self._decode_dynamic
         stop_ids = (set() if params.ignore_eos else set(self.eos_ids)) | set(params.stop_token_ids)
         results: list[list[Completion]] = []
         was_training = self.model.training
         self.model.eval()
         try:
-            for start in range(0, len(prompts), per_chunk):
-                chunk = prompts[start:start + per_chunk]
-                transcript = Transcript(self.tokenizer, len(chunk), params, stop_ids, start, on_token)
-                decode_chunk(chunk, params, generator, fast, transcript, dtype)
-                results.extend(transcript.completions())
+            if static:  # chunks of max_batch rows (no continuous batching on this path)
+                for start in range(0, len(prompts), per_chunk):
+                    chunk = prompts[start:start + per_chunk]
+                    transcript = Transcript(self.tokenizer, len(chunk), params, stop_ids, start, on_token)
+                    self._decode_static(chunk, params, generator, fast, transcript, dtype)
+                    results.extend(transcript.completions())
+            else:
+                transcript = Transcript(self.tokenizer, len(prompts), params, stop_ids, 0, on_token)
+                self._decode_dynamic(prompts, params, generator, fast, transcript, dtype, budget,
+                                     refill=self.max_rows > 0)
+                results = transcript.completions()
         finally:
             self.model.train(was_training)
         return results
@@ -167,27 +191,58 @@ class TorchEngine:
                             params, uniforms, transcript, self.pad_id, RESERVE_TOKENS)
 
     def _decode_dynamic(self, prompts, params: SamplingParams, generator, fast: FastDecoder | None,
-                        transcript: Transcript, dtype: torch.dtype) -> None:
-        n, device = params.n, _device(self.model)
-        logits, cache, mask, lengths, _ = self._prefill(prompts, min(params.max_new_tokens, RESERVE_TOKENS), dtype)
-        # each prompt's cache is copied to its n samples
-        logits = logits.repeat_interleave(n, dim=0)  # (B, V)
-        if n > 1:
-            cache.batch_repeat_interleave(n)
-        mask = mask.repeat_interleave(n, dim=0)  # (B, T)
-        next_pos = torch.tensor(lengths, device=device).repeat_interleave(n)  # (B,)
-        rows = len(prompts) * n
-        active = torch.arange(rows, device=device)  # which output row each live batch row writes to
-        for step in range(params.max_new_tokens):
-            # one uniform per output row and step, drawn for all rows: compaction never shifts the random stream
-            uniform = torch.rand(rows, generator=generator, device=device)[active]
+                        transcript: Transcript, dtype: torch.dtype, budget: int, refill: bool) -> None:
+        """Decode every row of ``prompts`` (``params.n`` each) with at most ``budget`` rows in the batch. Rows are
+        admitted from a queue in order, when the batch is empty and (``refill``) whenever enough slots are free;
+        a prompt is prefilled once and its K/V copied to each of its samples as they are admitted.
+
+        Uniforms: where rows are admitted in whole batches (no refill, or all rows fit the budget) each step draws
+        one per row of the batch from ``generator``, the stream the static path draws at once; with refill each
+        output row has its own stream (:func:`row_uniforms`), so its tokens do not depend on the schedule."""
+        n, device, max_new = params.n, _device(self.model), params.max_new_tokens
+        queue = deque(range(len(prompts) * n))  # output rows waiting to be admitted, in order
+        streams = refill and len(queue) > budget
+        # unseeded: the row streams' seed comes from the device's default generator (torch.manual_seed governs it)
+        seed = params.seed
+        if streams and seed is None:
+            seed = int(torch.randint(0, 1 << 62, (), device=device).item())
+        batch_start = batch_rows = 0  # without streams: the output rows of the batch admitted last
+        #: prompt -> (next-token logits (V,), per layer (K, V) of its own positions (1, H, len, D), len), kept
+        #: while some of its samples still wait
+        prefilled: dict[int, tuple] = {}
+        refill_at = max(1, budget // REFILL_SHARE)
+        cache = None
+        active = torch.zeros(0, dtype=torch.long, device=device)  # the output row each batch row writes to
+        token = next_pos = first = active
+        mask = torch.zeros((0, 0), dtype=torch.long, device=device)  # (B, T) 1 where a row attends
+        logits = torch.zeros((0, 0), device=device)
+        while True:
+            free = budget - len(active)
+            if queue and free and (not len(active) or (refill and free >= min(len(queue), refill_at))):
+                rows = [queue.popleft() for _ in range(min(free, len(queue)))]
+                batch_start, batch_rows = rows[0], len(rows)
+                cache, (logits, mask, next_pos, first, active) = self._admit(
+                    prompts, rows, n, prefilled, cache, (logits, mask, next_pos, first, active), budget,
+                    min(max_new, RESERVE_TOKENS), dtype)
+            if not len(active):
+                return
+            order = active.tolist()
+            if streams:  # each output row's own stream: the same uniforms whichever rows share its batch
+                uniform = (row_uniforms(seed, active, [len(transcript.tokens[r]) for r in order])
+                           if params.temperature else None)
+            else:  # one uniform per row of the batch and step, drawn for all: compaction never shifts the stream
+                uniform = torch.rand(batch_rows, generator=generator, device=device)[active - batch_start]
             token, logprob = sample(logits, params, uniform)
             live = []
-            for b, (row, tok, lp) in enumerate(zip(active.tolist(), token.tolist(), logprob.tolist())):
-                if not transcript.ended(row) and transcript.add(row, tok, lp):  # ended rows wait for compaction
+            for b, (row, tok, lp) in enumerate(zip(order, token.tolist(), logprob.tolist())):
+                if transcript.ended(row) or len(transcript.tokens[row]) >= max_new:
+                    continue  # ended rows wait for compaction
+                if transcript.add(row, tok, lp) and len(transcript.tokens[row]) < max_new:
                     live.append(b)
-            if not live or step == params.max_new_tokens - 1:
-                break
+            if not live:
+                cache = None  # the next admission starts a fresh cache
+                active, logits, next_pos, first = active[:0], logits[:0], next_pos[:0], first[:0]
+                continue
             if len(active) - len(live) >= max(1, self.compact_fraction * len(active)):
                 # drop finished rows: live rows past the new end move into the holes (only they are copied)
                 src, dst = compaction_moves(live)
@@ -196,9 +251,15 @@ class TorchEngine:
                 n_live = len(live)
                 for layer in cache.layers:
                     layer.move_rows(src_t, dst_t, n_live)
-                for t in (active, token, mask, next_pos):
+                for t in (active, token, mask, next_pos, first):
                     t[dst_t] = t[src_t]
-                active, token, mask, next_pos = active[:n_live], token[:n_live], mask[:n_live], next_pos[:n_live]
+                active, token, mask = active[:n_live], token[:n_live], mask[:n_live]
+                next_pos, first = next_pos[:n_live], first[:n_live]
+                unused = int(first.min())
+                if unused >= SHIFT_MIN and 2 * unused >= mask.shape[1]:  # most columns serve no live row: drop them
+                    for layer in cache.layers:
+                        layer.shift_columns(-unused)
+                    mask, first = mask[:, unused:].contiguous(), first - unused
             mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
             if fast is not None:
                 bias = torch.zeros(mask.shape, device=device).masked_fill_(mask == 0, float("-inf"))  # (B, T+1)
@@ -210,6 +271,84 @@ class TorchEngine:
                 cache = out.past_key_values
                 logits = out.logits[:, -1, :].float()
             next_pos = next_pos + 1
+
+    def _admit(self, prompts, rows: list[int], n: int, prefilled: dict, cache, state, budget: int, reserve: int,
+               dtype: torch.dtype):
+        """Put output ``rows`` into the batch behind its live rows: prefill the prompts not prefilled yet, copy each
+        row's prompt K/V into its slot, right-aligned at the cache's filled length (widened first if a prompt is
+        longer). ``state``: (logits, mask, next_pos, first, active), each with one entry per batch row, ``first``
+        being the row's first attended column. Returns the cache and the extended state."""
+        logits, mask, next_pos, first, active = state
+        device = logits.device
+        needed = sorted({r // n for r in rows} - prefilled.keys())
+        if needed:
+            p_logits, p_cache, _, lengths, width = self._prefill([prompts[i] for i in needed], 0, dtype)
+            for j, i in enumerate(needed):
+                own = slice(width - lengths[j], width)
+                prefilled[i] = (p_logits[j], [(layer.keys[j:j + 1, :, own], layer.values[j:j + 1, :, own])
+                                              for layer in p_cache.layers], lengths[j])
+        width = max(prefilled[r // n][2] for r in rows)
+        if cache is None:
+            cache = slot_cache(prefilled[rows[0] // n][1], budget, width, width + reserve)
+            mask = mask.new_zeros((0, width))
+        elif width > mask.shape[1]:  # a prompt longer than the filled columns: widen them in front
+            grow = width - mask.shape[1]
+            for layer in cache.layers:
+                layer.shift_columns(grow)
+            mask, first = torch.cat([mask.new_zeros((len(mask), grow)), mask], dim=1), first + grow
+        columns, at = mask.shape[1], len(active)
+        new_logits, new_mask, new_pos, new_first = [], [], [], []
+        for p in dict.fromkeys(r // n for r in rows):  # each prompt's admitted rows are consecutive
+            count = sum(1 for r in rows if r // n == p)
+            p_logits, kv, length = prefilled[p]
+            for layer, (k, v) in zip(cache.layers, kv):
+                layer.place(at, k.expand(count, -1, -1, -1), v.expand(count, -1, -1, -1), budget)
+            at += count
+            new_logits.append(p_logits.expand(count, -1))
+            new_mask += [[0] * (columns - length) + [1] * length] * count
+            new_pos += [length] * count
+            new_first += [columns - length] * count
+            if max(r for r in rows if r // n == p) % n == n - 1:  # its last sample is in: the copy is no longer needed
+                del prefilled[p]
+        if not len(logits):
+            logits = logits.new_zeros((0, new_logits[0].shape[-1]))
+        tensor = partial(torch.tensor, dtype=torch.long, device=device)
+        return cache, (torch.cat([logits] + new_logits), torch.cat([mask, tensor(new_mask)]),
+                       torch.cat([next_pos, tensor(new_pos)]), torch.cat([first, tensor(new_first)]),
+                       torch.cat([active, tensor(rows)]))
+
+
+def row_uniforms(seed: int, rows: torch.Tensor, steps) -> torch.Tensor:
+    """U[0, 1) for output row ``rows[i]`` at its token ``steps[i]`` (a list or tensor like ``rows``), a function of
+    (seed, row, step) alone: a SplitMix64 hash of the counter ``row * 2**32 + step``, top 24 bits. A row samples the
+    same tokens whichever rows share its batch and whatever the row budget. int64 products wrap, as on every torch
+    device."""
+    device = rows.device
+    steps = torch.as_tensor(steps, dtype=torch.long, device=device)
+    z = (rows.long() * (1 << 32) + steps) * _signed(_GOLDEN) + _signed(_splitmix(seed))
+    z = (z ^ _shr(z, 30)) * _signed(0xBF58476D1CE4E5B9)
+    z = (z ^ _shr(z, 27)) * _signed(0x94D049BB133111EB)
+    z = z ^ _shr(z, 31)
+    return _shr(z, 40).float() * 2.0 ** -24
+
+
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def _splitmix(x: int) -> int:
+    z = (x * _GOLDEN + _GOLDEN) % (1 << 64)
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % (1 << 64)
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % (1 << 64)
+    return z ^ (z >> 31)
+
+
+def _signed(x: int) -> int:
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+def _shr(z: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's ``>>`` is arithmetic)."""
+    return (z >> bits) & ((1 << (64 - bits)) - 1)
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

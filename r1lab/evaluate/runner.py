@@ -75,6 +75,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     engine = open_engine(cfg.model, cfg.threads, device=cfg.device, dtype=cfg.dtype)
+    engine.max_rows = cfg.max_rows  # continuous batching: a long row holds one slot, not a whole batch
 
     summary = {"model": cfg.model, "template": cfg.template, "benchmarks": {}}
     for name, bench in benches.items():
@@ -85,8 +86,9 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
             log(f"{name}: k = {k} samples per problem, picked from the set's {len(every)} problems (--k to choose)")
         params = SamplingParams(n=k, temperature=0.0 if cfg.greedy else cfg.temperature, top_p=cfg.top_p,
                                 top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens)
+        # four times the rows decoded at once: a finished row's slot is refilled from the batch's queue
         settings = batch_settings(cfg.model, cfg.template, cfg.prefill, params, cfg.seed, cfg.problems_per_batch,
-                                  bench.source)
+                                  bench.source, rows=4 * (cfg.max_rows or 64))
         problems, seconds = sample_in_batches(engine, bench, examples, params, cfg.template, cfg.prefill, cfg.seed,
                                               out / folder_name(name), settings, progress)
         result = summarize_records(problems, bench, cfg.interval)
