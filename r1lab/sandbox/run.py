@@ -317,6 +317,8 @@ def run(program: str, stdin: str = "", limits: Limits | None = None) -> Result:
                 return _supervise(argv, stdin, limits, level, work, None, (status_read, status_write), cgroup)
             finally:
                 os.close(status_read)
+                if cgroup is not None:  # empty before the uid is free for another run
+                    cgroup.remove()
     finally:
         if cgroup is not None:
             cgroup.remove()
