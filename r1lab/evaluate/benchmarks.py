@@ -31,10 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from r1lab.chat import final_answer_span
+from r1lab.rewards.code import code_reward, extract_code
 from r1lab.rewards.math import verify_math
 from r1lab.tasks import get_task
 from r1lab.tasks.answers import extract_answer, extract_boxed, score_answer
 from r1lab.tasks.base import Task
+from r1lab.tasks.code import CodeDatasetTask
 from r1lab.tasks.dataset import R1_MATH_INSTRUCTION, read_jsonl, reference_answer, shared_data
 
 CHOICE_INSTRUCTION = ("Please reason step by step, and put the letter of your final answer (A, B, C or D) "
@@ -123,13 +125,9 @@ class CodeBenchmark(Benchmark):
     equivalent = None  # no cons@k: two programs are not one vote because their text matches
 
     def verify(self, completion: str, **example) -> float | None:
-        from r1lab.rewards.code import code_reward
-
         return code_reward(completion, **example)
 
     def extract(self, completion: str) -> str | None:
-        from r1lab.rewards.code import extract_code
-
         return extract_code(completion)
 
 
@@ -197,8 +195,6 @@ def load_benchmark(name: str, path=None, seed: int = 0) -> Benchmark:
         raise ValueError(f"{source} holds no rows for benchmark {name}")
     spec = _custom_spec(name, rows[0], given, source) if name not in BENCHMARKS or len(given) > 1 else BENCHMARKS[name]
     if spec.kind == "code":
-        from r1lab.tasks.code import CodeDatasetTask
-
         examples = []
         for i, row in enumerate(rows):
             example = CodeDatasetTask._example(row, f"{source} row {i + 1}")

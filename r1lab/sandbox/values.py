@@ -58,7 +58,8 @@ def tag(value, depth=0):
 def _tag_library_value(value, depth):
     """Standard-library values a test may compare or consume (``Fraction(1, 2) == 0.5``, ``list(map(...))``): each as
     a kind of its own, so Python's comparisons between them and plain values keep their meaning (a map is not a
-    list; a ``dict_keys`` compares like a set). Any other iterable travels as a one-pass iterator over its items."""
+    list; a ``dict_keys`` compares like a set). Any other iterable travels as a one-pass iterator over its items.
+    The imports are here, not at the top, so that a sandbox run whose results are all plain pays nothing for them."""
     import collections
     import decimal
     import fractions

@@ -3,14 +3,19 @@
 - ``code_functions`` (procedural): generated function specs with hidden tests computed in the parent by a
   reference implementation.
 - ``code_dataset``: MBPP/HumanEval-style JSONL (``assert`` lines, judged as :func:`r1lab.sandbox.judge.judge_asserts`
-  says, with ``test_imports`` run first; MBPP's prompt lists the tests, as the benchmark's own prompt does) or
-  CodeContests/LiveCodeBench-style JSONL (stdin/stdout ``tests``; a row's ``tolerance`` allows slack on decimals).
+  says, with ``test_imports`` run first; MBPP's prompt lists the tests, as the benchmark's own prompt does),
+  CodeContests-style JSONL (stdin/stdout ``tests``; a row's ``tolerance`` allows slack on decimals) or
+  LiveCodeBench rows (``public_test_cases``, stdin or functional).
 """
 
 from __future__ import annotations
 
+import ast
+import builtins
+import json
 import random
 import re
+import sys
 from pathlib import Path
 
 from r1lab.rewards.code import code_reward
@@ -47,8 +52,6 @@ def _livecodebench(row: dict, prompt: str, where: str) -> dict:
     """A LiveCodeBench row: ``public_test_cases`` (and ``private_test_cases`` when given as plain JSON; the
     compressed form is a pickle, which r1lab never loads) of ``testtype`` stdin (stdin/stdout runs) or functional
     (LeetCode style: each input line a JSON argument of ``Solution().<metadata.func_name>``)."""
-    import json
-
     cases = []
     for key in ("public_test_cases", "private_test_cases"):
         raw = row.get(key)
@@ -78,10 +81,6 @@ def _self_contained(line: str) -> bool:
     """Whether an assert line can be judged on its own: every name it uses is a builtin, a stdlib module or a
     function it calls (the solution's). HumanEval's ``check`` bodies also hold asserts on loop variables
     (``assert f(x) == y`` inside ``for x, y in ...``): those are left out rather than failed for every solution."""
-    import ast
-    import builtins
-    import sys
-
     tree = ast.parse(line)
     called = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
