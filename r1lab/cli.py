@@ -23,6 +23,9 @@ commands:
   sft      supervised fine-tuning on chat JSONL, loss on assistant tokens only (cold start, distillation)
   serve    an OpenAI-compatible server (reasoning_content, streaming) and a chat page: r1lab serve [MODEL]
   chat     talk to a model in the terminal, reasoning dimmed: r1lab chat [MODEL]
+  pipeline the whole R1 recipe (cold start, reasoning RL, rejection sampling + SFT, RL over all scenarios), resumable
+  rm       train a scalar reward model (Bradley-Terry) on preference pairs, for stage 4's reward-model rewards
+  export   a checkpoint or run as a GGUF file (f16 / q8_0) with an ollama Modelfile, for llama.cpp and ollama
 
 Run `r1lab COMMAND --help` for a command's options. Set R1LAB_DEBUG=1 for tracebacks on input errors."""
 
@@ -31,6 +34,7 @@ INTERRUPTED = {
     "zero": "interrupted; rerun with the same --out and --resume true to continue from the last checkpoint",
     "eval": "interrupted; rerun the same command: finished batches are kept",
     "sample": "interrupted; rerun the same command: finished batches are kept",
+    "pipeline": "interrupted; rerun the same command: finished stages are skipped and this one resumes",
 }
 
 
@@ -184,8 +188,57 @@ def chat(argv: list[str]) -> int:
     return 0
 
 
+# --- rm command: owned by the reward-model work ---
+def rm_command(argv: list[str]) -> int:
+    from r1lab.rm.train import train_rm
+
+    cfg = config.load_config(config.RmConfig, argv, prog="r1lab rm")
+    s = train_rm(cfg)
+    h = s["held_out"]
+    print(f"held-out pairwise accuracy {h['accuracy']:.1%} [{h['ci_low']:.1%}, {h['ci_high']:.1%}] (n={h['pairs']} "
+          f"pairs) in {s['seconds']:.0f} s; reward model {s['checkpoint']}; report: {cfg.out}/report.md")
+    return 0
+# --- end rm command ---
+
+
+# --- export command: owned by the export work ---
+def export_command(argv: list[str]) -> int:
+    from r1lab.console import log
+    from r1lab.export import export_model
+    from r1lab.models import use_threads
+
+    cfg = config.load_config(config.ExportConfig, _model_first(argv), prog="r1lab export")
+    use_threads(cfg.threads)
+    s = export_model(cfg.model, cfg.gguf, cfg.quant, cfg.template, cfg.modelfile, force=cfg.force, check=cfg.check,
+                     max_logit_diff=cfg.max_logit_diff, log=log)
+    print(f"wrote {s['gguf']} ({s['bytes'] / 2**20:.1f} MiB, {s['quant']}, template {s['template']}) from "
+          f"{s['checkpoint']} in {s['seconds']:.1f}s" + (f"; ollama: {s['modelfile']}" if "modelfile" in s else ""))
+    if "check" in s:
+        c = s["check"]
+        print(f"check (transformers reads the GGUF back): max |logit difference| {c['max_abs_logit_diff']:.4f} (bound "
+              f"{c['bound']:.3g}; logits' std {c['logit_std']:.2f}), top-1 "
+              f"agreement {c['top1_agreement']:.1%} over {c['positions']} positions of {c['prompts']} prompts; token "
+              f"ids identical on {c['strings']} strings; chat template renders as r1lab does ({c['seconds']:.0f}s)")
+    if "modelfile" in s:
+        print(f"next: cd {os.path.dirname(s['gguf']) or '.'} && ollama create NAME -f "
+              f"{os.path.basename(s['modelfile'])}; or llama-cli -m {s['gguf']}")
+    return 0
+# --- end export command ---
+
+
+# --- pipeline command ---
+def pipeline_command(argv: list[str]) -> int:
+    from r1lab.pipeline import run_pipeline
+
+    cfg = config.load_config(config.PipelineConfig, argv, prog="r1lab pipeline")
+    summary = run_pipeline(cfg)
+    print(f"final model: {summary['final_checkpoint']}; report: {cfg.out}/report.md")
+    return 0
+# --- end pipeline command ---
+
+
 COMMANDS = {"zero": zero, "eval": evaluate, "coldstart": coldstart, "sample": sample, "distill": distill, "sft": sft,
-            "serve": serve, "chat": chat}
+            "serve": serve, "chat": chat, "pipeline": pipeline_command, "rm": rm_command, "export": export_command}
 
 
 if __name__ == "__main__":

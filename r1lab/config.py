@@ -46,7 +46,7 @@ class ZeroConfig:
     task_args: dict | None = None  # the task's options as YAML, e.g. '{digits: 2}'; null = its defaults (arithmetic: 1-digit +-*)
     template: str = "native-zero"
     prefill: str | None = None
-    rewards: dict = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.5})  # name: weight; accuracy | format | tag_count | language_consistency | overlong | code | your registered ones
+    rewards: dict = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.5})  # name: weight; accuracy | format | tag_count | language_consistency | overlong | code | your registered ones; or name: {reward_model: PATH, part: summary|whole, weight, on} | {judge: {base_url, model, rubric}, ...}
     language: str = "en"  # target language for the language_consistency reward
     lora_r: int = 0  # 0 = full fine-tuning
     lora_alpha: int = 32
@@ -120,7 +120,7 @@ class EvalConfig:
 
     model: str = "smollm2-135m"  # hub id, local folder, .gguf file, or the embedded smollm2-135m
     benchmarks: list = field(default_factory=lambda: ["gsm8k"])  # gsm8k | math500 | aime24 | aime25 | amc23 | gpqa-diamond | mbpp | task:NAME | any name given a --data file
-    data: dict = field(default_factory=dict)  # benchmark -> JSONL/Parquet path, or {path, kind: math|choice|code, question, answer, id}
+    data: dict = field(default_factory=dict)  # benchmark -> JSONL/Parquet path, or {path, kind: math|choice|code, question, answer, id, choices: [correct field, wrong fields...]}
     task_args: dict = field(default_factory=dict)  # for task:NAME benchmarks, e.g. {digits: 2}
     limit: int = 0  # the first N problems of each benchmark; 0 = all
     k: int = 0  # samples per problem; 0 = by the set's size (4 to 64, as the paper)
@@ -132,8 +132,8 @@ class EvalConfig:
     template: str = "native"
     prefill: str | None = None
     interval: str = "bootstrap"  # bootstrap | normal
-    problems_per_batch: int = 0  # problems generated together (0 = 256 // k); also the unit a resume redoes
-    max_rows: int = 64  # rows decoded at once; a finished row's slot is refilled from the batch (0 = no refill)
+    problems_per_batch: int = 0  # problems generated together (0 = 4 * max_rows // k, at least 1; max_rows 0 counts as 64); the unit a resume redoes; samples do not depend on it
+    max_rows: int = 64  # rows decoded at once; a finished row's slot is refilled from the batch (0 = no refill); samples do not depend on it
     seed: int = 0
     out: str = "runs/eval"
     threads: int = 0  # 0 = all cores
@@ -150,7 +150,31 @@ class EvalConfig:
                 _need(0 < self.top_p <= 1, f"top_p={self.top_p!r}: use a value in (0, 1] (0.95)"),
                 _one_of(self, "interval", INTERVALS), _device(self),
                 _need(not strays, f"data names {strays}, which are not among benchmarks {self.benchmarks}; add "
-                                  "them to --benchmarks or drop them from --data"))
+                                  "them to --benchmarks or drop them from --data"),
+                _benchmark_names(self.benchmarks))
+
+
+#: what an eval run folder holds besides one folder per benchmark: no benchmark may take these names
+EVAL_RUN_FILES = ("summary.json", "config.yaml", "report.md", "report.html", "plots")
+
+
+def _benchmark_names(names: list) -> list[str]:
+    """Each benchmark name can name its folder inside the run: not empty, no path separator, not starting with a
+    dot, not one of the run's own files, and no two names sharing a folder (``task:x`` and ``task-x``)."""
+    problems, folders = [], {}
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            problems.append(f"benchmarks: {name!r} is not a benchmark name; use e.g. --benchmarks '[gsm8k]'")
+            continue
+        folder = name.replace(":", "-")
+        if name.startswith(".") or any(c in name for c in "/\\\0") or folder in EVAL_RUN_FILES:
+            problems.append(f"benchmarks: {name!r} cannot name a benchmark: its samples go in a folder of that name "
+                            f"inside --out, so it may not start with a dot, hold / or \\, or be one of "
+                            f"{', '.join(EVAL_RUN_FILES)}; rename it (in --data too)")
+        elif folders.setdefault(folder, name) != name:
+            problems.append(f"benchmarks: {folders[folder]!r} and {name!r} would share the folder {folder}; "
+                            "rename one")
+    return problems
 
 
 @dataclass
@@ -344,8 +368,188 @@ class ChatConfig:
                 _at_least(self, 1, "max_tokens"), _device(self))
 
 
+# --- RmConfig (r1lab rm): owned by the reward-model work; keep edits inside this section ---
+RM_DATA = ("harmless-sample", "helpful-procedural")  # r1lab.rm.data.BUILT_IN_PAIRS
+REWARD_PARTS = ("summary", "whole")  # r1lab.rewards.reward_model.PARTS
+REWARD_OUTPUTS = ("score", "pass")  # r1lab.rewards.reward_model.OUTPUTS
+#: the keys of a reward spec (a dict in ``rewards`` instead of a weight), and of its ``judge`` mapping
+REWARD_SPEC_KEYS = {"reward_model": ("reward_model", "part", "weight", "on", "output", "batch_size", "max_length"),
+                    "judge": ("judge", "part", "weight", "on")}
+JUDGE_KEYS = ("base_url", "model", "rubric", "api_key_env", "concurrency", "max_retries", "backoff", "max_tokens",
+              "temperature", "cache")  # r1lab.rewards.judge.Judge
+
+
+@dataclass
+class RmConfig:
+    """``r1lab rm``: a scalar reward model (a value head on a causal LM) trained with the Bradley-Terry loss on
+    preference pairs, for stage 4's helpfulness and harmlessness rewards."""
+
+    model: str = "smollm2-135m"
+    data: str = "harmless-sample"  # JSONL or .jsonl.gz of {prompt, chosen, rejected} or HH-RLHF {chosen, rejected} dialogues; or a shipped set: harmless-sample | helpful-procedural
+    limit: int = 300  # use only the first N pairs of the data; 0 = all
+    test_size: float = 0.25  # held-out pairs for accuracy and score statistics: a share (< 1) or a count
+    max_length: int = 192  # tokens of prompt + one reply; the prompt is cut from the left, a reply keeps its end
+    train_layers: int = 4  # train the top N decoder layers and the value head, freeze the rest; 0 = all layers
+    epochs: int = 1
+    batch_size: int = 8  # pairs per optimizer step
+    lr: float = 5e-5
+    warmup_steps: int = 3
+    lr_schedule: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    eval_every: int = 0  # steps between held-out evaluations; 0 = only after the last step
+    out: str = "runs/rm"
+    seed: int = 0
+    threads: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def validate(self) -> None:
+        _refuse(_need(bool(self.data), f"give the preference pairs: --data FILE.jsonl(.gz) or one of {', '.join(RM_DATA)}"),
+                _one_of(self, "lr_schedule", LR_SCHEDULES),
+                _at_least(self, 1, "epochs", "batch_size", "max_length"),
+                _at_least(self, 0, "limit", "train_layers", "eval_every", "warmup_steps", meaning=" (0 = off / all)"),
+                _need(self.max_length >= 8, f"max_length={self.max_length!r}: use at least 8 tokens (e.g. 192)"),
+                _need(self.test_size > 0 and (self.test_size < 1 or float(self.test_size).is_integer()),
+                      f"test_size={self.test_size!r}: give a share in (0, 1) or a whole count of held-out pairs; "
+                      "the held-out pairs give the accuracy and the score statistics a reward needs"),
+                _need(self.lr > 0, f"lr={self.lr!r}: use a value > 0 (e.g. 5e-5)"), _device(self))
+
+
+def reward_spec_problems(name: str, spec) -> list[str]:
+    """What is wrong with the spec of reward ``name`` (a dict in ``rewards`` instead of a weight): unknown keys, a
+    missing or incomplete reward-model checkpoint, a judge without its endpoint. Empty when it is fine.
+
+    >>> reward_spec_problems("helpful", {"reward_model": "no/such/dir", "part": "all"})[0]
+    "rewards: helpful: part='all': use summary | whole"
+    """
+    where = f"rewards: {name}:"
+    if not isinstance(spec, dict):
+        return [f"rewards: the weight of {name!r} is {spec!r}; write a number, e.g. {{accuracy: 1.0, format: 0.5}}, "
+                f"or a spec such as {{reward_model: runs/rm/final, part: summary, weight: 1.0}}"]
+    kinds = [kind for kind in REWARD_SPEC_KEYS if kind in spec]
+    if len(kinds) != 1:
+        return [f"{where} a spec names exactly one of reward_model: PATH (a checkpoint r1lab rm wrote) or judge: "
+                f"{{base_url, model, rubric}}; got keys {sorted(spec)}"]
+    kind = kinds[0]
+    found = [f"{where} unknown key {key!r}; a {kind} spec takes {', '.join(REWARD_SPEC_KEYS[kind])}"
+             for key in spec if key not in REWARD_SPEC_KEYS[kind]]
+    if spec.get("part", "summary") not in REWARD_PARTS:
+        found.append(f"{where} part={spec['part']!r}: use {' | '.join(REWARD_PARTS)}")
+    if not _is_number(spec.get("weight", 1.0)):
+        found.append(f"{where} weight={spec['weight']!r}: write a number, e.g. 1.0")
+    if spec.get("on") is not None and not isinstance(spec["on"], str):
+        found.append(f"{where} on={spec['on']!r}: write the example kind it judges, e.g. general")
+    if kind == "reward_model":
+        if spec.get("output", "score") not in REWARD_OUTPUTS:
+            found.append(f"{where} output={spec['output']!r}: use score (normalised) | pass (1 above the stored "
+                         "threshold, else 0)")
+        for key in ("batch_size", "max_length"):
+            if key in spec and not (isinstance(spec[key], int) and not isinstance(spec[key], bool) and spec[key] >= 1):
+                found.append(f"{where} {key}={spec[key]!r}: write a whole number >= 1")
+        found += [f"{where} {p}" for p in [rm_checkpoint_problem(spec["reward_model"])] if p]
+    else:
+        judge = spec["judge"]
+        if not isinstance(judge, dict):
+            return found + [f"{where} judge must be a mapping {{base_url, model, rubric, api_key_env}}"]
+        found += [f"{where} judge: unknown key {key!r}; use {', '.join(JUDGE_KEYS)}" for key in judge
+                  if key not in JUDGE_KEYS]
+        found += [f"{where} judge needs {key}" for key in ("base_url", "model", "rubric") if not judge.get(key)]
+        if judge.get("base_url") and not str(judge["base_url"]).startswith(("http://", "https://")):
+            found.append(f"{where} judge base_url={judge['base_url']!r}: must start with http:// or https://")
+    return found
+
+
+def rm_checkpoint_problem(path) -> str | None:
+    """Why ``path`` is not a complete checkpoint (the full check, its kind included, is when it is loaded)."""
+    if not isinstance(path, str) or not path:
+        return f"reward_model={path!r}: give the folder of a checkpoint r1lab rm wrote (e.g. runs/rm/final)"
+    folder = Path(path).expanduser()
+    train = "train one with `r1lab rm --data PAIRS.jsonl --out runs/rm` and give runs/rm/final"
+    if not folder.is_dir():
+        return f"reward_model {folder} does not exist; {train}"
+    if (folder / "final" / CHECKPOINT_MARKER).is_file():
+        return f"reward_model {folder} is a run folder; give its checkpoint, {folder / 'final'}"
+    if not (folder / CHECKPOINT_MARKER).is_file():
+        return f"reward_model {folder} is not a complete checkpoint (no {CHECKPOINT_MARKER}); {train}"
+    return None
+# --- end RmConfig ---
+
+
+# --- ExportConfig (r1lab export): owned by the export work; keep edits inside this section ---
+EXPORT_QUANTS = ("f16", "q8_0")  # r1lab.export.QUANTS
+
+
+@dataclass
+class ExportConfig:
+    """``r1lab export RUN_OR_CHECKPOINT --gguf FILE.gguf``: one GGUF file (f16 or q8_0) for llama.cpp, with the
+    chat template the run was trained with and R1's sampling defaults (T=0.6, top-p 0.95), and an ollama Modelfile
+    beside it. The file is then loaded back with transformers and compared with the checkpoint."""
+
+    model: str = ""  # a run folder (its final/; a pipeline run's final checkpoint), a checkpoint folder, or a model name (smollm2-135m)
+    gguf: str = ""  # the file to write, e.g. out/model.gguf
+    quant: str = "f16"  # f16 | q8_0 (matrices; norms stay f32)
+    template: str | None = None  # chat template written into the file: r1zero | r1 | native | native-zero; null = the one the checkpoint was trained with, else native
+    modelfile: str = "Modelfile"  # ollama Modelfile written beside the GGUF; "" = none
+    check: bool = True  # load the GGUF back with transformers: compare logits and token ids with the checkpoint
+    max_logit_diff: float = 0.0  # the check fails above this max abs logit difference; 0 = by quant: 0.25 (f16) or 0.5 (q8_0) times the logits' std
+    force: bool = False  # replace an existing GGUF / Modelfile
+    threads: int = 0  # 0 = all cores
+
+    def validate(self) -> None:
+        _refuse(_need(bool(self.model), "name what to export: r1lab export RUN_OR_CHECKPOINT --gguf FILE.gguf"),
+                _need(self.gguf.endswith(".gguf"), f"gguf={self.gguf!r}: name the file to write, ending in .gguf "
+                                                   "(--gguf out/model.gguf)"),
+                _one_of(self, "quant", EXPORT_QUANTS),
+                _one_of(self, "template", TEMPLATES) if self.template is not None else [],
+                _need("/" not in self.modelfile, f"modelfile={self.modelfile!r}: a file name (it is written beside "
+                                                 "the GGUF), or '' for none"),
+                _at_least(self, 0, "max_logit_diff", "threads"))
+# --- end ExportConfig ---
+
+
+# --- PipelineConfig (r1lab pipeline) ---
+@dataclass
+class PipelineConfig:
+    """``r1lab pipeline``: DeepSeek-R1's chain (cold start, reasoning RL, rejection sampling + SFT, RL over all
+    scenarios, optionally distillation), each stage a folder under --out, resumable. The defaults are
+    recipes/r1-mini.yaml: the embedded model on a 2-core CPU in about half an hour."""
+
+    model: str = "smollm2-135m"  # the base model every SFT starts from
+    task: str = "arithmetic"  # the reasoning task of stages 1-4 and of the evaluation
+    task_args: dict | None = None  # its options as YAML; null = its defaults
+    template: str = "native-zero"  # the chat template of every stage
+    language: str = "en"  # target language of the language-consistency reward and the rejection filter
+    coldstart: dict = field(default_factory=lambda: {"examples": 200})  # stage 1 data: r1lab coldstart options
+    sft: dict = field(default_factory=lambda: {"epochs": 2})  # stage 1 SFT: r1lab sft options
+    reasoning_rl: dict = field(default_factory=lambda: {"steps": 16, "save_every": 4})  # stage 2: r1lab zero options
+    rejection: dict = field(default_factory=lambda: {"limit": 100, "n": 4, "max_new_tokens": 128})  # stage 3 sampling: r1lab sample options
+    rejection_sft: dict = field(default_factory=lambda: {"epochs": 2})  # stage 3 SFT of the base model: r1lab sft options
+    rl_all: dict = field(default_factory=lambda: {"steps": 16, "save_every": 4, "max_new_tokens": 96})  # stage 4: r1lab zero options (task mix and RM rewards are set)
+    distill: dict = field(default_factory=dict)  # stage 5, off when empty: r1lab distill options, e.g. {student: MODEL}
+    eval: dict = field(default_factory=dict)  # r1lab eval options after every stage; default {benchmarks: [task:TASK], limit: 32, k: 2, max_new_tokens: 128}
+    rm_helpful: dict = field(default_factory=lambda: {"data": "helpful-procedural", "limit": 160, "max_length": 128})  # r1lab rm options, or {checkpoint: PATH} of a trained RM
+    rm_harmless: dict = field(default_factory=lambda: {"data": "harmless-sample", "limit": 160, "max_length": 128})  # r1lab rm options, or {checkpoint: PATH}
+    rm_weight: float = 1.0  # weight of each reward-model reward in stage 4
+    general_share: float = 0.5  # stage 4: general prompts per reasoning prompt
+    general_eval_prompts: int = 16  # general prompts answered and judged by the RMs after every stage
+    non_reasoning: str | None = None  # stage 3 non-reasoning JSONL {prompt, response}; null = the general task's helpful replies
+    out: str = "runs/r1"
+    seed: int = 0
+    threads: int = 0  # 0 = all cores
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def validate(self) -> None:
+        _refuse(_one_of(self, "template", TEMPLATES), _device(self),
+                _need(self.general_share > 0, f"general_share={self.general_share!r}: use a value > 0"),
+                _need(self.rm_weight >= 0, f"rm_weight={self.rm_weight!r}: use a value >= 0"),
+                _at_least(self, 0, "general_eval_prompts", meaning=" (0 = none)"))
+# --- end PipelineConfig ---
+
+
 #: the commands that write a run folder (``--out``) with a ``config.yaml`` in it
-RUN_CONFIGS = (ZeroConfig, EvalConfig, SftConfig, ColdstartConfig, SampleConfig, DistillConfig)
+RUN_CONFIGS = (ZeroConfig, EvalConfig, SftConfig, ColdstartConfig, SampleConfig, DistillConfig, RmConfig)
 
 
 def _refuse(*problems: list[str]) -> None:
@@ -389,11 +593,11 @@ def _device(cfg) -> list[str]:
 
 
 def _weights(rewards: dict) -> list[str]:
-    """Reward weights are numbers. The names are not checked here: rewards are an open registry, and an unknown
-    name is refused when the rewards are built, before any model is loaded."""
-    return [f"rewards: the weight of {name!r} is {weight!r}; write a number, e.g. {{accuracy: 1.0, format: 0.5}}"
-            for name, weight in rewards.items()
-            if not _is_number(weight)]
+    """Reward weights are numbers, or specs of a reward model or judge (:func:`reward_spec_problems`). The names are
+    not checked here: rewards are an open registry, and an unknown name is refused when the rewards are built, before
+    any model is loaded."""
+    return [problem for name, weight in rewards.items() if not _is_number(weight)
+            for problem in reward_spec_problems(name, weight)]
 
 
 def _is_number(value) -> bool:
@@ -407,7 +611,7 @@ def _is_number(value) -> bool:
 #: help for options that mean the same in every command (an option's own ``# comment`` above wins)
 COMMON_HELP = {
     "model": "a hub id, a local HF folder (an r1lab checkpoint included), a .gguf file, or the embedded smollm2-135m",
-    "task": "arithmetic | countdown | dataset | gsm8k | code_functions | code_dataset",
+    "task": "arithmetic | countdown | dataset | gsm8k | code_functions | code_dataset | general | mix",
     "out": "output folder (a file for coldstart); r1lab never overwrites what a run wrote there",
     "seed": "random seed for data order and sampling",
     "threads": "CPU threads; 0 = all cores",

@@ -9,26 +9,33 @@ start from a model and distillation from a local teacher. :func:`open_engine` is
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from r1lab.chat import render
+from r1lab.config import reward_spec_problems
 from r1lab.console import progress as progress_bar
 from r1lab.engine import Completion, SamplingParams, TorchEngine
 from r1lab.files import append_jsonl, write_atomic, write_json
 from r1lab.models import load_model, resolve_device, resolve_dtype, use_threads
 from r1lab.rewards import REWARDS, get_reward, score
+from r1lab.rewards.judge import judge_reward
+from r1lab.rewards.reward_model import model_reward
 from r1lab.runs import refuse_changed
-from r1lab.tasks.answers import closed_answer, extract_answer
+from r1lab.tasks.answers import closed_answer, closed_part, extract_answer
 from r1lab.tasks.base import question_text
 
-#: batch ``b`` of a seeded run samples with seed ``seed * BATCH_SEED_STRIDE + b``
+#: batch ``b`` of a seeded run samples with seed ``seed * BATCH_SEED_STRIDE + b`` (an engine without ``stream_ids``)
 BATCH_SEED_STRIDE = 1_000_003
+#: how :func:`sample_in_batches` seeds samples (recorded with them, so samples seeded otherwise are never mixed in)
+STREAMS = "per problem: (seed, problem index, sample index)"
 
 
 @dataclass
@@ -88,11 +95,22 @@ def generate_groups(engine, examples: list[dict], template: str, prefill: str | 
             for ex, ids, r, out in zip(examples, prompts, rendered, outputs)]
 
 
-def build_rewards(weights: dict, task, language: str = "en", max_length: int | None = None) -> dict:
+def build_rewards(weights: dict, task, language: str = "en", max_length: int | None = None,
+                  device: str = "auto") -> dict:
     """``name -> (fn, weight)`` for the named rewards; ``accuracy`` is the task's own verifier, ``language_consistency``
-    targets ``language`` and ``overlong`` penalises replies near ``max_length`` tokens."""
-    out = {}
+    targets ``language`` and ``overlong`` penalises replies near ``max_length`` tokens. A reward given as a spec
+    (``{reward_model: PATH, ...}`` or ``{judge: {...}, ...}``) is built from it, each reward model loaded once, on
+    ``device`` (the policy's): :mod:`r1lab.rewards.reward_model`, :mod:`r1lab.rewards.judge`."""
+    problems = [p for name, spec in weights.items() if isinstance(spec, dict) for p in reward_spec_problems(name, spec)]
+    if problems:
+        raise ValueError("\n  ".join(["bad reward specs:", *problems]) if len(problems) > 1 else problems[0])
+    out, loaded = {}, {}
     for name, weight in weights.items():
+        if isinstance(weight, dict):
+            spec = weight
+            fn = model_reward(spec, device, loaded) if "reward_model" in spec else judge_reward(spec)
+            out[name] = (fn, float(spec.get("weight", 1.0)))
+            continue
         if name == "accuracy":
             fn = task.verify
         elif name not in REWARDS:
@@ -109,58 +127,90 @@ def build_rewards(weights: dict, task, language: str = "en", max_length: int | N
 
 
 def score_group(group: Group, rewards: dict) -> None:
-    """Fill ``group.rewards`` (weighted totals) and ``group.per_reward`` from ``rewards`` (:func:`build_rewards`)."""
-    scores = score(group.responses, [group.example] * len(group.completions), rewards,
-                   completion_lengths=[len(c) for c in group.completions])
-    if "accuracy" in rewards:  # an unfinished reply's accuracy is 0, as in evaluation
+    """Fill ``group.rewards`` (weighted totals) and ``group.per_reward`` from ``rewards`` (:func:`build_rewards`). The
+    ``accuracy`` reward judges what evaluation judges (:func:`judged_texts`): a reply cut at the length limit only on
+    the answer it had closed, and 0 if it had none."""
+    lengths = [len(c) for c in group.completions]
+    examples = [group.example] * len(group.completions)
+    scores = score(group.responses, examples, {k: v for k, v in rewards.items() if k != "accuracy"},
+                   completion_lengths=lengths)
+    if "accuracy" in rewards:
+        judged = judged_texts(group)
+        accuracy = score([text or "" for text in judged], examples, {"accuracy": rewards["accuracy"]},
+                         completion_lengths=lengths).per_reward["accuracy"]
         weight = rewards["accuracy"][1]
-        for i, finished in enumerate(group.finished):
-            value = scores.per_reward["accuracy"][i]
-            if not finished and value:
-                scores.totals[i] -= weight * value
-                scores.per_reward["accuracy"][i] = 0.0
+        for i, (text, value) in enumerate(zip(judged, accuracy)):
+            if text is None and value is not None:  # an unfinished reply's accuracy is 0, as in evaluation
+                accuracy[i] = value = 0.0
+            scores.totals[i] += weight * value if value is not None else 0.0
+        scores.per_reward = {name: accuracy if name == "accuracy" else scores.per_reward[name] for name in rewards}
     group.rewards, group.per_reward = scores.totals, scores.per_reward
+
+
+def judged_texts(group: Group) -> list[str | None]:
+    """Per completion, what its verifier judges: the whole response if it finished, else the part up to the answer
+    it had closed before the length limit (:func:`r1lab.tasks.answers.closed_part`; code fences close an answer
+    only for an example judged by tests, a code example), else None: no final answer."""
+    code = bool(group.example.get("tests"))
+    return [response if c.finish_reason != "length" else closed_part(response, code)
+            for c, response in zip(group.completions, group.responses)]
 
 
 def sample_problems(engine, task, examples: list[dict], params: SamplingParams, template: str,
                     prefill: str | None) -> list[list[dict]]:
     """``params.n`` samples for each example, each judged by ``task.verify``: one record list per problem. A reply
-    cut at the length limit before it closed a final answer has none: its answer is None and it is wrong."""
+    cut at the length limit is judged on the answer it had closed (:func:`judged_texts`); with none, its answer is
+    None and it is wrong."""
     extract = getattr(task, "extract", extract_answer)
     out = []
     for group in generate_groups(engine, examples, template, prefill, params, task):
         prompt = engine.tokenizer.decode(group.prompt_ids)  # exactly what the model was given
         out.append([{"id": str(group.example.get("id", "")), "sample": j, "prompt": prompt, "completion": response,
-                     "answer": extract(response) if finished else None, "reference": group.example.get("answer"),
-                     "correct": task.verify(response, **group.example) if finished else 0.0,
+                     "answer": extract(judged) if judged is not None else None,
+                     "reference": group.example.get("answer"),
+                     "correct": task.verify(judged, **group.example) if judged is not None else 0.0,
                      "tokens": len(completion.token_ids), "finish_reason": completion.finish_reason}
-                    for j, (completion, response, finished)
-                    in enumerate(zip(group.completions, group.responses, group.finished))])
+                    for j, (completion, response, judged)
+                    in enumerate(zip(group.completions, group.responses, judged_texts(group)))])
     return out
 
 
 def batch_settings(model: str, template: str, prefill: str | None, params: SamplingParams, seed: int,
                    problems_per_batch: int, source: str, rows: int = 64) -> dict:
-    """What the samples of :func:`sample_in_batches` depend on: reused only when every one of these is the same;
-    ``problems_per_batch`` 0 means ``rows // k``."""
+    """What the samples of :func:`sample_in_batches` depend on: reused only when every one of these is the same
+    (``problems_per_batch`` only with an engine that cannot key a problem's samples by its index); and
+    ``problems_per_batch``, where 0 means ``rows // k``."""
     return {"model": model, "template": template, "prefill": prefill, "k": params.n, "temperature": params.temperature,
             "top_p": params.top_p, "top_k": params.top_k, "max_new_tokens": params.max_new_tokens, "seed": seed,
-            "problems_per_batch": problems_per_batch or max(1, rows // params.n), "source": source}
+            "streams": STREAMS, "problems_per_batch": problems_per_batch or max(1, rows // params.n), "source": source}
 
 
 def sample_in_batches(engine, task, examples: list[dict], params: SamplingParams, template: str,
                       prefill: str | None, seed: int, folder: Path, settings: dict,
                       progress: bool = True) -> tuple[list[list[dict]], float]:
-    """Sample and judge every problem in batches of ``settings["problems_per_batch"]``, reusing the complete batches
-    in ``folder/samples.jsonl``; returns each problem's records and the seconds spent. Batch ``b`` always holds the
-    same problems and its own seed, so a rerun after an interruption ends with the samples an uninterrupted run
-    makes. ``folder/settings.json`` records ``settings``; samples made with other settings are refused."""
+    """Sample and judge every problem in batches of ``settings["problems_per_batch"]``, reusing the problems whose
+    samples ``folder/samples.jsonl`` holds in complete batches; returns each problem's records and the seconds spent.
+    ``folder/settings.json`` records ``settings``; samples made with other settings are refused.
+
+    What a problem's samples depend on: the settings, and, with r1lab's engine (one that takes ``stream_ids``),
+    nothing else. Sample j of problem p (its index in ``examples``) draws from a random stream of (seed, p, j)
+    alone, and the reply budget is cut to the context window by the longest prompt of all ``examples``, never
+    of one batch; so batching and ``max_rows`` do not change them, nor does a shorter list (``--limit``) unless
+    that changes the cut (``r1lab eval`` cuts the budget by the whole benchmark first, so it never does). A
+    rerun after an interruption, or with another batch size or limit, ends with the samples one uninterrupted
+    run makes. With another engine, batch ``b`` samples with seed
+    ``seed * BATCH_SEED_STRIDE + b`` and a problem's samples depend on its batch, so ``problems_per_batch`` is
+    part of the settings."""
+    keyed = "stream_ids" in inspect.signature(engine.generate).parameters
     folder.mkdir(parents=True, exist_ok=True)
-    check_settings_file(folder / "settings.json", settings)
+    check_settings_file(folder / "settings.json",
+                        {k: v for k, v in settings.items() if k != "problems_per_batch" or not keyed})
     samples_path = folder / "samples.jsonl"
     size = settings["problems_per_batch"]
     done = read_complete_batches(samples_path, len(examples), size, params.n)
     n_batches = (len(examples) + size - 1) // size
+    longest = max((len(engine.encode(e["prompt"])) for e in examples), default=0) + 64  # + template, instruction
+    room = max(1, min(params.max_new_tokens, engine.context_length - longest))
     with progress_bar(total=len(examples), initial=sum(len(done.get(b, ())) for b in range(n_batches)),
                       unit="problem", desc=task.name, disable=not progress) as bar:
         for b in range(n_batches):
@@ -168,10 +218,14 @@ def sample_in_batches(engine, task, examples: list[dict], params: SamplingParams
                 continue
             batch = examples[b * size:(b + 1) * size]
             t0 = time.perf_counter()
-            longest = max(len(engine.encode(e["prompt"])) for e in batch) + 64  # + template and instruction
-            room = max(1, min(params.max_new_tokens, engine.context_length - longest))
-            batch_params = dataclasses.replace(params, seed=seed * BATCH_SEED_STRIDE + b, max_new_tokens=room)
-            problems = sample_problems(engine, task, batch, batch_params, template, prefill)
+            if keyed:  # each problem's samples keyed by its index: the same whatever batch it is in
+                batch_engine = SimpleNamespace(tokenizer=engine.tokenizer, encode=engine.encode, generate=partial(
+                    engine.generate, stream_ids=range(b * size, b * size + len(batch))))
+                batch_params = dataclasses.replace(params, seed=seed, max_new_tokens=room)
+            else:
+                batch_engine = engine
+                batch_params = dataclasses.replace(params, seed=seed * BATCH_SEED_STRIDE + b, max_new_tokens=room)
+            problems = sample_problems(batch_engine, task, batch, batch_params, template, prefill)
             seconds = time.perf_counter() - t0
             rows = []
             for i, records in enumerate(problems):
@@ -187,13 +241,16 @@ def sample_in_batches(engine, task, examples: list[dict], params: SamplingParams
     return problems, seconds
 
 
-def read_complete_batches(path: Path, n_problems: int, size: int, k: int) -> dict[int, list[list[dict]]]:
-    """The batches of this run (``n_problems`` in batches of ``size``) whose samples are all on disk, as
-    ``{batch: [records of each problem]}``.
+def read_complete_batches(path: Path, n_problems: int, size: int, k: int,
+                          repair: bool = True) -> dict[int, list[list[dict]]]:
+    """The batches of this run (``n_problems`` in batches of ``size``) whose problems' samples are all on disk, as
+    ``{batch: [records of each problem]}``. A problem's records come from any complete written batch that holds
+    them (the first by (batch, size)), whatever its size: its samples do not depend on the batch
+    (:func:`sample_in_batches`).
 
     A batch is written with its problem count; one that has fewer records than that (the run died while
-    writing) is dropped, as is a torn last line, and the file is rewritten without them. Complete batches
-    that this run does not need (an earlier run had a larger ``limit``) stay in the file untouched.
+    writing) is dropped, as is a torn last line, and (``repair``) the file is rewritten without them. Complete
+    batches that this run does not need (an earlier run had a larger ``limit``) stay in the file untouched.
     """
     if not path.is_file():
         return {}
@@ -210,22 +267,22 @@ def read_complete_batches(path: Path, n_problems: int, size: int, k: int) -> dic
     for r in records:
         written.setdefault((r["batch"], r["batch_problems"]), []).append(r)
     complete = {key for key, recs in written.items() if len(recs) == key[1] * k}
-    if torn or len(complete) < len(written):
+    if repair and (torn or len(complete) < len(written)):
         write_atomic(path, "".join(line for line, r in zip(lines, records)
                                    if (r["batch"], r["batch_problems"]) in complete))
+    found: dict[int, list[dict]] = {}  # problem -> its k records
+    for key in sorted(complete):
+        per_problem: dict[int, list[dict]] = {}
+        for r in written[key]:
+            per_problem.setdefault(r["problem"], []).append(r)
+        for problem, recs in per_problem.items():
+            if problem not in found and len(recs) == k:
+                found[problem] = sorted(recs, key=lambda r: r["sample"])
     usable = {}
     for b in range((n_problems + size - 1) // size):
-        needed = set(range(b * size, min(n_problems, (b + 1) * size)))
-        # the batch exactly as this run would make it first, else a larger one that holds its problems
-        for key in sorted(complete, key=lambda key: (key[1] != len(needed), key[1])):
-            if key[0] != b:
-                continue
-            problems: dict[int, list[dict]] = {}
-            for r in written[key]:
-                problems.setdefault(r["problem"], []).append(r)
-            if needed <= set(problems):
-                usable[b] = [sorted(problems[p], key=lambda r: r["sample"]) for p in sorted(needed)]
-                break
+        needed = range(b * size, min(n_problems, (b + 1) * size))
+        if all(p in found for p in needed):
+            usable[b] = [found[p] for p in needed]
     return usable
 
 

@@ -22,8 +22,16 @@ What it does that a plain ``model.generate`` loop does not:
   keeps all state on the device, replays CUDA graphs and syncs every ``sync_every`` tokens, in chunks of
   ``max_batch`` rows (no continuous batching). Both draw their uniforms from one generator on the model's device,
   seeded by ``params.seed``; on a CPU the first chunk's stream is the same for both, so they sample the same
-  tokens. With refill, each output row draws from its own stream instead, a hash of (seed, row, token index)
-  (:func:`row_uniforms`), so its tokens do not depend on which rows share its batch or on ``max_rows``.
+  tokens. Which uniforms a row draws, and so what it samples (up to float rounding, which can differ with the
+  batch's size), depends on the schedule: with refill (more rows than ``max_rows``), or always when the caller
+  gives ``stream_ids``, each output row draws from its own stream, a hash of (seed, its key, token index)
+  (:func:`row_uniforms`); its tokens then do not depend on which rows share its batch or on ``max_rows``. Without
+  ``stream_ids`` the key is the row's place in this call (prompt index * n + sample), so they still depend on the
+  prompts before it; and where all rows fit ``max_rows`` (no refill), rows draw from the one shared generator,
+  so their tokens depend on ``max_rows`` and on the other rows of the call. ``stream_ids`` (one key per prompt,
+  e.g. a problem's index in a benchmark) makes sample j of a prompt a function of (seed, key, j) alone, on both
+  decode paths: what :func:`r1lab.rollout.sample_in_batches` uses so that batching, ``max_rows`` and ``--limit``
+  do not change a problem's samples.
 
 Every tensor the engine makes is made on the model's device.
 """
@@ -98,14 +106,20 @@ class TorchEngine:
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
-                 on_token: OnToken | None = None) -> list[list[Completion]]:
+                 on_token: OnToken | None = None, stream_ids: Sequence[int] | None = None) -> list[list[Completion]]:
         """Sample ``params.n`` completions per prompt; result[i] holds prompt i's completions.
 
         ``on_token(prompt_index, sample_index, token_id)`` is called for every sampled token in order (the dynamic
         path calls it as each token is decoded, the static path every ``sync_every`` tokens; a server streams from
-        it); returning False ends that sample at once with finish reason "abort"."""
+        it); returning False ends that sample at once with finish reason "abort". ``stream_ids``: one non-negative
+        key per prompt; sample j of prompt i then draws its uniforms from (seed, ``stream_ids[i] * n + j``, token
+        index) alone (see the module docstring)."""
         if not prompts:
             return []
+        if stream_ids is not None:
+            stream_ids = [int(key) for key in stream_ids]
+            if len(stream_ids) != len(prompts) or min(stream_ids) < 0:
+                raise ValueError(f"stream_ids: give one key >= 0 per prompt ({len(prompts)}), got {len(stream_ids)}")
         for i, p in enumerate(prompts):
             if len(p) == 0:
                 raise ValueError(f"prompt {i} is empty: give at least one token")
@@ -127,12 +141,15 @@ class TorchEngine:
                 for start in range(0, len(prompts), per_chunk):
                     chunk = prompts[start:start + per_chunk]
                     transcript = Transcript(self.tokenizer, len(chunk), params, stop_ids, start, on_token)
-                    self._decode_static(chunk, params, generator, fast, transcript, dtype)
+                    keys = None if stream_ids is None else _row_keys(stream_ids[start:start + per_chunk], params.n,
+                                                                    device)
+                    self._decode_static(chunk, params, generator, fast, transcript, dtype, keys)
                     results.extend(transcript.completions())
             else:
                 transcript = Transcript(self.tokenizer, len(prompts), params, stop_ids, 0, on_token)
+                keys = None if stream_ids is None else _row_keys(stream_ids, params.n, device)
                 self._decode_dynamic(prompts, params, generator, fast, transcript, dtype, budget,
-                                     refill=self.max_rows > 0)
+                                     refill=self.max_rows > 0, keys=keys)
                 results = transcript.completions()
         finally:
             self.model.train(was_training)
@@ -182,30 +199,35 @@ class TorchEngine:
         return out.logits[:, -1, :].float(), cache, mask, lengths, width
 
     def _decode_static(self, prompts, params: SamplingParams, generator, fast: FastDecoder, transcript: Transcript,
-                       dtype: torch.dtype) -> None:
+                       dtype: torch.dtype, keys: torch.Tensor | None = None) -> None:
         logits, cache, _, lengths, width = self._prefill(prompts, 0, dtype)
         device = logits.device
-        # every step's uniforms at once: on a CPU this is the stream the dynamic path draws step by step
-        uniforms = torch.rand((params.max_new_tokens, len(prompts) * params.n), generator=generator, device=device)
+        if keys is not None:  # each row's own stream (:func:`row_uniforms`), as the dynamic path draws it
+            steps = torch.arange(params.max_new_tokens, device=device)[:, None].expand(-1, len(keys))
+            uniforms = row_uniforms(_stream_seed(params.seed, device), keys.expand_as(steps), steps)
+        else:  # every step's uniforms at once: on a CPU this is the stream the dynamic path draws step by step
+            uniforms = torch.rand((params.max_new_tokens, len(prompts) * params.n), generator=generator,
+                                  device=device)
         self._static.decode(fast, [(layer.keys, layer.values) for layer in cache.layers], logits, lengths, width,
                             params, uniforms, transcript, self.pad_id, RESERVE_TOKENS)
 
     def _decode_dynamic(self, prompts, params: SamplingParams, generator, fast: FastDecoder | None,
-                        transcript: Transcript, dtype: torch.dtype, budget: int, refill: bool) -> None:
+                        transcript: Transcript, dtype: torch.dtype, budget: int, refill: bool,
+                        keys: torch.Tensor | None = None) -> None:
         """Decode every row of ``prompts`` (``params.n`` each) with at most ``budget`` rows in the batch. Rows are
         admitted from a queue in order, when the batch is empty and (``refill``) whenever enough slots are free;
         a prompt is prefilled once and its K/V copied to each of its samples as they are admitted.
 
         Uniforms: where rows are admitted in whole batches (no refill, or all rows fit the budget) each step draws
         one per row of the batch from ``generator``, the stream the static path draws at once; with refill each
-        output row has its own stream (:func:`row_uniforms`), so its tokens do not depend on the schedule."""
+        output row has its own stream (:func:`row_uniforms`), so its tokens do not depend on the schedule; so has it
+        whenever ``keys`` (each output row's stream key) are given."""
         n, device, max_new = params.n, _device(self.model), params.max_new_tokens
         queue = deque(range(len(prompts) * n))  # output rows waiting to be admitted, in order
-        streams = refill and len(queue) > budget
-        # unseeded: the row streams' seed comes from the device's default generator (torch.manual_seed governs it)
-        seed = params.seed
-        if streams and seed is None:
-            seed = int(torch.randint(0, 1 << 62, (), device=device).item())
+        streams = keys is not None or (refill and len(queue) > budget)
+        if streams and keys is None:
+            keys = torch.arange(len(queue), device=device)
+        seed = _stream_seed(params.seed, device) if streams else params.seed
         batch_start = batch_rows = 0  # without streams: the output rows of the batch admitted last
         #: prompt -> (next-token logits (V,), per layer (K, V) of its own positions (1, H, len, D), len), kept
         #: while some of its samples still wait
@@ -228,7 +250,7 @@ class TorchEngine:
                 return
             order = active.tolist()
             if streams:  # each output row's own stream: the same uniforms whichever rows share its batch
-                uniform = (row_uniforms(seed, active, [len(transcript.tokens[r]) for r in order])
+                uniform = (row_uniforms(seed, keys[active], [len(transcript.tokens[r]) for r in order])
                            if params.temperature else None)
             else:  # one uniform per row of the batch and step, drawn for all: compaction never shifts the stream
                 uniform = torch.rand(batch_rows, generator=generator, device=device)[active - batch_start]
@@ -316,6 +338,17 @@ class TorchEngine:
         return cache, (torch.cat([logits] + new_logits), torch.cat([mask, tensor(new_mask)]),
                        torch.cat([next_pos, tensor(new_pos)]), torch.cat([first, tensor(new_first)]),
                        torch.cat([active, tensor(rows)]))
+
+
+def _row_keys(stream_ids: Sequence[int], n: int, device) -> torch.Tensor:
+    """The stream key of each output row (prompt i's sample j: ``stream_ids[i] * n + j``)."""
+    return (torch.tensor(stream_ids, dtype=torch.long, device=device)[:, None] * n
+            + torch.arange(n, device=device)).reshape(-1)
+
+
+def _stream_seed(seed: int | None, device) -> int:
+    """``seed``, or unseeded, one drawn from the device's default generator (torch.manual_seed governs it)."""
+    return seed if seed is not None else int(torch.randint(0, 1 << 62, (), device=device).item())
 
 
 def row_uniforms(seed: int, rows: torch.Tensor, steps) -> torch.Tensor:

@@ -4,7 +4,9 @@ For each benchmark in both runs, the per-problem pass@1 (mean correctness of a p
 by problem (the same problem in both runs) and the mean difference B - A gets a 95% percentile-bootstrap
 interval over problems. Pairing removes the problems' own difficulty from the noise, so it detects smaller
 differences than comparing two separate intervals. The difference is "larger than the noise" when its
-interval excludes 0. Runs over different problem sets are compared on the problems they share.
+interval excludes 0. Runs with different ``--limit`` are compared on the problems they share; runs whose
+benchmark came from different data (its ``source``: a file, the hub, a task's options) are refused, since the
+same position or id would then name different problems.
 """
 
 from __future__ import annotations
@@ -16,18 +18,24 @@ import numpy as np
 
 from r1lab.evaluate.metrics import bootstrap_ci
 from r1lab.evaluate.report import folder_name
-from r1lab.files import read_log
+from r1lab.rollout import read_complete_batches
 
 
-def per_problem_pass1(run: Path, benchmark: str) -> dict[str, float]:
-    """``{problem key: mean correctness}`` from a run's samples (key: benchmark id, else position)."""
+def per_problem_pass1(run: Path, benchmark: str, result: dict) -> dict[str, float]:
+    """``{problem key: mean correctness}`` over the samples the run's summary ``result`` scored (the file may hold
+    more, from a run with a larger ``--limit``); key: position and id."""
     path = run / folder_name(benchmark) / "samples.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run} an r1lab eval run folder?")
-    sums: dict[str, list[float]] = {}
-    for r in read_log(path):
-        sums.setdefault(f"{r['problem']}:{r['id']}", []).append(float(r["correct"] or 0.0))
-    return {key: sum(v) / len(v) for key, v in sums.items()}
+    if not isinstance(result.get("n_problems"), int) or not isinstance(result.get("k"), int):
+        raise ValueError(f"{run}/summary.json does not say how many problems and samples {benchmark} scored: is it "
+                         "an r1lab eval run?")
+    n = result["n_problems"]
+    problems = read_complete_batches(path, n, max(1, n), result["k"], repair=False).get(0)
+    if problems is None:
+        raise ValueError(f"{path} does not hold the samples of the {n} problems {run}/summary.json scored")
+    return {f"{recs[0]['problem']}:{recs[0]['id']}": sum(float(r["correct"] or 0.0) for r in recs) / len(recs)
+            for recs in problems}
 
 
 def compare_runs(a: str | Path, b: str | Path) -> list[dict]:
@@ -43,7 +51,12 @@ def compare_runs(a: str | Path, b: str | Path) -> list[dict]:
                          f"({sorted(summaries[0]['benchmarks'])} vs {sorted(summaries[1]['benchmarks'])})")
     rows = []
     for name in shared:
-        pa, pb = per_problem_pass1(a, name), per_problem_pass1(b, name)
+        ra, rb = summaries[0]["benchmarks"][name], summaries[1]["benchmarks"][name]
+        sources = [r.get("source") or r.get("settings", {}).get("source") for r in (ra, rb)]
+        if sources[0] != sources[1]:
+            raise ValueError(f"{name}: the two runs used different data ({sources[0]} in {a}, {sources[1]} in "
+                             f"{b}); problems are paired by position and id, so only runs on the same data compare")
+        pa, pb = per_problem_pass1(a, name, ra), per_problem_pass1(b, name, rb)
         keys = sorted(set(pa) & set(pb))
         if not keys:
             raise ValueError(f"{name}: the two runs share no problems")

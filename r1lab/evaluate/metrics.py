@@ -186,7 +186,8 @@ def summarize(correct: list[list[float]], answers: list[list[str | None]] | None
               equivalent: Callable[[str, str], bool] | None = None, ks: Sequence[int] | None = None,
               method: str = "bootstrap") -> dict:
     """Every metric of one benchmark run: pass@1, pass@k for ``ks`` (default: powers of two up to the
-    sample count), cons@k (when answers and an equivalence are given) and the per-problem sd of pass@1."""
+    sample count), cons@k (when answers and an equivalence are given) and the per-problem sd of pass@1 (None at
+    k = 1)."""
     if not correct:
         raise ValueError("no problems to summarize")
     k = min(len(s) for s in correct)
@@ -202,6 +203,6 @@ def summarize(correct: list[list[float]], answers: list[list[str | None]] | None
             return np.asarray([cons_at_k([a for a, _ in p], [c for _, c in p], equivalent) for p in problems])
 
         metrics[f"cons@{k}"] = estimate(vote, votes, method).as_dict()
-    per_problem_sd = [float(np.std(s, ddof=1)) if len(s) > 1 else 0.0 for s in correct]
+    per_problem_sd = [float(np.std(s, ddof=1)) for s in correct] if k > 1 else None  # None: one sample says nothing
     return {"k": k, "n_problems": len(correct), "interval": f"95% {method}", "metrics": metrics,
-            "per_problem_sd": float(np.mean(per_problem_sd))}
+            "per_problem_sd": float(np.mean(per_problem_sd)) if per_problem_sd else None}

@@ -11,7 +11,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from r1lab.files import read_log  # noqa: E402
 from r1lab.plots import save_figure  # noqa: E402
 
 
@@ -20,7 +19,10 @@ def folder_name(benchmark: str) -> str:
     return benchmark.replace(":", "-").replace("/", "-")
 
 
-def write_eval_report(out: Path, summary: dict) -> Path:
+def write_eval_report(out: Path, summary: dict, records: dict[str, list[dict]]) -> Path:
+    """``report.md`` and ``report.html`` with their plots, from ``summary`` and each benchmark's ``records``: the
+    samples of exactly the problems this run scored (``samples.jsonl`` may hold more, from runs with a larger
+    ``--limit``)."""
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     md = [f"# Evaluation of `{summary['model']}`", "",
@@ -31,9 +33,8 @@ def write_eval_report(out: Path, summary: dict) -> Path:
              "<p>" + html.escape(md[2]).replace("`", "").replace("*sd over samples*", "<em>sd over samples</em>")
              + "</p>"]
     for name, result in summary["benchmarks"].items():
-        records = read_log(out / folder_name(name) / "samples.jsonl")
         k_plot = plot_accuracy_vs_k(plots / f"{folder_name(name)}_accuracy_vs_k.png", name, result)
-        len_plot = plot_lengths(plots / f"{folder_name(name)}_lengths.png", name, records)
+        len_plot = plot_lengths(plots / f"{folder_name(name)}_lengths.png", name, records[name])
         s = result["settings"]
         facts = (f"{result['n_problems']} problems x k = {result['k']} samples ({result['n_samples']} in all); "
                  f"temperature {s['temperature']}, top-p {s['top_p']}, at most {s['max_new_tokens']} new tokens; "
@@ -41,8 +42,9 @@ def write_eval_report(out: Path, summary: dict) -> Path:
                  f"{result['length_capped']:.1%} cut at the length limit, {result['answered']:.1%} gave a finished "
                  f"answer, {result.get('correct_truncated', 0)} correct samples were cut at the length limit (a cut "
                  "reply counts only if it had closed its answer); "
-                 f"per-problem sd of correctness across samples {result['per_problem_sd']:.3f}. "
-                 f"Data: {s['source']}.")
+                 "per-problem sd of correctness across samples "
+                 + (f"{result['per_problem_sd']:.3f}" if result["per_problem_sd"] is not None else "n/a (k = 1)")
+                 + f". Data: {s['source']}." + "".join(f" {note}" for note in result.get("notes", ())))
         rows = [(m, f"{v['value']:.1%}", f"[{v['ci_low']:.1%}, {v['ci_high']:.1%}]",
                  f"{v['sample_sd']:.1%}" if v["sample_sd"] is not None else "n/a (k = 1)")
                 for m, v in result["metrics"].items()]
@@ -50,7 +52,7 @@ def write_eval_report(out: Path, summary: dict) -> Path:
         md += [f"## {name}", "", facts, "", "| " + " | ".join(header) + " |", "|---|---:|---:|---:|"]
         md += ["| " + " | ".join(row) + " |" for row in rows]
         md += ["", f"![accuracy vs k](plots/{k_plot.name})", f"![lengths](plots/{len_plot.name})", ""]
-        md += _examples_md(records)
+        md += _examples_md(records[name])
         table = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
         parts += [f"<h2>{html.escape(name)}</h2><p>{html.escape(facts)}</p>",
                   "<table border=1 cellpadding=4><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header)

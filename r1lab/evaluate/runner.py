@@ -4,11 +4,16 @@ One run folder holds, per benchmark, ``<benchmark>/samples.jsonl`` (every sample
 extracted answer, verdict, tokens, finish reason) and ``<benchmark>/settings.json`` (what produced them),
 and for the whole run ``summary.json``, ``report.md``, ``report.html`` and ``plots/``.
 
-Resuming: problems are generated in fixed batches (``problems_per_batch``; batch b always holds the same
-problems and samples with seed ``f(seed, b)``), and a batch's samples are appended in one write and synced
-before the next begins. A rerun with the same settings reads back the complete batches, drops a batch cut
-off mid-write, and generates only the rest, so an interrupted run ends with the same samples, and the same
-summary, as one that was never interrupted. Different settings in the same folder are refused.
+Resuming: problems are generated in batches (``problems_per_batch``), and a batch's samples are appended in one
+write and synced before the next begins. Sample j of problem p draws from a random stream of (seed, p, j) alone
+and the reply budget is cut to the context by the whole benchmark's longest prompt, so a problem's samples do not
+depend on the batching, ``max_rows`` or ``--limit``. A rerun with the same settings reads back every problem
+whose samples are on disk in a complete batch (a batch cut off mid-write is dropped) and generates only the rest:
+an interrupted run, or one rerun with another ``--limit``, ``problems_per_batch`` or ``max_rows``, ends with the
+samples, and the summary, of one that was never interrupted. The summary and report use exactly this run's
+problems (``samples.jsonl`` may hold more, from a larger ``--limit``). Other sampling settings in the same folder
+are refused, and so is a rerun that leaves out a benchmark the folder's summary holds (name it again: its
+samples are reused).
 
 Sampling, judging and the resumable batches are the rollout layer's (:mod:`r1lab.rollout`), shared with
 ``r1lab sample``; :func:`heldout_accuracy` is ``r1lab zero``'s held-out evaluation through the same code.
@@ -16,6 +21,7 @@ Sampling, judging and the resumable batches are the rollout layer's (:mod:`r1lab
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -71,6 +77,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
     """Evaluate ``cfg.model`` on ``cfg.benchmarks``; returns the summary (also in ``OUT/summary.json``)."""
     cfg.validate()
     check_run_folder(cfg.out, EvalConfig)
+    check_earlier_benchmarks(Path(cfg.out), cfg.benchmarks)
     benches = {name: get_benchmark(name, cfg) for name in cfg.benchmarks}  # bad names fail before the model loads
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,6 +85,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
     engine.max_rows = cfg.max_rows  # continuous batching: a long row holds one slot, not a whole batch
 
     summary = {"model": cfg.model, "template": cfg.template, "benchmarks": {}}
+    records = {}
     for name, bench in benches.items():
         every = bench.examples("test")
         examples = every[:cfg.limit or None]
@@ -85,14 +93,15 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
         if not cfg.greedy and not cfg.k:
             log(f"{name}: k = {k} samples per problem, picked from the set's {len(every)} problems (--k to choose)")
         params = SamplingParams(n=k, temperature=0.0 if cfg.greedy else cfg.temperature, top_p=cfg.top_p,
-                                top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens)
+                                top_k=cfg.top_k, max_new_tokens=reply_budget(engine, every, cfg.max_new_tokens, name))
         # four times the rows decoded at once: a finished row's slot is refilled from the batch's queue
         settings = batch_settings(cfg.model, cfg.template, cfg.prefill, params, cfg.seed, cfg.problems_per_batch,
                                   bench.source, rows=4 * (cfg.max_rows or 64))
         problems, seconds = sample_in_batches(engine, bench, examples, params, cfg.template, cfg.prefill, cfg.seed,
                                               out / folder_name(name), settings, progress)
+        records[name] = [r for recs in problems for r in recs]  # this run's problems only, whatever the file holds
         result = summarize_records(problems, bench, cfg.interval)
-        result.update({"source": bench.source, "seconds": seconds, "settings": settings,
+        result.update({"source": bench.source, "seconds": seconds, "settings": settings, "notes": list(bench.notes),
                        "tokens_per_second": result["mean_tokens"] * result["n_samples"] / seconds if seconds else None})
         summary["benchmarks"][name] = result
         log(f"{name}: " + ", ".join(f"{m} {v['value']:.1%} [{v['ci_low']:.1%}, {v['ci_high']:.1%}]"
@@ -100,8 +109,37 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
             + f" (n={result['n_problems']}, k={k}, {seconds:.0f} s)")
     save_config(cfg, out / "config.yaml")  # only once the samples there were found to match these settings
     write_json(out / "summary.json", summary)
-    write_eval_report(out, summary)
+    write_eval_report(out, summary, records)
     return summary
+
+
+def reply_budget(engine, examples: list[dict], max_new_tokens: int, name: str) -> int:
+    """``max_new_tokens`` cut to the model's context window by the longest prompt of the whole benchmark (not of
+    the problems ``--limit`` keeps, nor of one batch), so that a problem's samples do not depend on either."""
+    longest = max((len(engine.encode(e["prompt"])) for e in examples), default=0) + 64  # + template, instruction
+    room = max(1, min(max_new_tokens, engine.context_length - longest))
+    if room < max_new_tokens:
+        log(f"{name}: at most {room} new tokens, not {max_new_tokens}: the model's context holds "
+            f"{engine.context_length} tokens and the longest prompt takes up to {longest}")
+    return room
+
+
+def check_earlier_benchmarks(out: Path, benchmarks: list[str]) -> None:
+    """Refuse a rerun in ``out`` that leaves out benchmarks its ``summary.json`` holds: the new summary and report
+    would drop their results. Naming them again costs nothing (their finished samples are reused)."""
+    path = out / "summary.json"
+    if not path.is_file():
+        return
+    try:
+        earlier = list(json.loads(path.read_text(encoding="utf-8"))["benchmarks"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # not a summary this command can read: it is rewritten
+    missing = [name for name in earlier if name not in benchmarks]
+    if missing:
+        names = ", ".join(dict.fromkeys(earlier + list(benchmarks)))
+        raise ValueError(f"{out} holds results for {', '.join(missing)}, which --benchmarks does not name; its "
+                         "summary.json and report would lose them. Name them too, with their --data entries if any "
+                         f"(their finished samples are reused): --benchmarks '[{names}]', or use another --out")
 
 
 def get_benchmark(name: str, cfg):

@@ -10,6 +10,10 @@ Every reward has one signature::
 ``completion_length`` (the response's token count). A reward returns ``None`` when it cannot judge
 (the example lacks what it needs, a verifier crashed): that score is skipped, not counted as 0.
 Rewards accept and ignore fields they do not use (``**_``).
+
+A reward that is cheaper over many responses at once (a reward model, a judge behind an endpoint) may also offer
+``reward.batch(completions, examples) -> [float | None, ...]``, each example with its ``completion_length``;
+:func:`score` then calls that once per batch, and it must give what calling the reward on each would.
 """
 
 from __future__ import annotations
@@ -75,9 +79,16 @@ def score(
     totals = [0.0] * len(completions)
     per_reward: dict[str, list[float | None]] = {}
     for name, (fn, weight) in rewards.items():
+        if hasattr(fn, "batch"):  # one call for the whole batch (see the module docstring)
+            raw = list(fn.batch(completions, [{**example, "completion_length": n}
+                                              for example, n in zip(examples, lengths)]))
+        else:
+            raw = [fn(completion, completion_length=lengths[i], **example)
+                   for i, (completion, example) in enumerate(zip(completions, examples))]
+        if len(raw) != len(completions):
+            raise ValueError(f"reward {name!r} gave {len(raw)} scores for {len(completions)} completions")
         values: list[float | None] = []
-        for i, (completion, example) in enumerate(zip(completions, examples)):
-            value = fn(completion, completion_length=lengths[i], **example)
+        for i, value in enumerate(raw):
             if value is not None:
                 value = float(value)
                 totals[i] += weight * value

@@ -59,7 +59,7 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
         say(f"r1lab: {run} is a finished run (final/ and summary.json are there); nothing to do")
         return json.loads((run / "summary.json").read_text())
     task = build_task(cfg.task, cfg.task_args)
-    rewards = build_rewards(cfg.rewards, task, cfg.language, cfg.max_new_tokens)
+    rewards = build_rewards(cfg.rewards, task, cfg.language, cfg.max_new_tokens, device=cfg.device)
     train_set, test_set = task.examples("train"), task.examples("test")[:cfg.eval_examples]
 
     start_step, checkpoint = run_folder.resume_point(run, cfg)

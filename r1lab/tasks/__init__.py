@@ -2,7 +2,8 @@
 
 Built in: ``arithmetic`` and ``countdown`` (generated, seeded, with worked cold-start traces), ``dataset``
 (your JSONL file, a folder of splits or a Hugging Face dataset), ``gsm8k`` (a local GSM8K folder), and
-``code_functions`` and ``code_dataset`` (judged in the sandbox). Build one by name with
+``code_functions`` and ``code_dataset`` (judged in the sandbox), and ``general`` (helpful and harmless prompts
+for stage 4, judged by reward models only). Build one by name with
 ``get_task("countdown", numbers=4)``, or with the defaults a recipe gets when it names no options with
 ``build_task("arithmetic", None)``.
 """
@@ -14,14 +15,18 @@ from r1lab.tasks.base import TASKS, Task, register_task, seeded_split
 from r1lab.tasks.code import CodeDatasetTask, CodeFunctionsTask
 from r1lab.tasks.countdown import CountdownTask
 from r1lab.tasks.dataset import DatasetTask
+from r1lab.tasks.general import GeneralTask
+from r1lab.tasks.mixture import MixtureTask
 
 __all__ = ["Task", "get_task", "build_task", "task_args_for", "DEFAULT_TASK_ARGS", "TASKS", "seeded_split",
            "register_task", "ArithmeticTask", "CountdownTask", "DatasetTask", "CodeFunctionsTask",
-           "CodeDatasetTask"]
+           "CodeDatasetTask", "MixtureTask", "GeneralTask"]
 
 #: what ``task_args: None`` means for each task. For arithmetic: 1-digit +, -, *, all 300 such problems, 100 held
 #: out. SmolLM2-135M gets ~31% right at T=0.7 and about half the groups have mixed rewards, so there is signal.
-DEFAULT_TASK_ARGS = {"arithmetic": {"digits": 1, "operands": 2, "operators": "+-*", "n_train": 200, "n_test": 100}}
+DEFAULT_TASK_ARGS = {"arithmetic": {"digits": 1, "operands": 2, "operators": "+-*", "n_train": 200, "n_test": 100},
+                     # R1 stage 4's scenarios: reasoning prompts, and general prompts (half as many) for reward models
+                     "mix": {"tasks": {"arithmetic": {"share": 1}, "general": {"share": 0.5}}}}
 
 
 def task_args_for(task: str, task_args: dict | None) -> dict:
@@ -53,3 +58,8 @@ def build_task(name: str, task_args: dict | None) -> Task:
     (200, 5)
     """
     return get_task(name, **task_args_for(name, task_args))
+
+
+@register_task("mix")
+def _mixture(tasks: dict | None = None, seed: int = 0) -> MixtureTask:
+    return MixtureTask(tasks, seed, build_task)

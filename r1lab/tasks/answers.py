@@ -44,19 +44,28 @@ def _box_content(text: str, start: int) -> str | None:
     return None
 
 
-def extract_boxed(text: str) -> str | None:
-    """The content of the last complete ``\\boxed{…}`` (or ``\\fbox{…}``), braces balanced.
+def extract_boxed(text: str, nonempty: bool = False) -> str | None:
+    """The content of the last complete ``\\boxed{…}`` (or ``\\fbox{…}``), braces balanced; with ``nonempty``, the
+    last complete one that holds more than blanks (a repeated instruction's ``\\boxed{}`` is no answer).
 
     >>> extract_boxed("first \\\\boxed{1}, then \\\\boxed{\\\\frac{1}{2}}")
     '\\\\frac{1}{2}'
     >>> extract_boxed("\\\\fbox{\\\\{1, 2\\\\}}"), extract_boxed("no box"), extract_boxed("\\\\boxed{3} \\\\boxed{4")
     ('\\\\{1, 2\\\\}', None, '3')
+    >>> extract_boxed("\\\\boxed{3}, in \\\\boxed{}"), extract_boxed("\\\\boxed{3}, in \\\\boxed{ }", nonempty=True)
+    ('', '3')
     """
+    found = _last_box(text, nonempty)
+    return found[0] if found is not None else None
+
+
+def _last_box(text: str, nonempty: bool = False) -> tuple[str, int] | None:
+    """The content of the last complete box and the index just past its closing brace."""
     starts = sorted(m.end() - 1 for opener in _BOX_OPENERS for m in re.finditer(re.escape(opener), text))  # their "{"
     for start in reversed(starts):
         content = _box_content(text, start)
-        if content is not None:
-            return content
+        if content is not None and (content.strip() or not nonempty):
+            return content, start + len(content) + 2
     return None
 
 
@@ -86,18 +95,54 @@ def _bare_formula(text: str) -> str | None:
     return text
 
 
-def closed_answer(completion: str) -> bool:
-    """Whether a response already holds a finished final answer after all its thinking: a closed ``<answer>``
-    block, a complete ``\\boxed{}``, or a closed code fence. A reply cut at the length limit is judged only if
-    it has one; otherwise the last number of unfinished text would pass for its answer.
+def closed_part(completion: str, code: bool = False) -> str | None:
+    """The response up to the end of its last finished final answer (after all its thinking), or None if it has
+    none: a closed ``<answer>`` block or a complete, non-empty ``\\boxed{}``; for code (``code``), also a closed
+    code fence. A reply cut at the length limit is judged on this part only, so neither the last number of its
+    unfinished text nor an empty ``\\boxed{}`` it copied from the instruction passes for its answer.
+
+    >>> closed_part("<think>a</think>So \\\\boxed{20}. Next, 35"), closed_part("...120 cups are needed to feed 20")
+    ('<think>a</think>So \\\\boxed{20}', None)
+    >>> closed_part("put your answer within \\\\boxed{} so 20"), closed_part("<answer>4</answer> and 5")
+    (None, '<answer>4</answer>')
+    >>> closed_part("```python\\nf()\\n``` and", code=True), closed_part("```\\n3 * 6 = 18\\n``` so 18")
+    ('```python\\nf()\\n```', None)
+    """
+    span, is_answer_block = final_span(completion)
+    if is_answer_block:
+        block = f"<answer>{span}</answer>"
+        return completion[:completion.rfind(block) + len(block)] if span.strip() else None
+    start = len(completion) - len(span)  # the span is the response's tail, after the last </think>
+    ends = [box[1] for box in [_last_box(span, nonempty=True)] if box is not None]
+    if code:
+        ends += [end for end in [_last_fence_end(span)] if end is not None]
+    return completion[:start + max(ends)] if ends else None
+
+
+def _last_fence_end(text: str) -> int | None:
+    """The index just past the closing fence of the last complete fenced code block, scanned as
+    :func:`r1lab.rewards.code.extract_code` scans."""
+    end, start = None, text.find("```")
+    while start >= 0:
+        newline = text.find("\n", start + 3)
+        close = text.find("```", newline + 1) if newline >= 0 else -1
+        if close < 0:
+            break
+        end, start = close + 3, text.find("```", close + 3)
+    return end
+
+
+def closed_answer(completion: str, code: bool = False) -> bool:
+    """Whether a response already holds a finished final answer (:func:`closed_part`).
 
     >>> closed_answer("<think>a</think>So \\\\boxed{20}"), closed_answer("...120 cups of feed are needed to feed 20")
     (True, False)
-    >>> closed_answer("<answer>4</answer>"), closed_answer("<think>x</think>```python\\nf()\\n```"), closed_answer("")
-    (True, True, False)
+    >>> closed_answer("<answer>4</answer>"), closed_answer("<think>x</think>```python\\nf()\\n```", code=True)
+    (True, True)
+    >>> closed_answer("Put it within \\\\boxed{}."), closed_answer("```\\nx\\n```"), closed_answer("")
+    (False, False, False)
     """
-    span, is_answer_block = final_span(completion)
-    return is_answer_block or extract_boxed(span) is not None or span.count("```") >= 2
+    return closed_part(completion, code) is not None
 
 
 def extract_answer(completion: str) -> str | None:
@@ -114,8 +159,8 @@ def extract_answer(completion: str) -> str | None:
     (None, '1000')
     """
     span, is_answer_block = final_span(completion)
-    boxed = extract_boxed(span)
-    if boxed is not None and boxed.strip():
+    boxed = extract_boxed(span, nonempty=True)
+    if boxed is not None:
         return boxed.strip()
     formula = _bare_formula(span) if is_answer_block else None
     return formula if formula is not None else last_number(span)

@@ -16,9 +16,10 @@ import re
 
 from r1lab.tasks.answers import score_answer
 from r1lab.tasks.base import Task, register_task
-from r1lab.tasks.procedural import check_counts, split_problems, unique_problems
+from r1lab.tasks.procedural import check_counts, check_int, split_problems, unique_problems
 
 OPERATORS = "+-*"
+MAX_DIGITS, MAX_OPERANDS = 30, 20  # beyond these a question is longer than a small model's reading of it
 _QUESTION = re.compile(r"What is (.+)\?$")
 _TOKEN = re.compile(r"-?\d+|[+\-*]")
 
@@ -123,9 +124,9 @@ class ArithmeticTask(Task):
 
     def __init__(self, digits: int = 1, operands: int = 2, operators: str = "+", n_train: int = 2000,
                  n_test: int = 200, seed: int = 0):
-        if digits < 1 or operands < 2:
-            raise ValueError(f"digits={digits}, operands={operands}: need digits >= 1 and operands >= 2")
-        if not operators or set(operators) - set(OPERATORS):
+        check_int("digits", digits, 1, MAX_DIGITS)
+        check_int("operands", operands, 2, MAX_OPERANDS)
+        if not isinstance(operators, str) or not operators or set(operators) - set(OPERATORS):
             raise ValueError(f"operators={operators!r}: use one or more of {OPERATORS!r}, e.g. operators='+-'")
         check_counts(n_train, n_test)
         problems = unique_problems(lambda rng: draw_problem(rng, digits, operands, operators),

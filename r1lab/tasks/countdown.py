@@ -26,7 +26,7 @@ from fractions import Fraction
 from r1lab.chat import final_answer_span
 from r1lab.tasks.answers import extract_boxed
 from r1lab.tasks.base import Task, register_task
-from r1lab.tasks.procedural import check_counts, split_problems, unique_problems
+from r1lab.tasks.procedural import check_counts, check_int, split_problems, unique_problems
 from r1lab.tasks.safe_expr import UnsafeExpression, evaluate
 
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
@@ -178,9 +178,9 @@ class CountdownTask(Task):
 
     def __init__(self, numbers: int = 3, max_number: int = 25, max_target: int = 100, n_train: int = 2000,
                  n_test: int = 200, seed: int = 0):
-        if numbers < 2 or max_number < 1 or max_target < 1:
-            raise ValueError(f"numbers={numbers}, max_number={max_number}, max_target={max_target}: "
-                             "need numbers >= 2, max_number >= 1 and max_target >= 1")
+        check_int("numbers", numbers, 2, 12)
+        check_int("max_number", max_number, 1, 10**6)
+        check_int("max_target", max_target, 1, 10**9)
         check_counts(n_train, n_test)
 
         def draw(rng: random.Random) -> dict:

@@ -42,9 +42,10 @@ def reference_answer(solution) -> str:
 
 
 def read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    """``(line number, JSON object)`` for each non-blank line; errors name the file and line."""
+    """``(line number, JSON object)`` for each non-blank line; errors name the file and line. A UTF-8 byte-order
+    mark at the start (Windows editors write one) is skipped."""
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for line_number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -80,9 +81,11 @@ def _split(examples: list[dict], test_size: int | float, seed: int, source) -> t
     """:func:`seeded_split`, with an error that names the source and the option to change."""
     try:
         return seeded_split(examples, test_size, seed)
-    except ValueError:
-        raise ValueError(f"{source} has {len(examples)} examples, too few for test_size={test_size}; "
-                         "set test_size= to a smaller count or a fraction such as 0.1") from None
+    except ValueError as exc:
+        if isinstance(test_size, int) and not isinstance(test_size, bool) and test_size > len(examples):
+            raise ValueError(f"{source} has {len(examples)} examples, too few for test_size={test_size}; "
+                             "set test_size= to a smaller count or a fraction such as 0.1") from None
+        raise ValueError(f"{source}: {exc}") from None  # not a count or a fraction
 
 
 @register_task("dataset")

@@ -47,6 +47,26 @@ def split_problems(problems: list[dict], n_train: int, n_test: int) -> tuple[lis
     return problems[n_test : n_test + n_train], problems[:n_test]
 
 
+#: the most problems a generated task draws (its draws take time in proportion)
+MAX_PROBLEMS = 1_000_000
+
+
+def check_int(name: str, value, low: int, high: int) -> None:
+    """Refuse an option that is not a whole number from ``low`` to ``high`` (a bool, a float such as 1.5 or 1e400,
+    a string), naming the option and the range.
+
+    >>> check_int("digits", 3, 1, 30)
+    >>> check_int("digits", 1.5, 1, 30)
+    Traceback (most recent call last):
+    ...
+    ValueError: digits=1.5: must be a whole number, digits >= 1 and digits <= 30
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name}={value!r}: must be a whole number, {name} >= {low} and {name} <= {high}")
+
+
 def check_counts(n_train: int, n_test: int) -> None:
-    if n_train < 0 or n_test < 0 or n_train + n_test == 0:
+    check_int("n_train", n_train, 0, MAX_PROBLEMS)
+    check_int("n_test", n_test, 0, MAX_PROBLEMS)
+    if n_train + n_test == 0:
         raise ValueError(f"n_train={n_train} and n_test={n_test}: both must be >= 0 and not both 0")

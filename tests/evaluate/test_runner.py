@@ -118,15 +118,18 @@ def test_greedy_takes_one_sample(tiny_path, tmp_path):
     assert result["k"] == 1 and result["settings"]["temperature"] == 0.0
 
 
-def fake_run(folder, name, correct_by_problem):
-    """A run folder as r1lab eval writes it, with chosen verdicts."""
+def fake_run(folder, name, correct_by_problem, source="gsm8k/test.jsonl"):
+    """A run folder as r1lab eval writes it, with chosen verdicts (one batch of all the problems)."""
     (folder / name).mkdir(parents=True)
     lines = []
+    n, k = len(correct_by_problem), len(correct_by_problem[0])
     for p, verdicts in enumerate(correct_by_problem):
         for j, c in enumerate(verdicts):
-            lines.append(json.dumps({"id": str(p), "problem": p, "sample": j, "correct": c}))
+            lines.append(json.dumps({"id": str(p), "problem": p, "sample": j, "correct": c, "batch": 0,
+                                     "batch_problems": n}))
     (folder / name / "samples.jsonl").write_text("\n".join(lines) + "\n")
-    (folder / "summary.json").write_text(json.dumps({"benchmarks": {name: {}}}))
+    result = {"n_problems": n, "k": k, "source": source, "settings": {"source": source}}
+    (folder / "summary.json").write_text(json.dumps({"benchmarks": {name: result}}))
     return folder
 
 

@@ -1,0 +1,175 @@
+"""`r1lab pipeline` on a tiny random model: every stage runs and leaves its folder, a rerun skips finished stages,
+an interrupted stage resumes without redoing the ones before it, and a changed stage reruns with those after it."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+import r1lab.pipeline as pipeline
+import r1lab.rl.grpo as grpo
+from r1lab.cli import main
+from r1lab.config import PipelineConfig, read_recipe
+from r1lab.models import save_checkpoint
+from r1lab.tasks import ArithmeticTask, register_task
+
+from conftest import make_model, make_tokenizer
+
+
+@register_task("lenient_arithmetic")
+class LenientArithmetic(ArithmeticTask):
+    """Arithmetic whose verifier passes every finished reply, so a random model's samples survive rejection
+    sampling and every stage has data."""
+
+    def verify(self, completion, **example):
+        return 1.0
+
+
+def recipe(model: str, out, **changes) -> dict:
+    values = {
+        "model": model, "task": "lenient_arithmetic", "task_args": {"n_train": 30, "n_test": 6}, "template": "native",
+        "coldstart": {"examples": 12}, "sft": {"epochs": 1, "max_steps": 2, "eval_size": 0},
+        "reasoning_rl": {"steps": 3, "save_every": 1, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 6,
+                         "warmup_steps": 0},
+        "rejection": {"limit": 6, "n": 2, "max_new_tokens": 6, "drop_truncated": False, "min_language_share": 0,
+                      "max_paragraph_chars": 0, "near_duplicate": 1.0},
+        "rejection_sft": {"epochs": 1, "max_steps": 2, "eval_size": 0},
+        "rl_all": {"steps": 2, "save_every": 1, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 6,
+                   "warmup_steps": 0},
+        "eval": {"limit": 3, "k": 1, "max_new_tokens": 6},
+        "rm_helpful": {"data": "helpful-procedural", "limit": 12, "test_size": 4, "max_length": 48, "batch_size": 4},
+        "rm_harmless": {"data": "harmless-sample", "limit": 12, "test_size": 4, "max_length": 48, "batch_size": 4},
+        "general_eval_prompts": 3, "threads": 1, "out": str(out)}
+    values.update(changes)
+    return values
+
+
+def run(tmp_path, values) -> int:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return main(["pipeline", "--config", str(path)])
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(autouse=True)
+def rejection_keeps_something(monkeypatch):
+    """A random model never closes a think block, so rejection sampling keeps nothing and stage 3 would stop there
+    (as it should). Here the real sampler runs, then a few rows stand in for the samples a trained model keeps."""
+    real = pipeline.run_sample
+
+    def run_sample(cfg, progress=True):
+        summary = real(cfg, progress)
+        if not summary["kept_reasoning"]:
+            rows = [{"prompt": f"What is {i} + 1?", "response": f"<think>\n{i} + 1 = {i + 1}\n</think>\n"
+                                                                 f"<answer>{i + 1}</answer>"} for i in range(6)]
+            (Path(cfg.out) / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            summary["kept_reasoning"] = len(rows)
+        return summary
+
+    monkeypatch.setattr(pipeline, "run_sample", run_sample)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    tok = make_tokenizer()
+    return str(save_checkpoint(make_model(tok), tok, tmp_path_factory.mktemp("model") / "tiny"))
+
+
+def test_the_default_is_the_shipped_recipe():
+    shipped = read_recipe("recipes/r1-mini.yaml", PipelineConfig)
+    assert shipped == {k: v for k, v in PipelineConfig().__dict__.items()}
+
+
+def test_the_chain_runs_resumes_and_reruns_only_what_changed(tiny_model, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "r1"
+    values = recipe(tiny_model, out)
+
+    # killed in stage 2 (at its second update), after stage 1 finished
+    real_update, calls = grpo.update_policy, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_update(*args, **kwargs)
+
+    monkeypatch.setattr(grpo, "update_policy", interrupted)
+    assert run(tmp_path, values) == 130
+    monkeypatch.setattr(grpo, "update_policy", real_update)
+    assert (out / "1-coldstart" / "stage.json").is_file() and not (out / "2-reasoning-rl" / "stage.json").exists()
+    stage1 = snapshot(out / "1-coldstart")
+    rms = snapshot(out / "rm")
+
+    capsys.readouterr()
+    assert run(tmp_path, values) == 0
+    said = capsys.readouterr().out
+    assert "1-coldstart: finished before, skipped" in said and "2-reasoning-rl: interrupted before; resuming" in said
+    assert snapshot(out / "1-coldstart") == stage1 and snapshot(out / "rm") == rms  # not redone
+    steps = [json.loads(line)["step"] for line in (out / "2-reasoning-rl/zero/metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]  # resumed from step 1's checkpoint: no step lost or logged twice
+
+    summary = json.loads((out / "pipeline.json").read_text())
+    assert [s["stage"] for s in summary["stages"]] == ["0-base", "1-coldstart", "2-reasoning-rl", "3-rejection-sft",
+                                                       "4-rl-all"]
+    assert summary["final_checkpoint"].endswith("4-rl-all/zero/final")
+    for stage in summary["stages"]:
+        assert {"accuracy", "format_rate", "language_consistency", "mean_tokens", "rm_helpful",
+                "harmless_pass"} <= set(stage["eval"])
+    report = (out / "report.md").read_text()
+    assert report.count("\n| ") == 6 and (out / "plots" / "stages.png").stat().st_size > 0
+    lineage = json.loads((out / "3-rejection-sft" / "stage.json").read_text())["lineage"]
+    assert lineage["parent_checkpoint"].endswith("2-reasoning-rl/zero/final") and lineage["data_sha256"]
+    # stage 3 trains the base model, not stage 2's: its SFT starts from the recipe's model
+    assert yaml.safe_load((out / "3-rejection-sft/sft/config.yaml").read_text())["model"] == tiny_model
+    stage4_rewards = yaml.safe_load((out / "4-rl-all/zero/config.yaml").read_text())["rewards"]
+    assert stage4_rewards["helpful"]["part"] == "summary" and stage4_rewards["harmless"]["part"] == "whole"
+
+    # a rerun with nothing changed does nothing
+    before = snapshot(out)
+    assert run(tmp_path, values) == 0
+    after = snapshot(out)
+    assert {k: v for k, v in after.items() if k != "pipeline.yaml"} == \
+        {k: v for k, v in before.items() if k != "pipeline.yaml"}
+
+    # a changed stage-3 setting reruns stages 3 and 4 only; the old ones are kept aside
+    changed = recipe(tiny_model, out, rejection={**values["rejection"], "n": 3})
+    capsys.readouterr()
+    assert run(tmp_path, changed) == 0
+    said = capsys.readouterr().out
+    for stage in ("0-base", "1-coldstart", "2-reasoning-rl"):
+        assert f"{stage}: finished before, skipped" in said
+    assert "3-rejection-sft: its settings changed (sample.n)" in said
+    assert "4-rl-all: an earlier stage changed" in said
+    assert snapshot(out / "1-coldstart") == stage1
+    assert (out / "replaced" / "3-rejection-sft.replaced-1" / "stage.json").is_file()
+    assert (out / "replaced" / "4-rl-all.replaced-1" / "stage.json").is_file()
+    assert yaml.safe_load((out / "3-rejection-sft/sample/config.yaml").read_text())["n"] == 3
+
+    # a changed evaluation reruns the evaluations only: every stage's training is kept as it was
+    trained = {k: v for k, v in snapshot(out).items() if "/eval/" not in k and not k.endswith("stage.json")}
+    capsys.readouterr()
+    assert run(tmp_path, {**changed, "eval": {**values["eval"], "limit": 2}}) == 0
+    assert capsys.readouterr().out.count("only the evaluation changed") == 5
+    assert all(snapshot(out).get(k) == v for k, v in trained.items() if not k.startswith(("pipeline", "report",
+                                                                                           "plots")))
+    assert json.loads((out / "4-rl-all" / "stage.json").read_text())["eval"]["n"] == 2
+
+
+def test_bad_recipes_are_refused_before_anything_runs(tiny_model, tmp_path, capsys):
+    out = tmp_path / "r1"
+    assert run(tmp_path, recipe(tiny_model, out, sft={"epochz": 1})) == 2
+    assert "unknown option 'epochz'" in capsys.readouterr().err
+    assert run(tmp_path, recipe(tiny_model, out, rl_all={"out": "elsewhere"})) == 2
+    assert "'out' is set by the pipeline" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("mine")
+    assert run(tmp_path, recipe(tiny_model, tmp_path / "notes")) == 2
+    assert "no pipeline.yaml" in capsys.readouterr().err
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "mine"
