@@ -29,7 +29,7 @@ from r1lab.rewards import REWARDS, get_reward, score
 from r1lab.rewards.judge import judge_reward
 from r1lab.rewards.reward_model import model_reward
 from r1lab.runs import refuse_changed
-from r1lab.tasks.answers import closed_answer, closed_part, extract_answer
+from r1lab.tasks.answers import closed_part, extract_answer
 from r1lab.tasks.base import question_text
 
 #: batch ``b`` of a seeded run samples with seed ``seed * BATCH_SEED_STRIDE + b`` (an engine without ``stream_ids``)
@@ -55,12 +55,6 @@ class Group:
     def responses(self) -> list[str]:
         """The whole assistant responses (prefill + generated text): what rewards and people read."""
         return [self.prefill + c.text for c in self.completions]
-
-    @property
-    def finished(self) -> list[bool]:
-        """Per completion: whether it has a final answer to judge. A reply cut at the length limit has one only if
-        it already closed it (:func:`r1lab.tasks.answers.closed_answer`)."""
-        return [c.finish_reason != "length" or closed_answer(r) for c, r in zip(self.completions, self.responses)]
 
     @property
     def has_signal(self) -> bool:

@@ -10,17 +10,18 @@ from pathlib import Path
 # Bottom (0) to top. A module belongs to the longest entry that is its name or a dotted prefix of its name
 # ("r1lab" itself is the package's __init__ only). Place a new module here on purpose.
 LAYERS = {
-    0: ["r1lab", "r1lab.files", "r1lab.console", "r1lab.config", "r1lab.chat", "r1lab.models", "r1lab.plots"],
+    0: ["r1lab", "r1lab.files", "r1lab.console", "r1lab.config", "r1lab.chat", "r1lab.models", "r1lab.plots",
+        "r1lab.packing"],  # packing: pure torch (sequence packing, log-probs), used by SFT, GRPO and reward models
     1: ["r1lab.sandbox", "r1lab.rewards", "r1lab.tasks"],
     2: ["r1lab.engine"],
-    3: ["r1lab.rollout", "r1lab.optim", "r1lab.packing", "r1lab.runs"],
-    4: ["r1lab.rl", "r1lab.sft", "r1lab.evaluate", "r1lab.serve"],
-    5: ["r1lab.cli", "r1lab.__main__"],
+    3: ["r1lab.rollout", "r1lab.optim", "r1lab.runs"],
+    4: ["r1lab.rl", "r1lab.sft", "r1lab.evaluate", "r1lab.serve", "r1lab.rm", "r1lab.export"],
+    5: ["r1lab.cli", "r1lab.__main__", "r1lab.pipeline"],
 }
 LAYER = {unit: layer for layer, units in LAYERS.items() for unit in units}
 # Inside layers 0 and 1 the order is explicit: what each may import from its own layer (files, console < the rest).
 SAME_LAYER_OK = {
-    "r1lab": set(), "r1lab.files": set(), "r1lab.console": set(),
+    "r1lab": set(), "r1lab.files": set(), "r1lab.console": set(), "r1lab.packing": set(),
     **dict.fromkeys(["r1lab.chat", "r1lab.plots", "r1lab.models"], {"r1lab.files", "r1lab.console"}),
     "r1lab.config": {"r1lab.files", "r1lab.console", "r1lab.chat"},
     "r1lab.sandbox": set(),  # untrusted code runs here: it knows nothing about rewards or tasks
