@@ -29,12 +29,11 @@ Left out: ties and graded preferences (margins), and pairs whose two prompts dif
 
 from __future__ import annotations
 
-import gzip
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from r1lab.tasks.dataset import read_jsonl
 from r1lab.tasks.general import HARMLESS_SAMPLE, helpful_requests, hh_turns
 
 BUILT_IN_PAIRS = ("harmless-sample", "helpful-procedural")
@@ -111,28 +110,15 @@ def _from_messages(chosen: list, rejected: list, prompt) -> Pair:
 
 
 def read_rows(path: Path) -> list[tuple[int, dict]]:
-    """``(line number, object)`` for each non-blank line of a JSONL or ``.jsonl.gz`` file; errors name file and line."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
+    """``(line number, object)`` for each non-blank line of a JSONL or ``.jsonl.gz`` file
+    (:func:`r1lab.tasks.dataset.read_jsonl`); a file that is no such text is one clear error."""
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{number}: not valid JSON ({e.msg}); a JSONL file holds one JSON object "
-                                     "per line") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-                rows.append((number, row))
+        return read_jsonl(path)
     except (OSError, EOFError, UnicodeDecodeError) as e:
         if isinstance(e, FileNotFoundError):
             raise
-        kind = "gzipped JSONL" if opener is gzip.open else "JSONL"
+        kind = "gzipped JSONL" if path.suffix == ".gz" else "JSONL"
         raise ValueError(f"{path} cannot be read as {kind} text ({e})") from None
-    return rows
 
 
 def load_pairs(source: str, seed: int = 0) -> list[Pair]:

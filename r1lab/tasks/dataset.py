@@ -15,6 +15,7 @@ streaming of hub datasets too large for memory.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from pathlib import Path
@@ -42,10 +43,11 @@ def reference_answer(solution) -> str:
 
 
 def read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    """``(line number, JSON object)`` for each non-blank line; errors name the file and line. A UTF-8 byte-order
-    mark at the start (Windows editors write one) is skipped."""
+    """``(line number, JSON object)`` for each non-blank line of a JSONL (or gzipped ``.gz``) file; errors name the
+    file and line. A UTF-8 byte-order mark at the start (Windows editors write one) is skipped."""
     rows = []
-    with open(path, encoding="utf-8-sig") as f:
+    opener = gzip.open if Path(path).suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8-sig") as f:
         for line_number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
