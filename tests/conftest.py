@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import string
 
 import pytest
@@ -32,6 +33,18 @@ def make_model(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 32):
                          max_position_embeddings=512, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
     return LlamaForCausalLM(config).eval()
+
+
+def pytest_configure(config):
+    """Ctrl-C must be Ctrl-C in the tests that press it, however pytest was started.
+
+    A shell without job control starts a background job (``cmd &``, ``nohup``) with SIGINT ignored, and that
+    ignoring is inherited through exec: the tests that send SIGINT to this process or to a child would then see
+    nothing happen. Installing Python's handler here also gives every child started from here SIGINT's default
+    again (handlers, unlike ignoring, are reset by exec).
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config, items):
