@@ -215,11 +215,15 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         prints = {"stage": _fingerprint(stage, parent_print, rm_print if stage.folder.startswith("4") else "")}
         prints["eval"] = _digest([prints["stage"], rm_print, _eval_settings(cfg)])
         done = _read_json(folder / "stage.json")
-        if done and done.get("fingerprint") == prints["stage"] and done.get("eval_fingerprint") == prints["eval"] \
-                and _checkpoint_ok(folder, stage):
+        if done and not _checkpoint_ok(folder, stage):  # finished once, but its model is gone: train it again
+            _set_aside(folder / "stage.json", "checkpoint-missing")
+            say(f"   {stage.folder}: its checkpoint {folder / stage.checkpoint} is missing or incomplete; training "
+                "the stage again (later stages rerun only if the new weights differ)")
+            done = None
+        if done and done.get("fingerprint") == prints["stage"] and done.get("eval_fingerprint") == prints["eval"]:
             say(f"== {stage.folder}: finished before, skipped ({stage.title})")
             results.append(done)
-            parent_print = prints["stage"]
+            parent_print = _parent_print(prints["stage"], folder, stage)
             continue
         _set_aside_if_changed(run, folder, stage, prints)
         say(f"== {stage.folder} ({index}/{len(stages) - 1}): {stage.title}")
@@ -241,7 +245,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                   "settings": _settings(stage)}
         write_json(folder / "stage.json", record)
         results.append(record)
-        parent_print = prints["stage"]
+        parent_print = _parent_print(prints["stage"], folder, stage)
         say(f"   {stage.folder}: {_one_line(record)}")
     summary = {"final_checkpoint": results[-1]["checkpoint"], "stages": [
         {k: r[k] for k in ("stage", "title", "checkpoint", "seconds", "eval_seconds", "eval", "training")}
@@ -273,8 +277,11 @@ def _sft(cfg, command: SftConfig, stage: Stage) -> None:
 
 def _zero(cfg, command: ZeroConfig, stage: Stage) -> None:
     out = Path(command.out)
-    if not (out / "summary.json").is_file():  # GRPO resumes from its last checkpoint
-        train(dataclasses.replace(command, resume=(out / "config.yaml").is_file()))
+    if (out / "summary.json").is_file():
+        if is_complete_checkpoint(out / "final"):
+            return
+        _set_aside(out, "incomplete")  # finished once, but its final model is gone: train it again (kept aside)
+    train(dataclasses.replace(command, resume=(out / "config.yaml").is_file()))  # resumes from its last checkpoint
 
 
 def _sample(cfg, command: SampleConfig, stage: Stage) -> None:
@@ -463,6 +470,14 @@ def _config_settings(command) -> dict:
 
 def _settings(stage: Stage) -> dict:
     return {name: _config_settings(command) for name, command in stage.commands.items()}
+
+
+def _parent_print(fingerprint: str, folder: Path, stage: Stage) -> str:
+    """What the next stage's fingerprint chains on: this stage's settings and the weights it produced, so a stage
+    trained again (its checkpoint was lost) that comes out different sends every later stage round again."""
+    checkpoint = folder / stage.checkpoint
+    weights = sorted(checkpoint.glob("*.safetensors")) if stage.checkpoint and checkpoint.is_dir() else []
+    return _digest([fingerprint, [_file_digest(path) for path in weights]])
 
 
 def _fingerprint(stage: Stage, parent: str, extra: str) -> str:

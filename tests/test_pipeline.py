@@ -137,6 +137,21 @@ def test_the_chain_runs_resumes_and_reruns_only_what_changed(tiny_model, tmp_pat
     assert {k: v for k, v in after.items() if k != "pipeline.yaml"} == \
         {k: v for k, v in before.items() if k != "pipeline.yaml"}
 
+    # stage 2's final model deleted after the run finished: the stage trains again (the lost run kept aside); it
+    # comes out the same (fixed seed, fp32), so stages 3-4 stand
+    import shutil
+    shutil.rmtree(out / "2-reasoning-rl" / "zero" / "final")
+    capsys.readouterr()
+    assert run(tmp_path, values) == 0
+    said = capsys.readouterr().out
+    assert "2-reasoning-rl: its checkpoint" in said and "missing or incomplete" in said
+    assert (out / "2-reasoning-rl" / "zero" / "final" / "model.safetensors").is_file()
+    assert (out / "2-reasoning-rl" / "zero.incomplete-1" / "summary.json").is_file()
+    assert "3-rejection-sft: finished before, skipped" in said and "4-rl-all: finished before, skipped" in said
+    weights = [out / "2-reasoning-rl" / zero / "checkpoints" / "step-000003" / "model.safetensors"
+               for zero in ("zero", "zero.incomplete-1")]
+    assert weights[0].read_bytes() == weights[1].read_bytes()
+
     # a changed stage-3 setting reruns stages 3 and 4 only; the old ones are kept aside
     changed = recipe(tiny_model, out, rejection={**values["rejection"], "n": 3})
     capsys.readouterr()
