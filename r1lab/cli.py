@@ -71,7 +71,13 @@ def zero(argv: list[str]) -> int:
     if values.get("resume"):  # continue with the run's own settings; refuse flags that change them
         values = values_for_resume(config.ZeroConfig, values)
     cfg = config.make_config(config.ZeroConfig, values)
+    if cfg.nproc > 1 and "WORLD_SIZE" not in os.environ:  # start the processes; each runs this command again
+        from r1lab.distributed import launch
+
+        return launch(cfg.nproc, ["zero", *argv])
     summary = train(cfg)
+    if not summary:  # a process other than rank 0 under torchrun: rank 0 reports
+        return 0
     before, after = summary["eval_before"], summary["eval_after"]
     print(f"held-out accuracy {_format(before['accuracy'], '.1%')} -> {_format(after['accuracy'], '.1%')}; mean reward "
           f"{_format(summary['reward_first_steps'], '.3f')} -> {_format(summary['reward_last_steps'], '.3f')}; "
@@ -151,7 +157,13 @@ def sft(argv: list[str]) -> int:
     from r1lab.sft.trainer import train_sft
 
     cfg = config.load_config(config.SftConfig, argv, prog="r1lab sft")
+    if cfg.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from r1lab.distributed import launch
+
+        return launch(cfg.nproc, ["sft", *argv])
     summary = train_sft(cfg)
+    if not summary:  # a process other than rank 0 under torchrun: rank 0 reports
+        return 0
     before, after = summary["eval_loss_before"], summary["eval_loss_after"]
     held_out = f"held-out loss {before:.3f} -> {after:.3f}" if before is not None else "no held-out set"
     print(f"{held_out}; checkpoint {summary['checkpoint']}; report: {cfg.out}/report.md")

@@ -33,6 +33,7 @@ LOSS_AGGREGATIONS = ("token", "sequence")  # r1lab.rl.losses.LOSS_AGGREGATIONS
 LR_SCHEDULES = ("cosine", "linear", "constant")  # r1lab.optim.LR_SCHEDULES
 INTERVALS = ("bootstrap", "normal")  # r1lab.evaluate.metrics.CI_METHODS
 COLDSTART_SOURCES = ("traces", "model", "jsonl")
+ENGINES = ("torch", "vllm")  # r1lab.rollout.rollout_engine
 DTYPES = ("auto", "fp32", "bf16", "fp16")  # r1lab.models.DTYPES, and auto  # r1lab.sft.coldstart: _from_traces, _from_model, _from_jsonl
 
 
@@ -61,6 +62,8 @@ class ZeroConfig:
     stop: list = field(default_factory=lambda: ["</answer>"])
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, sample more
     max_sampling_rounds: int = 4  # with dynamic_sampling: at most this many draws of prompts per step
+    engine: str = "torch"  # torch | vllm: what samples; vllm (pip install 'r1lab[vllm]', CUDA) keeps its own copy of the policy on the trainer's GPU, updated after each step
+    vllm_gpu_memory_utilization: float = 0.3  # with engine vllm: the share of the GPU's memory vLLM takes (weights and KV cache); training has the rest
     # optimisation
     advantage: str = "grpo"  # grpo | drgrpo | batch_std
     loss_aggregation: str = "token"  # token | sequence
@@ -87,6 +90,7 @@ class ZeroConfig:
     resume: bool = False  # continue the run in --out from its last checkpoint, with its saved settings
     seed: int = 0
     threads: int = 0  # 0 = all cores
+    nproc: int = 1  # processes (data parallel, torchrun: gloo on CPU, NCCL on GPU); each samples its share of a step's prompts
     device: str = "auto"
     dtype: str = "auto"
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, one more forward pass of time
@@ -111,7 +115,15 @@ class ZeroConfig:
                 _need(not sampled_eval or 0 < self.eval_top_p <= 1,
                       f"eval_top_p={self.eval_top_p!r}: use a value in (0, 1] (0.95)"),
                 _at_least(self, 0, "beta", "clip_low", "clip_high", "tis_cap"), _device(self),
-                _need(self.lr > 0, f"lr={self.lr!r}: use a value > 0 (e.g. 2e-5)"))
+                _at_least(self, 1, "nproc"),
+                _need(self.lr > 0, f"lr={self.lr!r}: use a value > 0 (e.g. 2e-5)"), _one_of(self, "engine", ENGINES),
+                _need(0 < self.vllm_gpu_memory_utilization < 1,
+                      f"vllm_gpu_memory_utilization={self.vllm_gpu_memory_utilization!r}: use a share of the GPU's "
+                      "memory in (0, 1), e.g. 0.3; training needs the rest"),
+                _need(self.engine != "vllm" or self.device != "cpu",
+                      "engine=vllm needs a CUDA GPU; use --device auto or cuda, or --engine torch"),
+                _need(self.engine != "vllm" or self.nproc == 1,
+                      "engine=vllm samples in one process beside one trainer; use --nproc 1, or --engine torch"))
 
 
 @dataclass
@@ -203,6 +215,7 @@ class SftConfig:
     out: str = "runs/sft"
     seed: int = 0
     threads: int = 0
+    nproc: int = 1  # processes (data parallel, torchrun: gloo on CPU, NCCL on GPU); each trains on its share of a step's rows
     device: str = "auto"
     dtype: str = "auto"
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, one more forward pass of time
@@ -214,6 +227,7 @@ class SftConfig:
                 _at_least(self, 1, "epochs", "tokens_per_step", "row_tokens", "max_length"),
                 _at_least(self, 0, "max_steps", "limit", "eval_every", meaning=" (0 = off)"),
                 _need(self.lr > 0, f"lr={self.lr!r}: use a value > 0 (e.g. 5e-5)"), _device(self),
+                _at_least(self, 1, "nproc"),
                 _at_least(self, 0, "eval_size", meaning=" (a share below 1, a count, or 0 for no held-out set)"))
 
 

@@ -3,14 +3,18 @@
 Every stage that samples from a model goes through here, so they all render prompts, generate and judge the
 same way: GRPO's training groups (:func:`generate_groups`, :func:`score_group`) and its held-out evaluation,
 ``r1lab eval`` and ``r1lab sample`` (:func:`sample_problems`, resumable through :func:`sample_in_batches`), cold
-start from a model and distillation from a local teacher. :func:`open_engine` is how every command gets an engine.
+start from a model and distillation from a local teacher. :func:`open_engine` is how every command gets an engine;
+GRPO samples through :func:`rollout_engine` (the same engine, or vLLM beside the trainer) and updates inside
+:func:`policy_update`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -21,8 +25,9 @@ import torch
 
 from r1lab.chat import render
 from r1lab.config import reward_spec_problems
-from r1lab.console import progress as progress_bar
-from r1lab.engine import Completion, SamplingParams, TorchEngine
+from r1lab.console import progress as progress_bar, say
+from r1lab.engine import Completion, SamplingParams, TorchEngine, VllmEngine
+from r1lab.engine.vllm_engine import policy_weights
 from r1lab.files import append_jsonl, write_atomic, write_json
 from r1lab.models import load_model, resolve_device, resolve_dtype, use_threads
 from r1lab.rewards import REWARDS, get_reward, score
@@ -78,13 +83,55 @@ def open_engine(model, threads: int = 0, lora: dict | None = None, device: str =
     return TorchEngine(model, tokenizer, dtype=precision)
 
 
+def rollout_engine(engine: TorchEngine, kind: str = "torch", gpu_memory_utilization: float = 0.3):
+    """What a trainer of ``engine.model`` samples with: ``engine`` itself ("torch": it samples from the very module
+    being trained), or a vLLM engine sharing its GPU ("vllm", :mod:`r1lab.engine.vllm_engine`), built from the
+    folder or hub id the model was loaded from and given the model's current weights (a checkpoint's, LoRA merged).
+    Train inside :func:`policy_update` so the vLLM copy follows the trained weights."""
+    if kind == "torch":
+        return engine
+    if kind != "vllm":
+        raise ValueError(f"engine={kind!r}: choose one of torch, vllm")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("engine=vllm samples in one process, beside one trainer; under torchrun use --engine torch")
+    model = engine.model
+    source = model.name_or_path
+    if not source or (Path(source).is_dir() and not (Path(source) / "config.json").is_file()):
+        raise ValueError(f"engine=vllm starts vLLM from the HF folder or hub id the policy was loaded from, and "
+                         f"{source!r} is neither (a .gguf's folder?); convert the model to an HF folder, or use "
+                         "--engine torch")
+    sampler = VllmEngine(source, tokenizer=engine.tokenizer, dtype=engine.dtype or "auto",
+                         gpu_memory_utilization=gpu_memory_utilization)
+    sampler.load_weights(policy_weights(model))
+    untempered = "; this vLLM's are untempered, 0.10 or later returns them tempered" * (
+        sampler.logprobs_mode == "raw_logprobs")
+    say(f"sampling with vLLM ({gpu_memory_utilization:.0%} of the GPU's memory); the gap between its log-probs and "
+        f"the trainer's is logged as logprob_gap_mean{untempered}")
+    return sampler
+
+
+@contextlib.contextmanager
+def policy_update(engine, model):
+    """Around the optimizer steps on ``model``: a vLLM engine sleeps through them (its GPU memory freed for the
+    update) and then gets the new weights; the torch engine samples from ``model`` itself, so nothing happens."""
+    if not isinstance(engine, VllmEngine):
+        yield
+        return
+    engine.sleep()
+    yield
+    engine.wake_up()
+    engine.load_weights(policy_weights(model))
+
+
 def generate_groups(engine, examples: list[dict], template: str, prefill: str | None, params: SamplingParams,
-                    task) -> list[Group]:
-    """``params.n`` completions for each example's question, rendered with ``template``."""
+                    task, stream_ids: list[int] | None = None) -> list[Group]:
+    """``params.n`` completions for each example's question, rendered with ``template``; with ``stream_ids`` (one
+    key per example) each example's samples draw from their own random stream, whatever else is in the batch."""
     rendered = [render([{"role": "user", "content": question_text(ex, task)}], template, engine.tokenizer,
                        prefill=prefill) for ex in examples]
     prompts = [engine.encode(r.text) for r in rendered]
-    outputs = engine.generate(prompts, params)
+    keyed = stream_ids is not None and "stream_ids" in inspect.signature(engine.generate).parameters
+    outputs = engine.generate(prompts, params, stream_ids=stream_ids) if keyed else engine.generate(prompts, params)
     return [Group(example=ex, prompt_ids=ids, prefill=r.prefill, completions=out, thinking=r.thinking)
             for ex, ids, r, out in zip(examples, prompts, rendered, outputs)]
 

@@ -1,6 +1,6 @@
 """The generation interface shared by RL, evaluation, rejection sampling and the server.
 
-Token ids in, token ids out. Every engine (the in-process torch one here, a vLLM backend later) implements
+Token ids in, token ids out. Every engine (the in-process torch one, :mod:`r1lab.engine.vllm_engine`) implements
 :class:`Engine`: ``generate`` for a batch of prompts with ``n`` samples each, returning per-token log-probs
 and a finish reason, and ``load_weights`` so a trainer can push new policy weights (a no-op for the torch
 engine, which samples from the very module being trained).

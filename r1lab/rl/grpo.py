@@ -6,7 +6,10 @@ One step, as :func:`train` reads:
     set_advantages(groups, ...)        # (r - mean) / std within each group
     stats = update_policy(...)         # clipped surrogate (+ beta * KL), AdamW, grad clipping
 
-What it simplifies, next to the paper: one process (no separate rollout workers); the reference policy for
+Under torchrun (``--nproc N``) each process samples its share of the step's prompts (a group never spans two) and
+the gradients are summed across processes before the step (:mod:`r1lab.distributed`); rank 0 writes the files.
+
+What it simplifies, next to the paper: no separate rollout workers; the reference policy for
 beta > 0 is a frozen copy of the starting weights (with LoRA: the same model with adapters disabled);
 the "old" policy is the sampling policy (the engine returns its log-probs), so mu = 1 needs no extra
 forward pass. Groups whose advantages are all zero add nothing to the gradient when beta = 0 and are
@@ -27,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from r1lab import distributed
 from r1lab.config import ZeroConfig
 from r1lab.console import progress as progress_bar, say
 from r1lab.engine import SamplingParams
@@ -40,7 +44,7 @@ from r1lab.rl import run as run_folder
 from r1lab.rl.advantages import get_advantage
 from r1lab.rl.diagnostics import check_step
 from r1lab.rl.losses import grpo_loss, token_weights, truncated_is_weights
-from r1lab.rollout import Group, build_rewards, generate_groups, open_engine, score_group
+from r1lab.rollout import Group, build_rewards, generate_groups, open_engine, policy_update, rollout_engine, score_group
 from r1lab.tasks import build_task
 
 #: the prompts of step ``s`` sample with seed ``seed * STEP_SEED_STRIDE + s``; a redraw (dynamic sampling) adds
@@ -53,6 +57,8 @@ EPOCH_SEED_STRIDE = 1_000_003
 def train(cfg: ZeroConfig, progress: bool = True) -> dict:
     """Run R1-Zero GRPO as configured; returns the run's summary (also written to ``OUT/summary.json``)."""
     cfg.validate()
+    world = distributed.world()
+    cfg = dataclasses.replace(cfg, nproc=world.size) if world.size > 1 else cfg  # what config.yaml records
     run = Path(cfg.out)
     run_folder.check_run(run, cfg)
     if cfg.resume and run_folder.is_finished(run):
@@ -63,10 +69,14 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
     train_set, test_set = task.examples("train"), task.examples("test")[:cfg.eval_examples]
 
     start_step, checkpoint = run_folder.resume_point(run, cfg)
-    run_folder.start_logs(run, cfg, start_step)
+    world.barrier()  # every process has read the folder as it was before rank 0 writes
+    if world.main:
+        run_folder.start_logs(run, cfg, start_step)
     policy, lora = load_policy(cfg, checkpoint)
-    engine = open_engine(policy, cfg.threads, lora=lora, device=cfg.device, dtype=cfg.dtype, train=True)
+    engine = open_engine(policy, world.threads(cfg.threads), lora=lora, device=cfg.device, dtype=cfg.dtype,
+                         train=True)
     model, tokenizer = engine.model, engine.tokenizer
+    engine = rollout_engine(engine, cfg.engine, cfg.vllm_gpu_memory_utilization)  # torch: the same engine
     if cfg.gradient_checkpointing:
         checkpoint_activations(model)
     reference = reference_policy(model, cfg, checkpoint)
@@ -78,28 +88,32 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
     history = run_folder.read_metrics(run)
 
     eval_seconds = None  # how long one held-out evaluation takes (for the time estimate), when one runs here
-    if "eval_before" not in state:
+    if "eval_before" not in state and world.main:
         t0 = time.perf_counter()
         state["eval_before"] = evaluate(engine, task, test_set, cfg, desc="eval before")
         eval_seconds = time.perf_counter() - t0
         say(f"held-out accuracy before: {state['eval_before']['accuracy']:.1%} "
             f"(format {state['eval_before']['format_rate']:.1%}, n={len(test_set)})")
 
-    bar = progress_bar(total=cfg.steps, initial=start_step, desc="GRPO", disable=not progress)
+    bar = progress_bar(total=cfg.steps, initial=start_step, desc="GRPO", disable=not progress or not world.main)
     for step in range(start_step, cfg.steps):
         t0 = time.perf_counter()
-        groups = sample_groups(engine, task, train_set, rewards, cfg, step)
+        groups = sample_groups(engine, task, train_set, rewards, cfg, step, world)
         t_gen = time.perf_counter() - t0
         set_advantages(groups, cfg.advantage)
-        stats = update_policy(model, reference, optimizer, groups, cfg, tokenizer.pad_token_id, scaler)
+        with policy_update(engine, model):  # vLLM sleeps through the update, then gets the new weights
+            stats = update_policy(model, reference, optimizer, groups, cfg, tokenizer.pad_token_id, scaler, world)
         scheduler.step()
 
+        groups, ranks = gathered(groups, world)  # every process's groups, for the logs (rank 0 writes them)
+        if not world.main:
+            continue
         metrics = step_metrics(step + 1, groups, stats, t_gen, time.perf_counter() - t0, cfg)
         metrics["lr"] = scheduler.get_last_lr()[0]
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             metrics["eval_accuracy"] = evaluate(engine, task, test_set, cfg, desc="eval")["accuracy"]
         append_jsonl(run / "metrics.jsonl", metrics)
-        append_jsonl(run / "samples.jsonl", *sample_records(step + 1, groups))
+        append_jsonl(run / "samples.jsonl", *sample_records(step + 1, groups, ranks if world.size > 1 else None))
         bar.update(1)
         say(console_line(metrics))
         if step == start_step and step + 1 < cfg.steps:
@@ -110,36 +124,55 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:  # the last step is a resume point too
             run_folder.save(run, model, tokenizer, optimizer, scheduler, state, step + 1, cfg)
     bar.close()
+    if not world.main:
+        world.barrier()  # rank 0 writes final/, evaluates and reports
+        return {}
 
     final = run_folder.save(run, model, tokenizer, optimizer, scheduler, state, cfg.steps, cfg, final=True)
     state["eval_after"] = evaluate(engine, task, test_set, cfg, desc="eval after")  # after final/ is safe
     summary = run_folder.summarize(cfg, history, state, final)
     run_folder.write_report(run, history, summary)
     write_json(run / "summary.json", summary)  # last: its presence means finished
+    world.barrier()
     return summary
 
 
 # ----------------------------------------------------------------------------------------------- sampling
-def sample_groups(engine, task, train_set, rewards, cfg: ZeroConfig, step: int) -> list[Group]:
-    """Sample and score ``prompts_per_step`` groups. With dynamic sampling (DAPO), groups whose rewards are all
-    equal are dropped and more prompts are drawn, for at most ``max_sampling_rounds`` rounds."""
+def sample_groups(engine, task, train_set, rewards, cfg: ZeroConfig, step: int,
+                  world: distributed.World = distributed.SINGLE) -> list[Group]:
+    """Sample and score this process's share of ``prompts_per_step`` groups (all of them in a single process).
+    Sample j of the step's i-th prompt draws its randomness from (seed, step, i, j) alone, so it is the same
+    whichever process samples it. With dynamic sampling (DAPO), groups whose rewards are all equal are dropped and
+    more prompts are drawn, for at most ``max_sampling_rounds`` rounds (each process for its own share)."""
     params = SamplingParams(n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                             max_new_tokens=cfg.max_new_tokens, stop=cfg.stop, include_stop_str_in_output=True,
                             seed=cfg.seed * STEP_SEED_STRIDE + step)
     kept: list[Group] = []
+    wanted = len(world.share(list(range(cfg.prompts_per_step))))
     rounds = cfg.max_sampling_rounds if cfg.dynamic_sampling else 1
     for r in range(rounds):
-        examples = _batch_examples(train_set, cfg.prompts_per_step, cfg.seed, step, r)
-        groups = generate_groups(engine, examples, cfg.template, cfg.prefill, params, task)
+        mine = world.share(_batch_examples(train_set, cfg.prompts_per_step, cfg.seed, step, r))
+        groups = generate_groups(engine, [ex for _, ex in mine], cfg.template, cfg.prefill, params, task,
+                                 stream_ids=[i for i, _ in mine])
         for group in groups:
             score_group(group, rewards)
         kept.extend(g for g in groups if g.has_signal or not cfg.dynamic_sampling)
-        if len(kept) >= cfg.prompts_per_step:
+        if len(kept) >= wanted:
             break
         params = dataclasses.replace(params, seed=params.seed + REDRAW_OFFSET)
-    if cfg.dynamic_sampling and len(kept) < cfg.prompts_per_step:
-        say(f"  dynamic sampling: only {len(kept)}/{cfg.prompts_per_step} groups with signal after {rounds} rounds")
-    return kept[:cfg.prompts_per_step] if kept else groups
+    if cfg.dynamic_sampling and len(kept) < wanted:
+        say(f"  dynamic sampling: only {len(kept)}/{wanted} groups with signal after {rounds} rounds")
+    return kept[:wanted] if kept else groups
+
+
+def gathered(groups: list[Group], world: distributed.World) -> tuple[list[Group], list[int]]:
+    """Every process's groups in the order a single process holds them (the step's i-th prompt i-th), and the
+    rank that sampled each."""
+    if world.size == 1:
+        return groups, [0] * len(groups)
+    parts = world.gather(groups)
+    order = [(rank, j) for j in range(max(map(len, parts))) for rank in range(world.size) if j < len(parts[rank])]
+    return [parts[rank][j] for rank, j in order], [rank for rank, _ in order]
 
 
 def _batch_examples(train_set: list[dict], k: int, seed: int, step: int, round_: int) -> list[dict]:
@@ -166,13 +199,15 @@ def set_advantages(groups: list[Group], estimator: str) -> None:
 
 # -------------------------------------------------------------------------------------------- the update
 def update_policy(model, reference, optimizer, groups: list[Group], cfg: ZeroConfig, pad_id: int,
-                  scaler: torch.amp.GradScaler | None = None) -> dict:
+                  scaler: torch.amp.GradScaler | None = None, world: distributed.World = distributed.SINGLE) -> dict:
     """``updates_per_batch`` AdamW steps on the GRPO loss over ``groups``, computing in ``cfg.dtype`` over fp32
-    weights; returns mean statistics, with the gap between the sampler's log-probs and the trainer's."""
+    weights; returns mean statistics, with the gap between the sampler's log-probs and the trainer's. Under
+    torchrun ``groups`` are this process's share: token weights are those of the whole batch, and the summed
+    gradients of all processes are the whole batch's."""
     device = next(model.parameters()).device
     dtype = resolve_dtype(cfg.dtype, device)
     lengths = [len(c) for g in groups for c in g.completions]
-    weights = token_weights(lengths, cfg.loss_aggregation).to(device)  # (N,)
+    weights = _my_weights(lengths, cfg.loss_aggregation, world).to(device)  # (N,)
     advantages = torch.tensor([a for g in groups for a, c in zip(g.advantages, g.completions) for _ in c.token_ids],
                               device=device)  # (N,)
     sampler_logprobs = torch.tensor([lp for g in groups for c in g.completions for lp in c.logprobs],
@@ -219,13 +254,26 @@ def update_policy(model, reference, optimizer, groups: list[Group], cfg: ZeroCon
             loss_sum += loss.item()
             totals["clip_frac"] += stats["clip_frac"].item() / cfg.updates_per_batch
             totals["kl"] += stats.get("kl", torch.tensor(0.0)).item() / cfg.updates_per_batch
+        world.sum_gradients(model.parameters())  # the whole batch's gradient on every process
         grad_norm = clip_and_step(model, optimizer, cfg.max_grad_norm, scaler)
-        totals["loss"] += loss_sum / cfg.updates_per_batch
+        totals["loss"] += world.sum(loss_sum) / cfg.updates_per_batch
         totals["grad_norm"] += grad_norm / cfg.updates_per_batch
-    totals["trained_groups"] = len(active)
-    gap = torch.cat(gaps) if gaps else torch.zeros(1)
+    totals["clip_frac"], totals["kl"] = world.sum(totals["clip_frac"]), world.sum(totals["kl"])
+    totals["trained_groups"] = int(world.sum(len(active)))
+    gap = torch.cat(world.gather(torch.cat(gaps).cpu() if gaps else torch.zeros(0)))
+    gap = gap if gap.numel() else torch.zeros(1)
     totals["logprob_gap_mean"], totals["logprob_gap_max"] = gap.mean().item(), gap.max().item()
     return totals
+
+
+def _my_weights(lengths: list[int], aggregation: str, world: distributed.World) -> torch.Tensor:
+    """This process's slice of the whole batch's token weights (:func:`token_weights` over every process's
+    completions, taken in rank order)."""
+    if world.size == 1:
+        return token_weights(lengths, aggregation)
+    every = world.gather(lengths)
+    start = sum(sum(part) for part in every[:world.rank])
+    return token_weights([n for part in every for n in part], aggregation)[start:start + sum(lengths)]
 
 
 def evaluate(engine, task, examples: list[dict], cfg: ZeroConfig, desc: str = "eval") -> dict:
@@ -281,12 +329,13 @@ def console_line(m: dict) -> str:
             f" (gen {m['seconds_generate']:.1f}s){ev}")
 
 
-def sample_records(step: int, groups: list[Group]):
-    for g in groups:
+def sample_records(step: int, groups: list[Group], ranks: list[int] | None = None):
+    """The rows of ``samples.jsonl``; under torchrun each says which ``rank`` sampled it."""
+    for i, g in enumerate(groups):
         for response, reward, c, adv in zip(g.responses, g.rewards, g.completions, g.advantages):
             yield {"step": step, "prompt": g.example["prompt"], "answer": g.example.get("answer"),
                    "response": response, "reward": reward, "advantage": adv, "finish_reason": c.finish_reason,
-                   "tokens": len(c)}
+                   "tokens": len(c), **({"rank": ranks[i]} if ranks else {})}
 
 
 # ------------------------------------------------------------------------------------------- the policy

@@ -14,12 +14,14 @@ sequence lengths beyond ``max_length`` (skipped and counted, never silently cut)
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from pathlib import Path
 
 import torch
 
+from r1lab import distributed
 from r1lab.config import SftConfig, save_config
 from r1lab.console import log, progress as progress_bar
 from r1lab.files import append_jsonl, write_json
@@ -36,7 +38,9 @@ EPOCH_SEED_STRIDE = 1000
 
 def train_sft(cfg: SftConfig, progress: bool = True) -> dict:
     cfg.validate()
-    use_threads(cfg.threads)
+    world = distributed.world()  # under torchrun: each process trains on its share of every step's rows
+    cfg = dataclasses.replace(cfg, nproc=world.size) if world.size > 1 else cfg  # what config.yaml records
+    use_threads(world.threads(cfg.threads))
     run = Path(cfg.out)
     check_run_folder(run, SftConfig)
     if (run / "final").exists():
@@ -68,30 +72,39 @@ def train_sft(cfg: SftConfig, progress: bool = True) -> dict:
     total = len(schedule)
     optimizer, scheduler = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.warmup_steps, total, cfg.lr_schedule)
     scaler = loss_scaler(device, dtype)
-    run.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run / "config.yaml")
+    world.barrier()  # every process has checked the folder before rank 0 writes into it
+    if world.main:
+        run.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run / "config.yaml")
     metrics_path = run / "metrics.jsonl"
     history = []
-    first_eval = eval_loss(model, held_out, tokenizer.pad_token_id, cfg.row_tokens, dtype)
-    log(f"SFT: {len(train)} samples ({too_long} over max_length skipped), {total} steps; " +
-        (f"{n_eval} held out, eval loss before {first_eval:.3f}" if held_out else "no held-out set"))
+    first_eval = eval_loss(model, held_out if world.main else [], tokenizer.pad_token_id, cfg.row_tokens, dtype)
+    if world.main:
+        log(f"SFT: {len(train)} samples ({too_long} over max_length skipped), {total} steps; " +
+            (f"{n_eval} held out, eval loss before {first_eval:.3f}" if held_out else "no held-out set"))
     model.train()
-    bar = progress_bar(total=total, desc="SFT", disable=not progress)
+    bar = progress_bar(total=total, desc="SFT", disable=not progress or not world.main)
     for step, (epoch, rows, last_of_epoch) in enumerate(schedule, start=1):
         t0 = time.perf_counter()
-        loss, tokens = sft_step(model, optimizer, rows, tokenizer.pad_token_id, cfg.max_grad_norm, dtype, scaler)
+        loss, tokens = sft_step(model, optimizer, rows, tokenizer.pad_token_id, cfg.max_grad_norm, dtype, scaler,
+                                world)
         scheduler.step()
         record = {"step": step, "epoch": epoch + 1, "loss": loss, "tokens": tokens, "lr": scheduler.get_last_lr()[0],
                   "seconds": time.perf_counter() - t0}
-        if held_out and (step == total or (step % cfg.eval_every == 0 if cfg.eval_every else last_of_epoch)):
+        due = step == total or (step % cfg.eval_every == 0 if cfg.eval_every else last_of_epoch)
+        if held_out and world.main and due:
             record["eval_loss"] = eval_loss(model, held_out, tokenizer.pad_token_id, cfg.row_tokens, dtype)
             model.train()
         history.append(record)
-        append_jsonl(metrics_path, record)
+        if world.main:
+            append_jsonl(metrics_path, record)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", **({"eval": f"{record['eval_loss']:.3f}"} if "eval_loss" in record else {}))
     bar.close()
     model.eval()
+    if not world.main:
+        world.barrier()  # rank 0 writes final/ and the report
+        return {}
     final = save_checkpoint(model, tokenizer, run / "final", meta={"stage": "sft", "steps": total, "data": cfg.data,
                                                                         "model": cfg.model, "template": cfg.template})
     summary = {"samples": len(train), "held_out": n_eval, "skipped_too_long": too_long, "steps": total,
@@ -100,6 +113,7 @@ def train_sft(cfg: SftConfig, progress: bool = True) -> dict:
                "checkpoint": str(final)}
     write_json(run / "summary.json", summary)
     _report(run, history, summary)
+    world.barrier()
     return summary
 
 
@@ -121,16 +135,20 @@ def _steps_of_epoch(samples, cfg: SftConfig, epoch: int) -> list[list[list[tuple
 
 
 def sft_step(model, optimizer, rows, pad_id: int, max_grad_norm: float, dtype: torch.dtype = torch.float32,
-             scaler: torch.amp.GradScaler | None = None) -> tuple[float, int]:
+             scaler: torch.amp.GradScaler | None = None,
+             world: distributed.World = distributed.SINGLE) -> tuple[float, int]:
     """One optimizer step over ``rows`` (one forward and backward each, computing in ``dtype``): mean negative
-    log-likelihood of every response token."""
+    log-likelihood of every response token. Under torchrun each process takes every ``size``-th row; the
+    gradients summed over processes are those of all rows."""
     n_tokens = sum(len(r) for row in rows for _, r in row)
     total = 0.0
-    for row in rows:
+    for _, row in world.share(rows):
         with precision(model, dtype):
             loss = -token_logprobs(model, pack_samples([row], pad_id)).sum() / n_tokens
         (scaler.scale(loss) if scaler is not None else loss).backward()
         total += loss.item()
+    world.sum_gradients(model.parameters())
+    total = world.sum(total)
     clip_and_step(model, optimizer, max_grad_norm, scaler)
     optimizer.zero_grad(set_to_none=True)
     return total, n_tokens

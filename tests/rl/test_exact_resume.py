@@ -1,0 +1,88 @@
+"""Exact resume: a 12-step `r1lab zero` run killed with SIGKILL at random moments, and resumed each time with
+`--resume true`, ends with the same metrics, samples, summary and weights, bit for bit, as a run never stopped.
+
+Nothing in a step depends on state that lives only in memory: a step's prompts and its sampling seed are functions
+of (seed, step), the weights, optimizer and scheduler come back from the checkpoint, and log lines past it are
+moved aside and redone. This test is what keeps it so.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+from r1lab.models import save_checkpoint
+
+from conftest import make_model, make_tokenizer
+
+TIMINGS = {"seconds", "seconds_generate", "seconds_total", "seconds_per_step"}
+
+
+def command(model, out):
+    return [sys.executable, "-m", "r1lab.cli", "zero", "--model", model, "--task-args", "{n_train: 60, n_test: 4}",
+            "--template", "native", "--rewards", "{format: 0.5, tag_count: 0.5}", "--steps", "12",
+            "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "12", "--eval-examples", "2",
+            "--eval-max-new-tokens", "4", "--warmup-steps", "2", "--lr", "1e-3", "--save-every", "1",
+            "--keep-checkpoints", "2", "--threads", "1", "--out", str(out)]
+
+
+def logged_steps(out) -> int:
+    try:
+        return len((out / "metrics.jsonl").read_text().splitlines())
+    except OSError:
+        return 0
+
+
+def without_timings(value):
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if k not in TIMINGS}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
+def outcome(out) -> dict:
+    summary = json.loads((out / "summary.json").read_text())
+    summary["config"].pop("resume"), summary["config"].pop("out"), summary.pop("checkpoint")
+    return {"metrics": [without_timings(json.loads(line)) for line in (out / "metrics.jsonl").read_text().splitlines()],
+            "samples": (out / "samples.jsonl").read_bytes(),
+            "summary": without_timings(summary),
+            "weights": (out / "final" / "model.safetensors").read_bytes()}
+
+
+def test_five_kills_at_random_moments_change_nothing(tmp_path):
+    tok = make_tokenizer()
+    model = str(save_checkpoint(make_model(tok, layers=2, hidden=32), tok, tmp_path / "tiny"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    straight = tmp_path / "straight"
+    subprocess.run(command(model, straight), check=True, env=env, capture_output=True, timeout=300)
+
+    run, rng, kills = tmp_path / "killed", random.Random(1234), []
+    for _ in range(5):
+        resume = ["--resume", "true"] if (run / "config.yaml").is_file() else []
+        child = subprocess.Popen(command(model, run) + resume, env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        target = min(11, logged_steps(run) + rng.randint(1, 3))  # into the run, then a random part of a step
+        deadline = time.monotonic() + 240
+        while logged_steps(run) < target and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.3))
+        if child.poll() is None:
+            child.send_signal(signal.SIGKILL)
+            kills.append(logged_steps(run))
+        child.wait(timeout=60)
+    assert len(kills) >= 4, f"the run ended before it could be killed often enough (kills after steps {kills})"
+
+    resume = ["--resume", "true"] if (run / "config.yaml").is_file() else []
+    finished = subprocess.run(command(model, run) + resume, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+
+    killed, expected = outcome(run), outcome(straight)
+    assert killed["metrics"] == expected["metrics"]  # every step once, in order, with the same values
+    assert killed["samples"] == expected["samples"]
+    assert killed["summary"] == expected["summary"]
+    assert killed["weights"] == expected["weights"]
