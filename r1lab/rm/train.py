@@ -165,6 +165,7 @@ def train_rm(cfg: RmConfig, progress: bool = True) -> dict:
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)  # compute precision; weights and optimizer state stay fp32
     causal, tokenizer = load_model(cfg.model, device=device)
+    torch.manual_seed(cfg.seed)  # the head's initial weights: the same run gives the same reward model
     model = value_head_model(causal, tokenizer.pad_token_id)
     del causal
     trainable = freeze_below(model, cfg.train_layers)

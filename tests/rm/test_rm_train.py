@@ -2,6 +2,7 @@
 and the checkpoint loads back with the same scores."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -131,3 +132,16 @@ def test_the_cli_reports_accuracy_and_bad_data_is_one_line(tmp_path, capsys):
     assert main(["rm", "--model", model, "--data", separable_pairs(tmp_path / "p.jsonl", 12), "--test-size", "4",
                  "--threads", "1", "--out", str(tmp_path / "run")]) == 0
     assert "held-out pairwise accuracy" in capsys.readouterr().out
+
+
+def test_the_same_run_gives_the_same_reward_model_whatever_ran_before(finished_run, tmp_path):
+    import dataclasses
+
+    cfg, _ = finished_run
+    torch.rand(1000)  # the global random state moved on, as other work in the same process would move it
+    again = dataclasses.replace(cfg, out=str(tmp_path / "again"))
+    train_rm(again, progress=False)
+    first = (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()
+    second = (tmp_path / "again" / "metrics.jsonl").read_text().splitlines()
+    drop = lambda line: {k: v for k, v in json.loads(line).items() if k != "seconds"}  # noqa: E731
+    assert [drop(line) for line in first] == [drop(line) for line in second]
