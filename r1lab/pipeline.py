@@ -32,7 +32,9 @@ the general prompts). Stage 4's "diverse prompt distribution" is the mix of the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import math
@@ -74,10 +76,13 @@ from r1lab.sft.distill import run_distill
 from r1lab.sft.sample import run_sample
 from r1lab.sft.trainer import train_sft
 from r1lab.tasks import build_task, task_args_for
+from r1lab.tasks.dataset import read_jsonl
 from r1lab.tasks.general import helpful_requests
 
 #: settings that do not change what a stage computes, left out of its fingerprint
-NOT_FINGERPRINTED = ("out", "threads", "resume", "device", "dtype", "model", "teacher", "student")
+LOCK = ".lock"  #: held by the pipeline running in a folder
+#: settings that do not change what a stage makes (paths inside the run are fingerprinted relative to it)
+NOT_FINGERPRINTED = ("out", "threads", "nproc", "resume", "device", "vllm_gpu_memory_utilization")
 
 
 @dataclass
@@ -88,6 +93,8 @@ class Stage:
     title: str
     commands: dict  # name -> the command's config (a dataclass), in the order they run
     checkpoint: str  # the stage's model, relative to its folder ("" for 0-base: the model itself)
+    run: str = ""  # the pipeline's folder (paths under it are fingerprinted relative to it)
+    inputs: dict = dataclasses.field(default_factory=dict)  # what else the stage's output depends on
 
 
 # ------------------------------------------------------------------------------------------- the recipe
@@ -95,14 +102,16 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     """The stages ``cfg`` asks for, each with its commands' configs (paths inside ``cfg.out``)."""
     run = Path(cfg.out)
     base = _shared(cfg)
-    stages = [Stage("0-base", "the base model", {}, "")]
+    _check_inputs(cfg, run)
+    stages = [Stage("0-base", "the base model", {}, "", inputs={"model": cfg.model, "dtype": cfg.dtype})]
 
     s1 = run / "1-coldstart"
     coldstart = _make(ColdstartConfig, {"task": cfg.task, "task_args": cfg.task_args, "language": cfg.language,
                                         "seed": cfg.seed, "device": cfg.device, "dtype": cfg.dtype,
-                                        "model": cfg.model}, cfg.coldstart, out=s1 / "coldstart.jsonl")
-    sft1 = _make(SftConfig, {**base, "model": cfg.model, "data": str(s1 / "coldstart.jsonl")}, cfg.sft,
-                 out=s1 / "sft")
+                                        "model": cfg.model}, _block(cfg, "coldstart"), key="coldstart",
+                      out=s1 / "coldstart.jsonl")
+    sft1 = _make(SftConfig, {**base, "model": cfg.model, "data": str(s1 / "coldstart.jsonl")}, _block(cfg, "sft"),
+                 key="sft", out=s1 / "sft")
     stages.append(Stage(s1.name, "cold start: data, then SFT of the base model",
                         {"coldstart": coldstart, "sft": sft1}, "sft/final"))
 
@@ -110,7 +119,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     rl = _make(ZeroConfig, {**base, "model": str(s1 / "sft" / "final"), "task": cfg.task, "task_args": cfg.task_args,
                             "language": cfg.language, "eval_examples": 0,
                             "rewards": {"accuracy": 1.0, "format": 0.5, "language_consistency": 0.1}},
-               cfg.reasoning_rl, out=s2 / "zero")
+               _block(cfg, "reasoning_rl"), key="reasoning_rl", out=s2 / "zero")
     stages.append(Stage(s2.name, "reasoning RL (accuracy + format + language consistency)", {"zero": rl},
                         "zero/final"))
 
@@ -118,11 +127,12 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     sample = _make(SampleConfig, {**base, "model": str(s2 / "zero" / "final"), "task": cfg.task,
                                   "task_args": cfg.task_args, "language": cfg.language,
                                   "non_reasoning": str(s3 / "non_reasoning.jsonl"), "non_reasoning_share": 0.25},
-                   cfg.rejection, out=s3 / "sample")
+                   _block(cfg, "rejection"), key="rejection", out=s3 / "sample")
     sft3 = _make(SftConfig, {**base, "model": cfg.model, "data": str(s3 / "sample" / "sft.jsonl")},
-                 cfg.rejection_sft, out=s3 / "sft")
+                 _block(cfg, "rejection_sft"), key="rejection_sft", out=s3 / "sft")
+    non_reasoning = _file_digest(Path(cfg.non_reasoning)) if cfg.non_reasoning else "general task, seed + 1"
     stages.append(Stage(s3.name, "rejection sampling + non-reasoning data, then SFT of the base model",
-                        {"sample": sample, "sft": sft3}, "sft/final"))
+                        {"sample": sample, "sft": sft3}, "sft/final", inputs={"non_reasoning": non_reasoning}))
 
     s4 = run / "4-rl-all"
     mix = {"tasks": {cfg.task: {"share": 1, **(cfg.task_args or _default_args(cfg.task))},
@@ -131,18 +141,49 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                                 "language": cfg.language, "eval_examples": 0,
                                 "rewards": {"accuracy": 1.0, "format": 0.5, "language_consistency": 0.1,
                                             **reward_model_rewards(cfg)}},
-                   cfg.rl_all, out=s4 / "zero")
+                   _block(cfg, "rl_all"), key="rl_all", out=s4 / "zero")
     stages.append(Stage(s4.name, "RL over all scenarios (rule rewards + reward models)", {"zero": rl_all},
                         "zero/final"))
 
     if cfg.distill:
         s5 = run / "5-distill"
         distill = _make(DistillConfig, {**base, "teacher": str(s4 / "zero" / "final"), "task": cfg.task,
-                                        "task_args": cfg.task_args}, cfg.distill, out=s5)
+                                        "task_args": cfg.task_args}, _block(cfg, "distill"), key="distill", out=s5)
         if not distill.student:
             raise ValueError("distill: name the student model, e.g. distill: {student: smollm2-135m}")
         stages.append(Stage(s5.name, "distillation into a smaller student", {"distill": distill}, "student/final"))
+    for stage in stages:
+        stage.run = str(run)
     return stages
+
+
+def _block(cfg: PipelineConfig, name: str) -> dict:
+    """A stage's command options: the recipe's block merged over the default block, so ``--rl-all '{steps: 40}'``
+    changes the steps and keeps the default learning rate (a block naming a ``checkpoint`` stands alone)."""
+    given = dict(getattr(cfg, name) or {})
+    if "checkpoint" in given:
+        return given
+    default = PipelineConfig.__dataclass_fields__[name].default_factory()
+    return {**default, **given}
+
+
+def _check_inputs(cfg: PipelineConfig, run: Path) -> None:
+    """What ``plan`` can check before anything runs besides the commands' own settings: the evaluation's options
+    and the non-reasoning file."""
+    try:
+        make_config(EvalConfig, {**_eval_settings(cfg), "model": cfg.model, "out": str(run / "eval-check")})
+    except ValueError as e:
+        raise ValueError(f"eval: {e}") from None
+    if cfg.non_reasoning:
+        try:
+            rows = read_jsonl(cfg.non_reasoning)
+        except OSError as e:
+            raise ValueError(f"non_reasoning: cannot read {cfg.non_reasoning} ({e.strerror or e}); give a JSONL file "
+                             "of {prompt, response} rows") from None
+        bad = [n for n, r in rows if not (isinstance(r.get("prompt"), str) and isinstance(r.get("response"), str))]
+        if bad or not rows:
+            raise ValueError(f"non_reasoning: {cfg.non_reasoning}" + (f":{bad[0]} needs string fields prompt and "
+                             "response" if bad else " has no rows") + " (a JSONL file of {prompt, response} rows)")
 
 
 def reward_models(cfg: PipelineConfig) -> dict[str, RmConfig | str]:
@@ -150,13 +191,13 @@ def reward_models(cfg: PipelineConfig) -> dict[str, RmConfig | str]:
     trains it inside the pipeline's folder."""
     out = {}
     for name, spec in (("helpful", cfg.rm_helpful), ("harmless", cfg.rm_harmless)):
-        spec = dict(spec)
+        spec = _block(cfg, f"rm_{name}")
         if spec.get("checkpoint"):
             out[name] = str(spec["checkpoint"])
         else:
             out[name] = _make(RmConfig, {"model": cfg.model, "seed": cfg.seed, "threads": cfg.threads,
                                          "device": cfg.device, "dtype": cfg.dtype}, spec,
-                              out=Path(cfg.out) / "rm" / name)
+                              out=Path(cfg.out) / "rm" / name, key=f"rm_{name}")
     return out
 
 
@@ -179,8 +220,19 @@ def _default_args(task: str) -> dict:
     return task_args_for(task, None)
 
 
-def _make(cls, derived: dict, given: dict, out: Path):
-    """``cls`` built from what the pipeline derives, overridden by the recipe's own settings for that command."""
+def _make(cls, derived: dict, given: dict, out: Path, key: str = ""):
+    """``cls`` built from what the pipeline derives, overridden by the recipe's own settings for that command
+    (the recipe's ``key`` block: errors name it)."""
+    try:
+        return _build(cls, derived, given, out)
+    except ValueError as e:
+        if not key:
+            raise
+        command = cls.__doc__.split(":")[0].strip("`")
+        raise ValueError(f"{key}: {e} (the options of {command}: see `{command} --help`)") from None
+
+
+def _build(cls, derived: dict, given: dict, out: Path):
     known = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in derived.items() if k in known}
     for key in given:
@@ -205,18 +257,41 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     _check_folder(run)
     stages = plan(cfg)  # every stage's settings are checked before anything runs
     run.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run / "pipeline.yaml")
+    with _only_run(run):
+        saved = run / "pipeline.yaml"
+        before = saved.read_text() if saved.is_file() else None
+        save_config(cfg, run / "pipeline.yaml.new")
+        if before is not None and before != (run / "pipeline.yaml.new").read_text():
+            _set_aside(saved, "previous")  # the recipe this run was made with so far, kept
+        os.replace(run / "pipeline.yaml.new", saved)
+        return _run_stages(cfg, run, stages)
+
+
+@contextlib.contextmanager
+def _only_run(run: Path):
+    """Hold ``run/.lock`` while the pipeline runs: a second pipeline on the same folder is refused, not mixed in."""
+    with open(run / LOCK, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ValueError(f"another r1lab pipeline is running in {run} (it holds {run / LOCK}); wait for it, or "
+                             "choose another --out") from None
+        yield
+
+
+def _run_stages(cfg: PipelineConfig, run: Path, stages: list[Stage]) -> dict:
 
     rms = reward_models(cfg)
-    rm_print = _train_reward_models(rms)
+    rm_print = _train_reward_models(rms, run)
     parent_print, results = "", []
     for index, stage in enumerate(stages):
         folder = run / stage.folder
         prints = {"stage": _fingerprint(stage, parent_print, rm_print if stage.folder.startswith("4") else "")}
-        prints["eval"] = _digest([prints["stage"], rm_print, _eval_settings(cfg)])
+        prints["eval"] = _digest([prints["stage"], rm_print, _eval_settings(cfg), cfg.general_eval_prompts])
         done = _read_json(folder / "stage.json")
         if done and not _checkpoint_ok(folder, stage):  # finished once, but its model is gone: train it again
             _set_aside(folder / "stage.json", "checkpoint-missing")
+            _set_aside(folder / "eval", "checkpoint-missing")  # it evaluated the lost weights
             say(f"   {stage.folder}: its checkpoint {folder / stage.checkpoint} is missing or incomplete; training "
                 "the stage again (later stages rerun only if the new weights differ)")
             done = None
@@ -247,7 +322,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         results.append(record)
         parent_print = _parent_print(prints["stage"], folder, stage)
         say(f"   {stage.folder}: {_one_line(record)}")
-    summary = {"final_checkpoint": results[-1]["checkpoint"], "stages": [
+    final = Path(results[-1]["checkpoint"])
+    in_run = str(final.relative_to(run)) if final.is_relative_to(run) else None
+    summary = {"final_checkpoint": str(final), "final_checkpoint_in_run": in_run, "stages": [
         {k: r[k] for k in ("stage", "title", "checkpoint", "seconds", "eval_seconds", "eval", "training")}
         for r in results]}
     write_json(run / "pipeline.json", summary)
@@ -305,7 +382,7 @@ def _distill(cfg, command: DistillConfig, stage: Stage) -> None:
 RUNNERS = {"coldstart": _coldstart, "sft": _sft, "zero": _zero, "sample": _sample, "distill": _distill}
 
 
-def _train_reward_models(rms: dict) -> str:
+def _train_reward_models(rms: dict, run: Path) -> str:
     """Train the reward models the recipe does not name (skipping finished ones); their fingerprint."""
     parts = []
     for name, rm in rms.items():
@@ -316,7 +393,7 @@ def _train_reward_models(rms: dict) -> str:
             parts.append(_file_digest(Path(rm) / "r1lab_complete.json"))
             continue
         out = Path(rm.out)
-        settings = _config_settings(rm)
+        settings = _config_settings(rm, run)
         marker = _read_json(out / "pipeline_rm.json")
         if not (marker and marker.get("settings") == settings and is_complete_checkpoint(out / "final")):
             if out.exists():
@@ -334,7 +411,7 @@ def _write_non_reasoning(cfg: PipelineConfig, path: Path) -> None:
     """The non-reasoning SFT rows (simple queries answered without a chain of thought): the recipe's file, else the
     helpful replies of the ``general`` task's training prompts."""
     if cfg.non_reasoning:
-        rows = [json.loads(line) for line in Path(cfg.non_reasoning).read_text().splitlines() if line.strip()]
+        rows = [{"prompt": r["prompt"], "response": r["response"]} for _, r in read_jsonl(cfg.non_reasoning)]
     else:
         rows = [{"prompt": r["prompt"], "response": r["reply"]} for r in helpful_requests(200, seed=cfg.seed + 1)]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -347,7 +424,7 @@ def evaluate_stage(cfg: PipelineConfig, checkpoint: str, out: Path, rms: dict) -
     sampled reply per general prompt judged by the reward models."""
     eval_cfg = make_config(EvalConfig, {**_eval_settings(cfg), "model": checkpoint, "out": str(out / "reasoning"),
                                         "threads": cfg.threads, "device": cfg.device, "dtype": cfg.dtype})
-    settings = {"eval": _config_settings(eval_cfg), "general_eval_prompts": cfg.general_eval_prompts,
+    settings = {"eval": _config_settings(eval_cfg, Path(cfg.out)), "general_eval_prompts": cfg.general_eval_prompts,
                 "reward_models": reward_model_rewards(cfg)}
     if (_read_json(out / "settings.json") or settings) != settings:  # an evaluation cut off, then changed
         _set_aside(out, "replaced")
@@ -463,13 +540,27 @@ def _git_commit() -> str | None:
 
 
 # ------------------------------------------------------------------------------------------- fingerprints
-def _config_settings(command) -> dict:
+def _config_settings(command, run: Path) -> dict:
     values = yaml.safe_load(yaml.safe_dump(dataclasses.asdict(command)))
-    return {k: v for k, v in values.items() if k not in NOT_FINGERPRINTED}
+    return {k: _portable(v, run) for k, v in values.items() if k not in NOT_FINGERPRINTED}
+
+
+def _portable(value, run: Path):
+    """``value`` with paths inside the run written as ``<run>/...``: a run moved, or named relative or absolute,
+    keeps its fingerprints."""
+    if isinstance(value, str):
+        prefix = str(Path(run))
+        return "<run>" + value[len(prefix):] if value == prefix or value.startswith(prefix + os.sep) else value
+    if isinstance(value, dict):
+        return {k: _portable(v, run) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_portable(v, run) for v in value]
+    return value
 
 
 def _settings(stage: Stage) -> dict:
-    return {name: _config_settings(command) for name, command in stage.commands.items()}
+    settings = {name: _config_settings(command, Path(stage.run)) for name, command in stage.commands.items()}
+    return {**settings, **({"inputs": stage.inputs} if stage.inputs else {})}
 
 
 def _parent_print(fingerprint: str, folder: Path, stage: Stage) -> str:
@@ -497,10 +588,12 @@ def _file_digest(path: Path) -> str:
 
 
 def _read_json(path: Path) -> dict | None:
+    """The JSON object in ``path``; None when it is missing, torn or not an object."""
     try:
-        return json.loads(Path(path).read_text())
+        value = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+    return value if isinstance(value, dict) else None
 
 
 def _checkpoint_ok(folder: Path, stage: Stage) -> bool:
@@ -550,7 +643,8 @@ def _check_folder(run: Path) -> None:
     if run.exists() and not run.is_dir():
         raise ValueError(f"--out {run} is a file; choose a folder for the pipeline run")
     saved = run / "pipeline.yaml"
-    if run.is_dir() and any(run.iterdir()) and not saved.is_file():
+    ours = run.is_dir() and any((p / "started.json").is_file() for p in run.iterdir() if p.is_dir())
+    if run.is_dir() and any(p.name != LOCK for p in run.iterdir()) and not saved.is_file() and not ours:
         raise ValueError(f"{run} holds files but no pipeline run (no pipeline.yaml); choose another --out")
     if saved.is_file() and not saved.read_text().startswith("# r1lab pipeline"):
         raise ValueError(f"{saved} was not written by r1lab pipeline; choose another --out")

@@ -233,6 +233,20 @@ def test_finds_a_pipeline_runs_final_checkpoint(tmp_path):
     assert find_checkpoint("smollm2-135m") == "smollm2-135m"
 
 
+def test_a_pipeline_run_is_found_from_anywhere_and_its_stage_checkpoints_without_pipeline_json(tmp_path,
+                                                                                              monkeypatch):
+    tok = byte_tokenizer()
+    model = tiny_model(tok)
+    pipe = tmp_path / "work" / "runs" / "r1"
+    save_checkpoint(model, tok, pipe / "2-reasoning-rl" / "zero" / "final", meta={"template": "r1"})
+    save_checkpoint(model, tok, pipe / "3-rejection-sft" / "sft" / "final", meta={"template": "r1"})
+    assert find_checkpoint(str(pipe)) == str(pipe / "3-rejection-sft" / "sft" / "final")  # the last stage's
+    (pipe / "pipeline.json").write_text(json.dumps({"final_checkpoint": "runs/r1/2-reasoning-rl/zero/final",
+                                                    "final_checkpoint_in_run": "2-reasoning-rl/zero/final"}))
+    monkeypatch.chdir(tmp_path)  # not where the pipeline ran: its relative path means nothing here
+    assert find_checkpoint(str(pipe)) == str(pipe / "2-reasoning-rl" / "zero" / "final")
+
+
 def test_cli_prints_the_check(run, tmp_path, capsys):
     from r1lab.cli import main
 

@@ -148,6 +148,8 @@ def test_the_chain_runs_resumes_and_reruns_only_what_changed(tiny_model, tmp_pat
     assert (out / "2-reasoning-rl" / "zero" / "final" / "model.safetensors").is_file()
     assert (out / "2-reasoning-rl" / "zero.incomplete-1" / "summary.json").is_file()
     assert "3-rejection-sft: finished before, skipped" in said and "4-rl-all: finished before, skipped" in said
+    assert (out / "2-reasoning-rl" / "eval.checkpoint-missing-1").is_dir()  # it judged the lost weights: redone
+    assert (out / "2-reasoning-rl" / "eval" / "settings.json").is_file()
     weights = [out / "2-reasoning-rl" / zero / "checkpoints" / "step-000003" / "model.safetensors"
                for zero in ("zero", "zero.incomplete-1")]
     assert weights[0].read_bytes() == weights[1].read_bytes()
@@ -165,6 +167,7 @@ def test_the_chain_runs_resumes_and_reruns_only_what_changed(tiny_model, tmp_pat
     assert (out / "replaced" / "3-rejection-sft.replaced-1" / "stage.json").is_file()
     assert (out / "replaced" / "4-rl-all.replaced-1" / "stage.json").is_file()
     assert yaml.safe_load((out / "3-rejection-sft/sample/config.yaml").read_text())["n"] == 3
+    assert "n: 2" in (out / "pipeline.yaml.previous-1").read_text()  # the recipe the run was made with, kept
 
     # a changed evaluation reruns the evaluations only: every stage's training is kept as it was
     trained = {k: v for k, v in snapshot(out).items() if "/eval/" not in k and not k.endswith("stage.json")}
@@ -179,7 +182,12 @@ def test_the_chain_runs_resumes_and_reruns_only_what_changed(tiny_model, tmp_pat
 def test_bad_recipes_are_refused_before_anything_runs(tiny_model, tmp_path, capsys):
     out = tmp_path / "r1"
     assert run(tmp_path, recipe(tiny_model, out, sft={"epochz": 1})) == 2
-    assert "unknown option 'epochz'" in capsys.readouterr().err
+    assert "sft: unknown option 'epochz'" in capsys.readouterr().err  # names the recipe's block
+    assert run(tmp_path, recipe(tiny_model, out, eval={"limt": 3})) == 2  # refused now, not after the RMs trained
+    assert "eval:" in capsys.readouterr().err
+    (tmp_path / "nr.jsonl").write_text('{"prompt": "hi"}\n')
+    assert run(tmp_path, recipe(tiny_model, out, non_reasoning=str(tmp_path / "nr.jsonl"))) == 2
+    assert "non_reasoning:" in capsys.readouterr().err and "response" in capsys.readouterr().err + "response"
     assert run(tmp_path, recipe(tiny_model, out, rl_all={"out": "elsewhere"})) == 2
     assert "'out' is set by the pipeline" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
@@ -188,3 +196,55 @@ def test_bad_recipes_are_refused_before_anything_runs(tiny_model, tmp_path, caps
     assert run(tmp_path, recipe(tiny_model, tmp_path / "notes")) == 2
     assert "no pipeline.yaml" in capsys.readouterr().err
     assert (tmp_path / "notes" / "mine.txt").read_text() == "mine"
+
+
+def fingerprints(values) -> dict:
+    """Every stage's fingerprint for a recipe, as run_pipeline chains them (weights digests left out)."""
+    cfg = PipelineConfig(**{k: v for k, v in values.items()})
+    prints, parent = {}, ""
+    for stage in pipeline.plan(cfg):
+        parent = prints[stage.folder] = pipeline._fingerprint(stage, parent, "")
+    return prints
+
+
+def test_what_a_stage_makes_is_fingerprinted_and_where_the_run_lies_is_not(tiny_model, tmp_path, monkeypatch):
+    base = recipe(tiny_model, "runs/r1")
+    monkeypatch.chdir(tmp_path)
+    prints = fingerprints(base)
+    assert fingerprints({**base, "out": str(tmp_path / "runs" / "r1")}) == prints  # relative or absolute --out
+    assert fingerprints({**base, "out": "moved/elsewhere"}) == prints  # a moved run
+    other_model = fingerprints({**base, "model": tiny_model + "/."})
+    assert all(other_model[s] != prints[s] for s in prints)  # another base model: every stage
+    other_dtype = fingerprints({**base, "dtype": "bf16"})
+    assert all(other_dtype[s] != prints[s] for s in prints)
+    (tmp_path / "nr.jsonl").write_text('{"prompt": "hi", "response": "Hello!"}\n')
+    mine = fingerprints({**base, "non_reasoning": str(tmp_path / "nr.jsonl")})
+    assert [s for s in prints if mine[s] != prints[s]] == ["3-rejection-sft", "4-rl-all"]
+
+
+def test_a_block_given_keeps_the_defaults_it_does_not_name():
+    cfg = PipelineConfig(rl_all={"steps": 40}, rm_helpful={"limit": 64}, rejection={"limit": 32})
+    stages = {s.folder: s for s in pipeline.plan(cfg)}
+    rl_all = stages["4-rl-all"].commands["zero"]
+    assert (rl_all.steps, rl_all.lr, rl_all.max_new_tokens, rl_all.save_every) == (40, 1e-5, 96, 4)
+    assert stages["3-rejection-sft"].commands["sample"].max_new_tokens == 128
+    helpful = pipeline.reward_models(cfg)["helpful"]
+    assert (helpful.data, helpful.limit, helpful.max_length) == ("helpful-procedural", 64, 96)
+
+
+def test_a_second_pipeline_on_the_same_folder_is_refused(tiny_model, tmp_path, capsys):
+    import fcntl
+
+    out = tmp_path / "r1"
+    out.mkdir()
+    with open(out / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert run(tmp_path, recipe(tiny_model, out)) == 2
+    assert "another r1lab pipeline is running" in capsys.readouterr().err
+    assert not (out / "pipeline.yaml").exists()
+
+
+def test_a_torn_or_odd_marker_reads_as_none(tmp_path):
+    for text in ("[1]", "5", '{"fingerprint": ', ""):
+        (tmp_path / "stage.json").write_text(text)
+        assert pipeline._read_json(tmp_path / "stage.json") is None

@@ -48,7 +48,9 @@ def find_checkpoint(source: str) -> str:
     named = _pipeline_final(path)
     if named is not None:
         return named
-    for candidate in [path / "final", *(stage / "final" for stage in _stages(path))]:
+    stage_finals = [stage / sub for stage in _stages(path) for sub in ("zero/final", "sft/final", "student/final",
+                                                                         "final")]
+    for candidate in [path / "final", *stage_finals]:
         if (candidate / CHECKPOINT_MARKER).is_file():
             return str(candidate)
     if (path / "final").exists():
@@ -62,12 +64,14 @@ def find_checkpoint(source: str) -> str:
 def _pipeline_final(run: Path) -> str | None:
     """``pipeline.json``'s ``final_checkpoint``, found as written, beside the run, or as a model name."""
     try:
-        final = json.loads((run / "pipeline.json").read_text()).get("final_checkpoint")
+        saved = json.loads((run / "pipeline.json").read_text())
+        final, in_run = saved.get("final_checkpoint"), saved.get("final_checkpoint_in_run")
     except (OSError, ValueError, AttributeError):
         return None
     if not final:
         return None
-    for candidate in (Path(final), run / final, run / Path(final).name, run.parent / final):
+    inside = [run / in_run] if isinstance(in_run, str) and in_run else []  # wherever the run is, wherever we are
+    for candidate in (*inside, Path(final), run / final, run / Path(final).name, run.parent / final):
         if (candidate / CHECKPOINT_MARKER).is_file() or (candidate / "config.json").is_file():
             return str(candidate)
     if Path(final).is_absolute() or (run / Path(final).parts[0]).exists():

@@ -73,9 +73,11 @@ def parse_score(reply: str) -> float | None:
     return (value - 1) / 9 if 1 <= value <= 10 else None
 
 
-def verdict_key(model: str, rubric: str, prompt: str, judged: str) -> str:
-    """The cache key of one verdict: a hash of everything the judge's answer depends on (bar its sampling)."""
-    return hashlib.sha256(json.dumps([model, rubric, prompt, judged], ensure_ascii=False).encode()).hexdigest()
+def verdict_key(model: str, rubric: str, prompt: str, judged: str, base_url: str = "", sampling=()) -> str:
+    """The cache key of one verdict: a hash of everything the judge's answer depends on: the endpoint and its
+    model, the question put to it (rubric, prompt, reply, our prompt template) and its sampling settings."""
+    return hashlib.sha256(json.dumps([model, rubric, prompt, judged, base_url, JUDGE_PROMPT, list(sampling)],
+                                     ensure_ascii=False).encode()).hexdigest()
 
 
 @dataclass
@@ -107,7 +109,7 @@ class Judge:
 
     def ask(self, prompt: str, judged: str) -> float | None:
         """The score of ``judged`` as the reply to ``prompt``: from the cache, else from the endpoint (then cached)."""
-        key = verdict_key(self.model, self.rubric, prompt, judged)
+        key = verdict_key(self.model, self.rubric, prompt, judged, self.base_url, (self.temperature, self.max_tokens))
         with self.lock:
             if key in self.verdicts:
                 return self.verdicts[key]
@@ -129,7 +131,12 @@ class Judge:
                 reply = self.client.chat.completions.create(
                     model=self.model, messages=[{"role": "user", "content": content}], temperature=self.temperature,
                     max_tokens=self.max_tokens)
-                return (reply.choices[0].message.content or "") if getattr(reply, "choices", None) else None
+                try:
+                    return reply.choices[0].message.content or ""
+                except (AttributeError, IndexError, KeyError, TypeError):  # a 200 of another shape: unreadable
+                    return None
+            except (self.openai.APIResponseValidationError, ValueError):  # a body that is not the API's JSON
+                return None
             except (self.openai.APIConnectionError, self.openai.APITimeoutError, self.openai.APIStatusError) as exc:
                 status = getattr(exc, "status_code", None)
                 if status in UNJUDGEABLE_STATUS:

@@ -111,3 +111,28 @@ def test_part_and_on_decide_what_is_sent_and_what_is_skipped(tmp_path):
         whole = judge_reward({**spec, "part": "whole"})
         whole(response, prompt="q", kind="general")
         assert "secret plan" in app.state.asked[-1]
+
+
+def test_a_200_of_another_shape_is_unreadable_not_a_crash(tmp_path):
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: dict):
+        text = body["messages"][-1]["content"]
+        if "null" in text:
+            return {"id": "c", "object": "chat.completion", "created": 0, "model": "judge",
+                    "choices": [{"index": 0, "finish_reason": "stop", "message": None}]}
+        if "string" in text:
+            return {"id": "c", "choices": "x"}
+        return JSONResponse({"choices": []})
+
+    with running(app) as url:
+        reward = JudgeReward(make(url, tmp_path), part="whole")
+        assert reward.batch(["null message", "string choices", "no choices"], [{"prompt": "q"}] * 3) == [None] * 3
+
+
+def test_another_endpoint_with_the_same_model_name_is_asked_again(tmp_path):
+    first, second = fake_judge(reply=lambda text: "Score: 10"), fake_judge(reply=lambda text: "Score: 1")
+    with running(first) as url_a, running(second) as url_b:
+        assert JudgeReward(make(url_a, tmp_path), part="whole")("a", prompt="q") == 1.0
+        assert JudgeReward(make(url_b, tmp_path), part="whole")("a", prompt="q") == 0.0  # not A's cached verdict
