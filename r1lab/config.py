@@ -537,15 +537,15 @@ class PipelineConfig:
     coldstart: dict = field(default_factory=lambda: {"examples": 200})  # stage 1 data: r1lab coldstart options
     sft: dict = field(default_factory=lambda: {"epochs": 1})  # stage 1 SFT: r1lab sft options
     reasoning_rl: dict = field(default_factory=lambda: {"steps": 12, "save_every": 4, "lr": 1e-5})  # stage 2: r1lab zero options
-    rejection: dict = field(default_factory=lambda: {"limit": 64, "n": 4, "max_new_tokens": 128})  # stage 3 sampling: r1lab sample options
-    rejection_sft: dict = field(default_factory=lambda: {"epochs": 1})  # stage 3 SFT of the base model: r1lab sft options
+    rejection: dict = field(default_factory=lambda: {"limit": 96, "n": 4, "max_new_tokens": 128, "near_duplicate": 1.0})  # stage 3 sampling: r1lab sample options
+    rejection_sft: dict = field(default_factory=lambda: {"epochs": 2, "tokens_per_step": 1024})  # stage 3 SFT of the base model: r1lab sft options
     rl_all: dict = field(default_factory=lambda: {"steps": 12, "save_every": 4, "max_new_tokens": 96, "lr": 1e-5})  # stage 4: r1lab zero options (task mix and RM rewards are set)
     distill: dict = field(default_factory=dict)  # stage 5, off when empty: r1lab distill options, e.g. {student: MODEL}
     eval: dict = field(default_factory=dict)  # r1lab eval options after every stage; default {benchmarks: [task:TASK], limit: 32, k: 2, max_new_tokens: 128}
     rm_helpful: dict = field(default_factory=lambda: {"data": "helpful-procedural", "limit": 128, "max_length": 96})  # r1lab rm options, or {checkpoint: PATH} of a trained RM
     rm_harmless: dict = field(default_factory=lambda: {"data": "harmless-sample", "limit": 128, "max_length": 128})  # r1lab rm options, or {checkpoint: PATH}
     rm_weight: float = 1.0  # weight of each reward-model reward in stage 4
-    general_share: float = 0.5  # stage 4: general prompts per reasoning prompt
+    general_share: float = 1.0  # stage 4: general prompts per reasoning prompt
     general_eval_prompts: int = 16  # general prompts answered and judged by the RMs after every stage
     non_reasoning: str | None = None  # stage 3 non-reasoning JSONL {prompt, response}; null = the general task's helpful replies
     out: str = "runs/r1"
