@@ -302,8 +302,13 @@ def save_checkpoint(model, tokenizer, folder: str | Path, meta: dict | None = No
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(partial, folder)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(e, (OSError, RuntimeError)):  # torch.save reports a full disk as a RuntimeError
+            free = shutil.disk_usage(folder.parent).free / 2**30
+            raise OSError(f"could not write the checkpoint {folder} ({type(e).__name__}: {str(e)[:200]}); "
+                          f"{free:.1f} GiB free on that disk. Nothing was replaced; free some space (old runs' "
+                          "checkpoints/ folders are the largest) and resume") from e
         raise
     return folder
 

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -91,3 +93,16 @@ def test_folders_left_by_a_killed_save_are_cleared_by_the_next_one(tmp_path):
     (tmp_path / "final").rename(tmp_path / ".final.old")  # killed between the two renames of a replacement
     save_checkpoint(model, tok, tmp_path / "final")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+
+
+def test_a_write_that_fails_part_way_says_so_and_leaves_the_old_checkpoint(tiny, tmp_path):
+    model, tok = tiny
+    folder = save_checkpoint(model, tok, tmp_path / "ckpt", meta={"step": 1})
+
+    def disk_full(partial):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 601852160 vs 601852052")
+
+    with pytest.raises(OSError, match="could not write the checkpoint .* GiB free on that disk"):
+        save_checkpoint(model, tok, folder, meta={"step": 2}, write_extra=disk_full)
+    assert json.loads((folder / "r1lab_complete.json").read_text()) == {"step": 1}  # the old one, whole
+    assert not list(tmp_path.glob(".ckpt.*"))  # no partial folder left behind
