@@ -10,7 +10,8 @@ ever being broadcast. Rank 0 alone writes files (metrics, samples, checkpoints, 
 In a single process (no ``WORLD_SIZE`` in the environment) :func:`world` is ``World(0, 1)`` and every collective
 here returns its input: the training loop reads the same either way.
 
-Backends: gloo on CPU, NCCL on CUDA (each process on ``cuda:LOCAL_RANK``). Multi-node is ``torchrun``'s own flags
+Backends: gloo on CPU, NCCL on CUDA (each process on ``cuda:LOCAL_RANK``); ``R1LAB_DIST_BACKEND=gloo`` forces gloo,
+for a ``--device cpu`` run on a machine that has GPUs. Multi-node is ``torchrun``'s own flags
 (``--nnodes``, ``--node_rank``, ``--rdzv_endpoint``); nothing here depends on the node count.
 """
 
