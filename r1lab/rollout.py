@@ -130,10 +130,15 @@ def generate_groups(engine, examples: list[dict], template: str, prefill: str | 
     rendered = [render([{"role": "user", "content": question_text(ex, task)}], template, engine.tokenizer,
                        prefill=prefill) for ex in examples]
     prompts = [engine.encode(r.text) for r in rendered]
-    keyed = stream_ids is not None and "stream_ids" in inspect.signature(engine.generate).parameters
+    keyed = stream_ids is not None and takes_stream_ids(engine)
     outputs = engine.generate(prompts, params, stream_ids=stream_ids) if keyed else engine.generate(prompts, params)
     return [Group(example=ex, prompt_ids=ids, prefill=r.prefill, completions=out, thinking=r.thinking)
             for ex, ids, r, out in zip(examples, prompts, rendered, outputs)]
+
+
+def takes_stream_ids(engine) -> bool:
+    """Whether ``engine.generate`` keys each prompt's samples by a stream id (r1lab's engines do)."""
+    return "stream_ids" in inspect.signature(engine.generate).parameters
 
 
 def build_rewards(weights: dict, task, language: str = "en", max_length: int | None = None,
@@ -242,7 +247,7 @@ def sample_in_batches(engine, task, examples: list[dict], params: SamplingParams
     run makes. With another engine, batch ``b`` samples with seed
     ``seed * BATCH_SEED_STRIDE + b`` and a problem's samples depend on its batch, so ``problems_per_batch`` is
     part of the settings."""
-    keyed = "stream_ids" in inspect.signature(engine.generate).parameters
+    keyed = takes_stream_ids(engine)
     folder.mkdir(parents=True, exist_ok=True)
     check_settings_file(folder / "settings.json",
                         {k: v for k, v in settings.items() if k != "problems_per_batch" or not keyed})

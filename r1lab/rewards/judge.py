@@ -33,7 +33,7 @@ from pathlib import Path
 
 from r1lab.files import append_jsonl, read_log
 from r1lab.models import cache_dir
-from r1lab.rewards.reward_model import applies, judged_part
+from r1lab.rewards.reward_model import judged
 
 RETRY_STATUS = {408, 409, 429} | set(range(500, 600))  # as r1lab.sft.distill's teacher (a layer above this one)
 UNJUDGEABLE_STATUS = {400, 413, 422}  # this request cannot be judged (too long, refused): None, not an error
@@ -160,11 +160,10 @@ class JudgeReward:
         return self.batch([completion], [example])[0]
 
     def batch(self, completions: Sequence[str], examples: Sequence[Mapping]) -> list[float | None]:
-        todo = [i for i, ex in enumerate(examples) if applies(ex, self.on) and isinstance(ex.get("prompt"), str)]
+        todo, asks = judged(completions, examples, self.on, self.part)
         out: list[float | None] = [None] * len(completions)
         if not todo:
             return out
-        asks = [(examples[i]["prompt"], judged_part(completions[i], self.part)) for i in todo]
         unique = list(dict.fromkeys(asks))  # a response repeated in the group is asked about once
         with ThreadPoolExecutor(max_workers=min(self.judge.concurrency, len(unique))) as pool:
             verdicts = dict(zip(unique, pool.map(lambda a: self.judge.ask(*a), unique)))

@@ -71,6 +71,14 @@ def applies(example: Mapping, on: str | None) -> bool:
     return on is None or example.get("kind") == on
 
 
+def judged(completions: Sequence[str], examples: Sequence[Mapping], on: str | None,
+           part: str) -> tuple[list[int], list[tuple[str, str]]]:
+    """What a reward-model or judge reward scores in a batch: the indices of the examples it applies to (``on``,
+    and a text prompt), and for each its ``(prompt, judged part of the completion)``."""
+    todo = [i for i, ex in enumerate(examples) if applies(ex, on) and isinstance(ex.get("prompt"), str)]
+    return todo, [(examples[i]["prompt"], judged_part(completions[i], part)) for i in todo]
+
+
 def prompt_text(messages: list[dict], tokenizer) -> str:
     """The conversation before the reply as the reward model reads it: the model's chat template with the assistant
     turn opened, or ``role: content`` lines for a tokenizer without one."""
@@ -212,10 +220,9 @@ class ModelReward:
         return self.batch([completion], [example])[0]
 
     def batch(self, completions: Sequence[str], examples: Sequence[Mapping]) -> list[float | None]:
-        todo = [i for i, ex in enumerate(examples) if applies(ex, self.on) and isinstance(ex.get("prompt"), str)]
+        todo, asks = judged(completions, examples, self.on, self.part)
         out: list[float | None] = [None] * len(completions)
-        raw = self.rm.raw_scores([examples[i]["prompt"] for i in todo],
-                                 [judged_part(completions[i], self.part) for i in todo], self.batch_size,
+        raw = self.rm.raw_scores([prompt for prompt, _ in asks], [text for _, text in asks], self.batch_size,
                                  self.max_length)
         for i, value in zip(todo, raw):
             out[i] = self.rm.passes(value) if self.output == "pass" else self.rm.normalise(value)
