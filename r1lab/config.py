@@ -34,6 +34,7 @@ LR_SCHEDULES = ("cosine", "linear", "constant")  # r1lab.optim.LR_SCHEDULES
 INTERVALS = ("bootstrap", "normal")  # r1lab.evaluate.metrics.CI_METHODS
 COLDSTART_SOURCES = ("traces", "model", "jsonl")
 ENGINES = ("torch", "vllm")  # r1lab.rollout.rollout_engine
+PARALLEL_MODES = ("replicate", "fsdp")  # r1lab.sharding
 DTYPES = ("auto", "fp32", "bf16", "fp16")  # r1lab.models.DTYPES, and auto  # r1lab.sft.coldstart: _from_traces, _from_model, _from_jsonl
 
 
@@ -91,6 +92,7 @@ class ZeroConfig:
     seed: int = 0
     threads: int = 0  # 0 = all cores
     nproc: int = 1  # processes (data parallel, torchrun: gloo on CPU, NCCL on GPU); each samples its share of a step's prompts
+    parallel: str = "replicate"  # replicate (each process a whole copy) | fsdp (weights, gradients and AdamW state sharded over the processes: FSDP2)
     device: str = "auto"
     dtype: str = "auto"
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, one more forward pass of time
@@ -115,6 +117,9 @@ class ZeroConfig:
                 _need(not sampled_eval or 0 < self.eval_top_p <= 1,
                       f"eval_top_p={self.eval_top_p!r}: use a value in (0, 1] (0.95)"),
                 _at_least(self, 0, "beta", "clip_low", "clip_high", "tis_cap"), _device(self),
+                _one_of(self, "parallel", PARALLEL_MODES),
+                _need(self.parallel != "fsdp" or not self.lora_r,
+                      "parallel=fsdp shards full fine-tuning; with LoRA (--lora-r) use --parallel replicate"),
                 _at_least(self, 1, "nproc"),
                 _need(self.lr > 0, f"lr={self.lr!r}: use a value > 0 (e.g. 2e-5)"), _one_of(self, "engine", ENGINES),
                 _need(0 < self.vllm_gpu_memory_utilization < 1,
@@ -216,6 +221,7 @@ class SftConfig:
     seed: int = 0
     threads: int = 0
     nproc: int = 1  # processes (data parallel, torchrun: gloo on CPU, NCCL on GPU); each trains on its share of a step's rows
+    parallel: str = "replicate"  # replicate (each process a whole copy) | fsdp (weights, gradients and AdamW state sharded over the processes: FSDP2)
     device: str = "auto"
     dtype: str = "auto"
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, one more forward pass of time
@@ -227,6 +233,9 @@ class SftConfig:
                 _at_least(self, 1, "epochs", "tokens_per_step", "row_tokens", "max_length"),
                 _at_least(self, 0, "max_steps", "limit", "eval_every", meaning=" (0 = off)"),
                 _need(self.lr > 0, f"lr={self.lr!r}: use a value > 0 (e.g. 5e-5)"), _device(self),
+                _one_of(self, "parallel", PARALLEL_MODES),
+                _need(self.parallel != "fsdp" or not self.lora_r,
+                      "parallel=fsdp shards full fine-tuning; with LoRA (--lora-r) use --parallel replicate"),
                 _at_least(self, 1, "nproc"),
                 _at_least(self, 0, "eval_size", meaning=" (a share below 1, a count, or 0 for no held-out set)"))
 

@@ -1,7 +1,8 @@
 """Data parallelism under ``torchrun``: which process this is, and the few collectives training needs.
 
 ``r1lab zero --nproc N`` (or ``torchrun --nproc_per_node N -m r1lab zero ...``) starts N processes. Each holds a
-whole copy of the policy (replication: the small-model default), samples its share of a step's prompts, and
+whole copy of the policy (replication: the small-model default; ``--parallel fsdp`` shards it instead, see
+:mod:`r1lab.sharding`), samples its share of a step's prompts, and
 computes its part of the loss with weights normalised over the *global* batch, so that the sum of the ranks'
 gradients is the gradient a single process would compute on the whole batch. One all-reduce (a sum) makes every
 rank's gradient that global one; every rank then takes the same optimizer step, so the copies stay equal without
@@ -53,6 +54,17 @@ class World:
         if self.size == 1:
             return value
         return sum(self.gather(float(value)))
+
+    def max(self, value):
+        return value if self.size == 1 else max(self.gather(value))
+
+    def broadcast(self, value):
+        """Rank 0's ``value`` on every rank (any picklable object)."""
+        if self.size == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def sum_gradients(self, parameters) -> None:
         """Every rank's gradient becomes the sum over ranks (missing gradients count as zeros), flattened into one

@@ -278,39 +278,77 @@ def save_checkpoint(model, tokenizer, folder: str | Path, meta: dict | None = No
     only after the new one is complete. LoRA models are saved merged, so any HF loader can read them.
     """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    for stale in [*folder.parent.glob(f".{folder.name}.*.partial"), folder.with_name(f".{folder.name}.old")]:
-        if is_complete_checkpoint(stale) and not folder.exists():  # killed mid-swap: the older one comes back
-            os.replace(stale, folder)
-        else:
-            shutil.rmtree(stale, ignore_errors=True)  # left by a run killed while writing this folder
-    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+    partial = _fresh_partial(folder)
     try:
         to_save = _merged_copy(model) if _is_peft(model) else model
         to_save.save_pretrained(partial, safe_serialization=True)
         tokenizer.save_pretrained(partial)
         if write_extra is not None:
             write_extra(partial)  # e.g. optimizer state, adapters: inside the same atomic folder
-        (partial / CHECKPOINT_MARKER).write_text(json.dumps(meta or {}, indent=2))
-        _readable_by_all(partial)
-        _fsync_tree(partial)
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(partial, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(partial, folder)
+        _publish(partial, folder, meta)
     except BaseException as e:
-        shutil.rmtree(partial, ignore_errors=True)
-        if isinstance(e, (OSError, RuntimeError)):  # torch.save reports a full disk as a RuntimeError
-            free = shutil.disk_usage(folder.parent).free / 2**30
-            raise OSError(f"could not write the checkpoint {folder} ({type(e).__name__}: {str(e)[:200]}); "
-                          f"{free:.1f} GiB free on that disk. Nothing was replaced; free some space (old runs' "
-                          "checkpoints/ folders are the largest) and resume") from e
-        raise
+        _give_up(e, partial, folder)
     return folder
+
+
+def save_checkpoint_together(folder: str | Path, world, write_part: Callable[[Path], None],
+                             write_rest: Callable[[Path], None], meta: dict | None = None) -> Path:
+    """A checkpoint every process of ``world`` writes a part of (a sharded state dict), with the guarantees of
+    :func:`save_checkpoint`: each process calls ``write_part(partial)`` into one shared hidden folder; once every
+    part is written, rank 0 calls ``write_rest(partial)``, marks the folder complete and gives it its final name.
+    A run killed before that leaves no complete checkpoint under ``folder``'s name. Every process must call it (the
+    folder must be on a file system they all see)."""
+    folder = Path(folder)
+    partial = world.broadcast(_fresh_partial(folder) if world.main else None)
+    try:
+        write_part(partial)
+        world.barrier()  # every process's part is on disk
+        if world.main:
+            write_rest(partial)
+            _publish(partial, folder, meta)
+    except BaseException as e:
+        if world.main:
+            _give_up(e, partial, folder)
+        raise
+    world.barrier()
+    return folder
+
+
+def _fresh_partial(folder: Path) -> Path:
+    """An empty hidden folder beside ``folder`` to write a checkpoint into, after clearing what a killed write left
+    (or restoring the complete older checkpoint a swap was killed in the middle of)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in [*folder.parent.glob(f".{folder.name}.*.partial"), folder.with_name(f".{folder.name}.old")]:
+        if is_complete_checkpoint(stale) and not folder.exists():  # killed mid-swap: the older one comes back
+            os.replace(stale, folder)
+        else:
+            shutil.rmtree(stale, ignore_errors=True)  # left by a run killed while writing this folder
+    return Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+
+
+def _publish(partial: Path, folder: Path, meta: dict | None) -> None:
+    """Mark ``partial`` complete, flush it, and put it in ``folder``'s place (an older one is removed only after)."""
+    (partial / CHECKPOINT_MARKER).write_text(json.dumps(meta or {}, indent=2))
+    _readable_by_all(partial)
+    _fsync_tree(partial)
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+        os.replace(partial, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(partial, folder)
+
+
+def _give_up(e: BaseException, partial: Path, folder: Path) -> None:
+    shutil.rmtree(partial, ignore_errors=True)
+    if isinstance(e, (OSError, RuntimeError)):  # torch.save reports a full disk as a RuntimeError
+        free = shutil.disk_usage(folder.parent).free / 2**30
+        raise OSError(f"could not write the checkpoint {folder} ({type(e).__name__}: {str(e)[:200]}); "
+                      f"{free:.1f} GiB free on that disk. Nothing was replaced; free some space (old runs' "
+                      "checkpoints/ folders are the largest) and resume") from e
+    raise e
 
 
 def is_complete_checkpoint(folder: str | Path) -> bool:

@@ -76,6 +76,7 @@ def clip_and_step(model, optimizer, max_grad_norm: float, scaler: torch.amp.Grad
     if scaler is not None:
         scaler.unscale_(optimizer)
     norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: the norm over every shard
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()

@@ -166,7 +166,21 @@ def token_logprobs(model, packed: Packed, temperature: float = 1.0, logits_budge
     """Log-prob of each target token under ``model`` (logits divided by ``temperature``), shape ``(N,)``.
 
     ``logits_budget``: bytes of fp32 logits the LM head may hold at once (default: :data:`LOGITS_BUDGET` for the
-    model's device type, else :data:`DEFAULT_LOGITS_BUDGET`)."""
+    model's device type, else :data:`DEFAULT_LOGITS_BUDGET`). An FSDP model (:func:`r1lab.sharding.shard`) runs it
+    as a forward method of its own, so that its embedding and head are gathered for it."""
+    forward = getattr(model, SHARDED_FORWARD, None)
+    if forward is not None:
+        return forward(packed, temperature, logits_budget)
+    return unsharded_token_logprobs(model, packed, temperature, logits_budget)
+
+
+#: the method :func:`r1lab.sharding.shard` gives a sharded model: :func:`unsharded_token_logprobs` within its hooks
+SHARDED_FORWARD = "r1lab_token_logprobs"
+
+
+def unsharded_token_logprobs(model, packed: Packed, temperature: float = 1.0,
+                             logits_budget: int | None = None) -> torch.Tensor:
+    """:func:`token_logprobs`, reading the weights as they are: the whole computation for a plain model."""
     device = next(model.parameters()).device
     decoder = model.get_decoder()
     attend = packed_attention(packed.segments, packed.input_ids.shape[1], device)

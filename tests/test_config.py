@@ -85,6 +85,10 @@ REFUSED = [
     (config.ZeroConfig, {"clip_low": -0.1}, "clip_low=-0.1: must be at least 0"),
     (config.ZeroConfig, {"clip_high": -0.1}, "clip_high=-0.1: must be at least 0"),
     (config.ZeroConfig, {"lr": 0.0}, "lr=0.0: use a value > 0"),
+    (config.ZeroConfig, {"parallel": "ddp"}, "parallel='ddp': choose one of replicate, fsdp"),
+    (config.ZeroConfig, {"parallel": "fsdp", "lora_r": 8}, "parallel=fsdp shards full fine-tuning; with LoRA"),
+    (config.SftConfig, {"parallel": "zero3"}, "parallel='zero3': choose one of replicate, fsdp"),
+    (config.SftConfig, {"parallel": "fsdp", "lora_r": 8}, "parallel=fsdp shards full fine-tuning; with LoRA"),
     (config.EvalConfig, {"benchmarks": []}, "benchmarks is empty; name at least one, e.g. --benchmarks '[gsm8k]'"),
     (config.EvalConfig, {"template": "foo"}, "template='foo': choose one of"),
     (config.EvalConfig, {"max_new_tokens": 0}, "max_new_tokens=0: must be at least 1"),
@@ -166,6 +170,7 @@ def test_the_names_a_setting_may_take_are_those_the_code_implements():
     assert config.LR_SCHEDULES == tuple(optim.LR_SCHEDULES)
     assert [optim.lr_factor(5, 2, 10, s) for s in config.LR_SCHEDULES]  # each one runs
     assert config.INTERVALS == tuple(CI_METHODS)
+    assert config.PARALLEL_MODES == ("replicate", "fsdp")  # r1lab.sharding shards for "fsdp"; else replication
     assert all(callable(getattr(coldstart, f"_from_{source}", None)) for source in config.COLDSTART_SOURCES)
     helps = {**config.option_help(config.ZeroConfig), "interval": config.option_help(config.EvalConfig)["interval"],
              "source": config.option_help(config.ColdstartConfig)["source"]}  # --help lists each choice

@@ -8,6 +8,8 @@ One step, as :func:`train` reads:
 
 Under torchrun (``--nproc N``) each process samples its share of the step's prompts (a group never spans two) and
 the gradients are summed across processes before the step (:mod:`r1lab.distributed`); rank 0 writes the files.
+With ``--parallel fsdp`` the model that trains is a sharded copy (:mod:`r1lab.sharding`) whose weights are pushed
+into the engine's full copy after each update.
 
 What it simplifies, next to the paper: no separate rollout workers; the reference policy for
 beta > 0 is a frozen copy of the starting weights (with LoRA: the same model with adapters disabled);
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from r1lab import distributed
+from r1lab import distributed, sharding
 from r1lab.config import ZeroConfig
 from r1lab.console import progress as progress_bar, say
 from r1lab.engine import SamplingParams
@@ -59,6 +61,9 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
     cfg.validate()
     world = distributed.world()
     cfg = dataclasses.replace(cfg, nproc=world.size) if world.size > 1 else cfg  # what config.yaml records
+    if cfg.parallel == "fsdp" and world.size == 1:
+        raise ValueError("parallel=fsdp shards the model over processes: start it with --nproc N (N >= 2) or under "
+                         "torchrun, or use --parallel replicate in one process")
     run = Path(cfg.out)
     run_folder.check_run(run, cfg)
     if cfg.resume and run_folder.is_finished(run):
@@ -75,16 +80,22 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
     policy, lora = load_policy(cfg, checkpoint)
     engine = open_engine(policy, world.threads(cfg.threads), lora=lora, device=cfg.device, dtype=cfg.dtype,
                          train=True)
-    model, tokenizer = engine.model, engine.tokenizer
+    model, tokenizer = engine.model, engine.tokenizer  # what samples
     engine = rollout_engine(engine, cfg.engine, cfg.vllm_gpu_memory_utilization)  # torch: the same engine
     if cfg.gradient_checkpointing:
         checkpoint_activations(model)
     reference = reference_policy(model, cfg, checkpoint)
-    optimizer, scheduler = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps,
+    trainer = model  # what trains: the same model, or under FSDP a sharded copy whose weights are pushed back
+    if cfg.parallel == "fsdp":
+        trainer = sharding.shard(copy.deepcopy(model))
+        reference = None if reference is None else sharding.shard(reference)
+    optimizer, scheduler = make_optimizer(trainer, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps,
                                           cfg.lr_schedule)
     device = next(model.parameters()).device
     scaler = loss_scaler(device, resolve_dtype(cfg.dtype, device))  # fp16: a dynamic loss scale
-    state = run_folder.load_trainer_state(checkpoint, optimizer, scheduler)
+    state = run_folder.load_trainer_state(checkpoint, optimizer, scheduler, trainer)
+    if trainer is not model and checkpoint is not None:
+        sharding.push_weights(trainer, model)  # the engine samples with the resumed weights
     history = run_folder.read_metrics(run)
 
     eval_seconds = None  # how long one held-out evaluation takes (for the time estimate), when one runs here
@@ -102,27 +113,18 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
         t_gen = time.perf_counter() - t0
         set_advantages(groups, cfg.advantage)
         with policy_update(engine, model):  # vLLM sleeps through the update, then gets the new weights
-            stats = update_policy(model, reference, optimizer, groups, cfg, tokenizer.pad_token_id, scaler, world)
+            stats = update_policy(trainer, reference, optimizer, groups, cfg, tokenizer.pad_token_id, scaler, world)
+            if trainer is not model:
+                sharding.push_weights(trainer, model)  # FSDP: the engine's full copy gets the new weights
         scheduler.step()
 
         groups, ranks = gathered(groups, world)  # every process's groups, for the logs (rank 0 writes them)
-        if not world.main:
-            continue
-        metrics = step_metrics(step + 1, groups, stats, t_gen, time.perf_counter() - t0, cfg)
-        metrics["lr"] = scheduler.get_last_lr()[0]
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
-            metrics["eval_accuracy"] = evaluate(engine, task, test_set, cfg, desc="eval")["accuracy"]
-        append_jsonl(run / "metrics.jsonl", metrics)
-        append_jsonl(run / "samples.jsonl", *sample_records(step + 1, groups, ranks if world.size > 1 else None))
-        bar.update(1)
-        say(console_line(metrics))
-        if step == start_step and step + 1 < cfg.steps:
-            say(time_estimate(metrics["seconds"], cfg.steps - step - 1, eval_seconds, device))
-        for warning in check_step(metrics, history, cfg.max_new_tokens):
-            say(f"  warning: {warning}")
-        history.append(metrics)
+        if world.main:
+            history.append(log_step(run, step, groups, ranks, stats, t_gen, t0, scheduler, engine, task, test_set,
+                                    cfg, history, start_step, eval_seconds, device, world))
+            bar.update(1)
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:  # the last step is a resume point too
-            run_folder.save(run, model, tokenizer, optimizer, scheduler, state, step + 1, cfg)
+            run_folder.save(run, trainer, tokenizer, optimizer, scheduler, state, step + 1, cfg, world=world)
     bar.close()
     if not world.main:
         world.barrier()  # rank 0 writes final/, evaluates and reports
@@ -135,6 +137,25 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
     write_json(run / "summary.json", summary)  # last: its presence means finished
     world.barrier()
     return summary
+
+
+def log_step(run: Path, step: int, groups: list[Group], ranks: list[int], stats: dict, t_gen: float, t0: float,
+             scheduler, engine, task, test_set: list[dict], cfg: ZeroConfig, history: list[dict], start_step: int,
+             eval_seconds: float | None, device, world: distributed.World) -> dict:
+    """Rank 0, after a step: its metrics (and a held-out evaluation when due) appended to ``metrics.jsonl``, its
+    samples to ``samples.jsonl``, its console line, the time estimate after the first step, any warning."""
+    metrics = step_metrics(step + 1, groups, stats, t_gen, time.perf_counter() - t0, cfg)
+    metrics["lr"] = scheduler.get_last_lr()[0]
+    if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+        metrics["eval_accuracy"] = evaluate(engine, task, test_set, cfg, desc="eval")["accuracy"]
+    append_jsonl(run / "metrics.jsonl", metrics)
+    append_jsonl(run / "samples.jsonl", *sample_records(step + 1, groups, ranks if world.size > 1 else None))
+    say(console_line(metrics))
+    if step == start_step and step + 1 < cfg.steps:
+        say(time_estimate(metrics["seconds"], cfg.steps - step - 1, eval_seconds, device))
+    for warning in check_step(metrics, history, cfg.max_new_tokens):
+        say(f"  warning: {warning}")
+    return metrics
 
 
 # ----------------------------------------------------------------------------------------------- sampling
@@ -219,6 +240,11 @@ def update_policy(model, reference, optimizer, groups: list[Group], cfg: ZeroCon
     packs = [pack([(groups[i].prompt_ids, [c.token_ids for c in groups[i].completions]) for i in mb], pad_id)
              for mb in micro_batches]
     index = [torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in mb]).to(device) for mb in micro_batches]
+    sharded = sharding.is_sharded(model)
+    if sharded:  # FSDP's passes are collectives: run as many as the busiest process, the extra ones on one pad token
+        for _ in range(sharding.filler_count(len(packs), world)):
+            packs.append(pack([([pad_id], [[pad_id]])], pad_id))
+            index.append(None)
 
     # The "old" policy is the trainer's own view of the weights that sampled: in bf16 the sampler's log-probs
     # differ from it. With one update per batch it is the first pass's detached log-probs (no extra forward).
@@ -227,13 +253,17 @@ def update_policy(model, reference, optimizer, groups: list[Group], cfg: ZeroCon
         old_logprobs = torch.zeros_like(sampler_logprobs)
         with torch.no_grad(), precision(model, dtype):
             for pk, idx in zip(packs, index):
-                old_logprobs[idx] = token_logprobs(model, pk, cfg.temperature).float()
+                logprobs = token_logprobs(model, pk, cfg.temperature).float()
+                if idx is not None:
+                    old_logprobs[idx] = logprobs
     ref_logprobs = None
     if cfg.beta > 0:
         ref_logprobs = torch.zeros_like(sampler_logprobs)
         with torch.no_grad(), no_adapter(reference) as ref, precision(ref, dtype):
             for pk, idx in zip(packs, index):
-                ref_logprobs[idx] = token_logprobs(ref, pk, cfg.temperature).float()
+                logprobs = token_logprobs(ref, pk, cfg.temperature).float()
+                if idx is not None:
+                    ref_logprobs[idx] = logprobs
 
     totals = {"loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "grad_norm": 0.0}
     gaps = []  # |trainer - sampler| log-prob per trained token, from the first update
@@ -244,6 +274,9 @@ def update_policy(model, reference, optimizer, groups: list[Group], cfg: ZeroCon
         for pk, idx in zip(packs, index):
             with precision(model, dtype):
                 logprobs = token_logprobs(model, pk, cfg.temperature).float()
+            if idx is None:  # a filler: its backward only keeps this process in step with the others
+                (logprobs.sum() * 0.0).backward()
+                continue
             old = logprobs.detach() if old_logprobs is None else old_logprobs[idx]
             if update == 0:
                 gaps.append((old - sampler_logprobs[idx]).abs())
@@ -254,7 +287,8 @@ def update_policy(model, reference, optimizer, groups: list[Group], cfg: ZeroCon
             loss_sum += loss.item()
             totals["clip_frac"] += stats["clip_frac"].item() / cfg.updates_per_batch
             totals["kl"] += stats.get("kl", torch.tensor(0.0)).item() / cfg.updates_per_batch
-        world.sum_gradients(model.parameters())  # the whole batch's gradient on every process
+        if not sharded:  # (FSDP's backward has summed them already, each process keeping its shard)
+            world.sum_gradients(model.parameters())  # the whole batch's gradient on every process
         grad_norm = clip_and_step(model, optimizer, cfg.max_grad_norm, scaler)
         totals["loss"] += world.sum(loss_sum) / cfg.updates_per_batch
         totals["grad_norm"] += grad_norm / cfg.updates_per_batch
@@ -263,6 +297,11 @@ def update_policy(model, reference, optimizer, groups: list[Group], cfg: ZeroCon
     gap = torch.cat(world.gather(torch.cat(gaps).cpu() if gaps else torch.zeros(0)))
     gap = gap if gap.numel() else torch.zeros(1)
     totals["logprob_gap_mean"], totals["logprob_gap_max"] = gap.mean().item(), gap.max().item()
+    memory = world.gather((sharding.peak_memory_mb(device), sum(sharding.held_bytes(model, optimizer).values())))
+    totals["memory/peak_mb"] = max(peak for peak, _ in memory)  # the busiest process's
+    totals["memory/train_state_mb"] = max(held for _, held in memory) / 2**20  # weights, grads, AdamW (its shards)
+    if world.size > 1:
+        totals["memory/peak_mb_by_rank"] = [round(peak, 1) for peak, _ in memory]
     return totals
 
 
@@ -345,8 +384,8 @@ def load_policy(cfg: ZeroConfig, checkpoint: Path | None) -> tuple:
     lora = {"r": cfg.lora_r, "lora_alpha": cfg.lora_alpha} if cfg.lora_r else None
     if checkpoint is None:
         return cfg.model, lora
-    if not lora:
-        return str(checkpoint), None
+    if not lora:  # a sharded (FSDP) checkpoint is loaded into the sharded trainer: start from the base model
+        return (cfg.model if sharding.is_sharded_checkpoint(checkpoint) else str(checkpoint)), None
     from peft import PeftModel
 
     base, tokenizer = load_model(cfg.model)

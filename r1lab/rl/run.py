@@ -14,7 +14,8 @@ import torch
 from r1lab.config import ZeroConfig, save_config
 from r1lab.console import say
 from r1lab.files import append_jsonl, read_log, write_jsonl
-from r1lab.models import is_complete_checkpoint, save_checkpoint
+from r1lab import distributed, sharding
+from r1lab.models import is_complete_checkpoint, save_checkpoint, save_checkpoint_together
 from r1lab.plots import plot_curves
 from r1lab.runs import RESUME_MAY_CHANGE, check_run_folder, check_same_config
 
@@ -85,31 +86,48 @@ def read_metrics(run: Path) -> list[dict]:
     return [{k: math.nan if v is None else v for k, v in row.items()} for row in rows]
 
 
-def load_trainer_state(checkpoint: Path | None, optimizer, scheduler) -> dict:
-    """Restore the optimizer and scheduler saved with ``checkpoint``; returns the run state saved beside them
-    (the held-out evaluation before training), ``{}`` for a new run."""
+def load_trainer_state(checkpoint: Path | None, optimizer, scheduler, model=None) -> dict:
+    """Restore the optimizer and scheduler saved with ``checkpoint`` (and, for a sharded checkpoint, this process's
+    shards of the weights into the FSDP ``model``); returns the run state saved beside them (the held-out
+    evaluation before training), ``{}`` for a new run."""
     if checkpoint is None:
         return {}
     saved = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
-    optimizer.load_state_dict(saved["optimizer"])
+    if sharding.is_sharded_checkpoint(checkpoint):
+        sharding.load_state(checkpoint / sharding.SHARDED, model, optimizer)
+    else:
+        optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     return saved["state"]
 
 
 def save(run: Path, model, tokenizer, optimizer, scheduler, state, step: int, cfg: ZeroConfig,
-         final: bool = False) -> Path:
-    """``checkpoints/step-N`` (with the trainer state, keeping the last ``keep_checkpoints``) or ``final/``."""
-    def extra(folder: Path) -> None:
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": state,
-                    "step": step}, folder / "trainer_state.pt")
-        if hasattr(model, "peft_config"):
-            model.save_pretrained(folder / "adapter")
-
+         final: bool = False, world: distributed.World = distributed.SINGLE) -> Path:
+    """``checkpoints/step-N`` (with the trainer state, keeping the last ``keep_checkpoints``) or ``final/``. Every
+    process calls it for a step checkpoint: under FSDP each writes its shards (``sharded/``, through
+    torch.distributed.checkpoint), else rank 0 writes the whole model; ``final/`` is rank 0's alone."""
     folder = run / ("final" if final else f"checkpoints/step-{step:06d}")
-    save_checkpoint(model, tokenizer, folder, meta={"step": step, "model": cfg.model, "template": cfg.template,
-                                                    "prefill": cfg.prefill},
-                    write_extra=None if final else extra)
-    if not final:
+    meta = {"step": step, "model": cfg.model, "template": cfg.template, "prefill": cfg.prefill}
+    sharded = not final and sharding.is_sharded(model)
+
+    def extra(partial: Path) -> None:
+        torch.save({**({} if sharded else {"optimizer": optimizer.state_dict()}), "scheduler": scheduler.state_dict(),
+                    "state": state, "step": step}, partial / "trainer_state.pt")
+        if hasattr(model, "peft_config"):
+            model.save_pretrained(partial / "adapter")
+
+    if sharded:
+        def rest(partial: Path) -> None:
+            tokenizer.save_pretrained(partial)
+            model.config.save_pretrained(partial)
+            extra(partial)
+
+        save_checkpoint_together(folder, world, lambda partial: sharding.save_state(partial / sharding.SHARDED,
+                                                                                     model, optimizer),
+                                 rest, meta={**meta, "sharded": True})
+    elif world.main:
+        save_checkpoint(model, tokenizer, folder, meta=meta, write_extra=None if final else extra)
+    if not final and world.main:
         for old in _checkpoints(run)[:-cfg.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
     return folder

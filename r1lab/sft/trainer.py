@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from r1lab import distributed
+from r1lab import distributed, sharding
 from r1lab.config import SftConfig, save_config
 from r1lab.console import log, progress as progress_bar
 from r1lab.files import append_jsonl, write_json
@@ -40,6 +40,9 @@ def train_sft(cfg: SftConfig, progress: bool = True) -> dict:
     cfg.validate()
     world = distributed.world()  # under torchrun: each process trains on its share of every step's rows
     cfg = dataclasses.replace(cfg, nproc=world.size) if world.size > 1 else cfg  # what config.yaml records
+    if cfg.parallel == "fsdp" and world.size == 1:
+        raise ValueError("parallel=fsdp shards the model over processes: start it with --nproc N (N >= 2) or under "
+                         "torchrun, or use --parallel replicate in one process")
     use_threads(world.threads(cfg.threads))
     run = Path(cfg.out)
     check_run_folder(run, SftConfig)
@@ -57,6 +60,8 @@ def train_sft(cfg: SftConfig, progress: bool = True) -> dict:
     model, tokenizer = load_model(cfg.model, lora=lora, device=device)
     if cfg.gradient_checkpointing:
         checkpoint_activations(model)
+    if cfg.parallel == "fsdp":
+        model = sharding.shard(model)
     samples = [encode(m, cfg.template, tokenizer) for m in conversations]
     too_long = sum(len(p) + len(r) > cfg.max_length for p, r in samples)
     samples = [s for s in samples if len(s[0]) + len(s[1]) <= cfg.max_length]
@@ -78,7 +83,8 @@ def train_sft(cfg: SftConfig, progress: bool = True) -> dict:
         save_config(cfg, run / "config.yaml")
     metrics_path = run / "metrics.jsonl"
     history = []
-    first_eval = eval_loss(model, held_out if world.main else [], tokenizer.pad_token_id, cfg.row_tokens, dtype)
+    evaluates = world.main or cfg.parallel == "fsdp"  # a sharded model's forward needs every process, in step
+    first_eval = eval_loss(model, held_out if evaluates else [], tokenizer.pad_token_id, cfg.row_tokens, dtype)
     if world.main:
         log(f"SFT: {len(train)} samples ({too_long} over max_length skipped), {total} steps; " +
             (f"{n_eval} held out, eval loss before {first_eval:.3f}" if held_out else "no held-out set"))
@@ -92,7 +98,7 @@ def train_sft(cfg: SftConfig, progress: bool = True) -> dict:
         record = {"step": step, "epoch": epoch + 1, "loss": loss, "tokens": tokens, "lr": scheduler.get_last_lr()[0],
                   "seconds": time.perf_counter() - t0}
         due = step == total or (step % cfg.eval_every == 0 if cfg.eval_every else last_of_epoch)
-        if held_out and world.main and due:
+        if held_out and evaluates and due:
             record["eval_loss"] = eval_loss(model, held_out, tokenizer.pad_token_id, cfg.row_tokens, dtype)
             model.train()
         history.append(record)
@@ -102,6 +108,9 @@ def train_sft(cfg: SftConfig, progress: bool = True) -> dict:
         bar.set_postfix(loss=f"{loss:.3f}", **({"eval": f"{record['eval_loss']:.3f}"} if "eval_loss" in record else {}))
     bar.close()
     model.eval()
+    if sharding.is_sharded(model):
+        weights = sharding.full_state_dict(model)  # every process sends its shards; rank 0 gets the whole model
+        model = sharding.plain_model(model, weights) if world.main else None
     if not world.main:
         world.barrier()  # rank 0 writes final/ and the report
         return {}
@@ -142,12 +151,18 @@ def sft_step(model, optimizer, rows, pad_id: int, max_grad_norm: float, dtype: t
     gradients summed over processes are those of all rows."""
     n_tokens = sum(len(r) for row in rows for _, r in row)
     total = 0.0
-    for _, row in world.share(rows):
+    mine = [row for _, row in world.share(rows)]
+    sharded = sharding.is_sharded(model)
+    if sharded:  # FSDP's passes are collectives: as many as the busiest process, the extra ones on one pad token
+        mine += [None] * sharding.filler_count(len(mine), world)
+    for row in mine:
         with precision(model, dtype):
-            loss = -token_logprobs(model, pack_samples([row], pad_id)).sum() / n_tokens
+            logprobs = token_logprobs(model, pack_samples([row or [([pad_id], [pad_id])]], pad_id))
+        loss = -logprobs.sum() / n_tokens if row is not None else logprobs.sum() * 0.0
         (scaler.scale(loss) if scaler is not None else loss).backward()
         total += loss.item()
-    world.sum_gradients(model.parameters())
+    if not sharded:  # (FSDP's backward has summed them already, each process keeping its shard)
+        world.sum_gradients(model.parameters())
     total = world.sum(total)
     clip_and_step(model, optimizer, max_grad_norm, scaler)
     optimizer.zero_grad(set_to_none=True)

@@ -1,6 +1,7 @@
-"""GRPO in 2 processes (torchrun, gloo on the CPU) against 1 process on the same global batch: the same samples,
-the same losses and the same trained weights (within fp32 tolerance); each prompt sampled by exactly one rank;
-only rank 0 writes files."""
+"""GRPO and SFT in 2 processes (torchrun, gloo on the CPU), replicated and sharded (FSDP2), against 1 process on the
+same global batch: the same samples, the same losses and the same trained weights (within fp32 tolerance); each
+prompt sampled by exactly one rank; only rank 0 writes files (under FSDP each rank writes its own shards of a step
+checkpoint, and nothing else); under FSDP each rank holds half the training state."""
 
 import json
 import os
@@ -34,7 +35,12 @@ def files(folder):
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
-def test_two_processes_train_what_one_does_on_the_same_batch(tmp_path):
+def outside_checkpoints(folder):
+    return [f for f in files(folder) if not f.startswith("checkpoints/")]
+
+
+@pytest.mark.parametrize("parallel", ["replicate", "fsdp"])
+def test_two_processes_train_what_one_does_on_the_same_batch(tmp_path, parallel):
     tok = make_tokenizer()
     model = str(save_checkpoint(make_model(tok), tok, tmp_path / "tiny"))
     plugin = tmp_path / "plugin"  # a reward a random model gets signal from, registered in every process it starts
@@ -49,8 +55,9 @@ def test_two_processes_train_what_one_does_on_the_same_batch(tmp_path):
     single = subprocess.run([sys.executable, "-m", "r1lab.cli", *zero_flags(model, one)], env=env,
                             capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
-    spread = subprocess.run([sys.executable, "-m", "r1lab.cli", *zero_flags(model, two), "--nproc", "2"], env=env,
-                            capture_output=True, text=True, timeout=300)  # torchrun underneath
+    spread = subprocess.run([sys.executable, "-m", "r1lab.cli", *zero_flags(model, two), "--nproc", "2",
+                             "--parallel", parallel], env=env, capture_output=True, text=True,
+                            timeout=300)  # torchrun underneath
     assert spread.returncode == 0, spread.stderr[-3000:]
 
     samples_one, samples_two = rows(one / "samples.jsonl"), rows(two / "samples.jsonl")
@@ -77,10 +84,22 @@ def test_two_processes_train_what_one_does_on_the_same_batch(tmp_path):
     # must agree to fp32 precision.
     diffs = torch.cat([(weights_two[k] - v).abs().flatten() for k, v in weights_one.items()])
     assert diffs.max() <= 1e-2 and (diffs > 1e-5).float().mean() < 1e-3, (diffs.max(), (diffs > 1e-5).sum())
-    assert files(two) == files(one)  # the same files: nothing written twice or by rank 1 beside them
+    if parallel == "replicate":
+        assert files(two) == files(one)  # the same files: nothing written twice or by rank 1 beside them
+        return
+    assert outside_checkpoints(two) == outside_checkpoints(one)
+    for step in ("step-000002", "step-000003"):  # each rank's shards, one metadata file, rank 0's trainer state
+        saved = files(two / "checkpoints" / step)
+        assert {"sharded/__0_0.distcp", "sharded/__1_0.distcp", "sharded/.metadata", "trainer_state.pt",
+                "r1lab_complete.json"} <= set(saved)
+        assert not any(f.endswith(".safetensors") for f in saved)  # the weights are in the shards
+    for a, b in zip(metrics_one, metrics_two):  # each rank holds half the weights, gradients and AdamW moments
+        assert b["memory/train_state_mb"] == pytest.approx(a["memory/train_state_mb"] / 2, rel=0.05)
+        assert len(b["memory/peak_mb_by_rank"]) == 2
 
 
-def test_two_processes_fine_tune_what_one_does(tmp_path):
+@pytest.mark.parametrize("parallel", ["replicate", "fsdp"])
+def test_two_processes_fine_tune_what_one_does(tmp_path, parallel):
     tok = make_tokenizer()
     model = str(save_checkpoint(make_model(tok), tok, tmp_path / "tiny"))
     data = tmp_path / "data.jsonl"
@@ -96,7 +115,7 @@ def test_two_processes_fine_tune_what_one_does(tmp_path):
         assert done.returncode == 0, done.stderr[-3000:]
 
     sft(tmp_path / "one")
-    sft(tmp_path / "two", "--nproc", "2")
+    sft(tmp_path / "two", "--nproc", "2", "--parallel", parallel)
     one, two = rows(tmp_path / "one" / "metrics.jsonl"), rows(tmp_path / "two" / "metrics.jsonl")
     assert len(one) == len(two) >= 3
     for a, b in zip(one, two):
@@ -107,3 +126,11 @@ def test_two_processes_fine_tune_what_one_does(tmp_path):
                        for k, v in load_file(tmp_path / "one" / "final" / "model.safetensors").items()])
     assert diffs.max() <= 1e-3 and (diffs > 1e-5).float().mean() < 1e-3  # as above: Adam, lr 1e-3
     assert files(tmp_path / "two") == files(tmp_path / "one")
+
+
+@pytest.mark.parametrize("command", ["zero", "sft"])
+def test_fsdp_in_one_process_says_how_to_start_more(tmp_path, command):
+    flags = ["--data", str(tmp_path / "d.jsonl")] if command == "sft" else []
+    done = subprocess.run([sys.executable, "-m", "r1lab.cli", command, "--parallel", "fsdp", "--out",
+                           str(tmp_path / "run"), *flags], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "--nproc N" in done.stderr, done.stderr[-2000:]

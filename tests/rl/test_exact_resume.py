@@ -18,7 +18,8 @@ from r1lab.models import save_checkpoint
 
 from conftest import make_model, make_tokenizer
 
-TIMINGS = {"seconds", "seconds_generate", "seconds_total", "seconds_per_step"}
+TIMINGS = {"seconds", "seconds_generate", "seconds_total", "seconds_per_step",  # measured, not computed
+           "memory/peak_mb", "memory/peak_mb_by_rank"}
 
 
 def command(model, out):
@@ -83,6 +84,42 @@ def test_five_kills_at_random_moments_change_nothing(tmp_path):
 
     killed, expected = outcome(run), outcome(straight)
     assert killed["metrics"] == expected["metrics"]  # every step once, in order, with the same values
+    assert killed["samples"] == expected["samples"]
+    assert killed["summary"] == expected["summary"]
+    assert killed["weights"] == expected["weights"]
+
+
+def test_a_kill_under_torchrun_changes_nothing(tmp_path):
+    """One SIGKILL to the whole torchrun job (launcher and both ranks) of a sharded (FSDP2) run, then `--resume`:
+    the same outcome as the same 2-process run never stopped. The resumed run reads each rank's shards of the weights
+    and AdamW state back from the torch.distributed.checkpoint folder."""
+    tok = make_tokenizer()
+    model = str(save_checkpoint(make_model(tok, layers=2, hidden=32), tok, tmp_path / "tiny"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    flags = ["--steps", "6", "--nproc", "2", "--parallel", "fsdp"]
+
+    straight = tmp_path / "straight"
+    done = subprocess.run(command(model, straight) + flags, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    run = tmp_path / "killed"
+    child = subprocess.Popen(command(model, run) + flags, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while logged_steps(run) < 3 and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(random.Random(7).uniform(0, 0.3))
+    assert child.poll() is None, "the run ended before it could be killed"
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait(timeout=60)
+    killed_after = logged_steps(run)
+    assert killed_after < 6
+
+    finished = subprocess.run(command(model, run) + flags + ["--resume", "true"], env=env, capture_output=True,
+                              text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    killed, expected = outcome(run), outcome(straight)
+    assert killed["metrics"] == expected["metrics"], killed_after
     assert killed["samples"] == expected["samples"]
     assert killed["summary"] == expected["summary"]
     assert killed["weights"] == expected["weights"]
