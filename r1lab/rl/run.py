@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
+from r1lab import distributed, sharding
 from r1lab.config import ZeroConfig, save_config
 from r1lab.console import say
 from r1lab.files import append_jsonl, read_log, write_jsonl
-from r1lab import distributed, sharding
 from r1lab.models import is_complete_checkpoint, save_checkpoint, save_checkpoint_together
 from r1lab.plots import plot_curves
 from r1lab.runs import RESUME_MAY_CHANGE, check_run_folder, check_same_config
