@@ -10,9 +10,9 @@ Usage::
 
     python benchmarks/exact_resume.py [--kills 5] [--steps 12] [--nproc 1] [--seed 1234] [--out DIR] [-- ZERO_ARGS]
 
-With ``--nproc 2`` the run goes through torchrun and the kill takes down its whole process group (the launcher and
-every rank at once, as a lost job would). Arguments after ``--`` go to `r1lab zero` as they are.
-"""
+With ``--nproc 2`` the run goes through torchrun; the kill goes to the launcher's session (the launcher and
+torchrun), and the ranks, which torchrun starts in sessions of their own, die with torchrun (as they would with a
+lost job). Arguments after ``--`` go to `r1lab zero` as they are. """
 
 from __future__ import annotations
 

@@ -109,6 +109,7 @@ def world() -> World:
     if _WORLD is None:
         size = int(os.environ.get("WORLD_SIZE", "1"))
         if size > 1 and not dist.is_initialized():
+            die_with_parent()  # torchrun starts each rank in a session of its own: a job killed stops them too
             local = int(os.environ.get("LOCAL_RANK", "0"))
             cuda = torch.cuda.is_available() and os.environ.get("R1LAB_DIST_BACKEND", "") != "gloo"
             if cuda:
@@ -129,8 +130,26 @@ def shutdown() -> None:
     _WORLD = None
 
 
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when the process that started it ends (Linux; elsewhere nothing): a
+    launcher killed with ``kill -9`` then takes its training processes with it, instead of leaving them to write
+    the run folder beside the run that resumes it."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the parent was already gone
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def launch(nproc: int, argv: list[str]) -> int:
-    """Run ``r1lab`` with ``argv`` in ``nproc`` processes through torchrun (one machine); returns its exit code."""
+    """Run ``r1lab`` with ``argv`` in ``nproc`` processes through torchrun (one machine); returns its exit code.
+    SIGTERM and SIGINT are passed on to torchrun (which stops its processes); killed outright, this process takes
+    torchrun, and so the training processes, with it."""
+    import signal
     import subprocess
 
     rest, skip = [], False  # torchrun would read --nproc as its own (ambiguous) option; each process knows its world
@@ -143,4 +162,11 @@ def launch(nproc: int, argv: list[str]) -> int:
             rest.append(arg)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "r1lab.cli", *rest]
-    return subprocess.call(command)
+    child = subprocess.Popen(command, preexec_fn=die_with_parent)  # noqa: PLW1509 (no threads here yet)
+    passed_on = {sig: signal.signal(sig, lambda signum, _: child.send_signal(signum))
+                 for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in passed_on.items():
+            signal.signal(sig, handler)

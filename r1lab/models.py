@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -116,6 +117,8 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, lora: dict | None 
     path, gguf_file = _resolve(name)
     if gguf_file is not None:
         model, tokenizer = _load_gguf(path, gguf_file, dtype)
+    elif (Path(path) / SHARDED_STATE).is_dir():
+        model, tokenizer = _load_sharded(Path(path), dtype)
     else:
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
@@ -223,6 +226,29 @@ def _embedded_folder(name: str) -> Path:
     return folder
 
 
+#: where a step checkpoint of an FSDP run keeps its weights (and AdamW state): torch.distributed.checkpoint shards
+SHARDED_STATE = "sharded"
+
+
+def _load_sharded(folder: Path, dtype: torch.dtype):
+    """``(model, tokenizer)`` from a step checkpoint of an FSDP run: the model built from its ``config.json`` and
+    its weights consolidated from the shards, in this one process."""
+    import torch.distributed.checkpoint as dcp
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=torch.float32)
+    if (folder / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(folder)
+    state = {"model": model.state_dict()}
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(state, checkpoint_id=str(folder / SHARDED_STATE), no_dist=True)
+    model.load_state_dict(state["model"])
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return model.to(dtype), AutoTokenizer.from_pretrained(folder)
+
+
 def _load_gguf(folder, gguf_file: str, dtype: torch.dtype):
     """``(model, tokenizer)`` from a GGUF file, the model de-quantised (:func:`_dequantized`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -306,12 +332,32 @@ def save_checkpoint_together(folder: str | Path, world, write_part: Callable[[Pa
         if world.main:
             write_rest(partial)
             _publish(partial, folder, meta)
-    except BaseException as e:
+    except Exception as e:
+        if not _peer_failed(e):
+            if world.main:
+                _give_up(e, partial, folder)
+            raise
         if world.main:
-            _give_up(e, partial, folder)
+            shutil.rmtree(partial, ignore_errors=True)
+        raise RuntimeError(f"the checkpoint {folder} was not written: another process of the run failed or stopped "
+                           f"while writing it ({type(e).__name__}: {str(e)[:200]}); nothing was replaced; see that "
+                           "process's error, then resume") from e
+    except BaseException:
+        if world.main:
+            shutil.rmtree(partial, ignore_errors=True)
         raise
     world.barrier()
     return folder
+
+
+def _peer_failed(e: Exception) -> bool:
+    """A collective that failed because another process did (a lost connection), or a distributed checkpoint write
+    that failed on another process, rather than this process's own write."""
+    import torch.distributed as dist
+
+    text = str(e).lower()
+    return isinstance(e, dist.DistError) or type(e).__name__ == "CheckpointException" or "gloo" in text \
+        or "nccl" in text or "connection reset" in text or "connection closed" in text
 
 
 def _fresh_partial(folder: Path) -> Path:

@@ -26,8 +26,13 @@ from pathlib import Path
 import torch
 
 from r1lab import packing
+from r1lab.models import SHARDED_STATE
 
-SHARDED = "sharded"  #: the torch.distributed.checkpoint folder inside a step checkpoint
+SHARDED = SHARDED_STATE  #: the torch.distributed.checkpoint folder inside a step checkpoint
+ONE_PROCESS = ("parallel=fsdp shards the model over processes: start it with --nproc N (N >= 2) or under torchrun, "
+               "or use --parallel replicate in one process")
+ONE_PROCESS_RESUME = ("this run was started with --parallel fsdp, and its checkpoints are sharded: resume it with "
+                      "--nproc N (N >= 2, any number: the shards are redistributed)")
 
 
 def shard(model):
@@ -87,6 +92,7 @@ def plain_model(sharded, state: dict):
     from transformers import AutoModelForCausalLM
 
     plain = AutoModelForCausalLM.from_config(sharded.config, dtype=next(iter(state.values())).dtype)
+    plain.generation_config = sharded.generation_config  # its stop tokens and sampling defaults
     missing, unexpected = plain.load_state_dict(state, strict=False)  # a tied head may not be a separate entry
     if getattr(plain.config, "tie_word_embeddings", False):
         plain.tie_weights()

@@ -106,3 +106,27 @@ def test_a_write_that_fails_part_way_says_so_and_leaves_the_old_checkpoint(tiny,
         save_checkpoint(model, tok, folder, meta={"step": 2}, write_extra=disk_full)
     assert json.loads((folder / "r1lab_complete.json").read_text()) == {"step": 1}  # the old one, whole
     assert not list(tmp_path.glob(".ckpt.*"))  # no partial folder left behind
+
+
+def test_activation_checkpointing_trains_in_fp32_on_the_cpu_with_the_same_gradients():
+    """fp32 training on a CPU routes linears through oneDNN inside ``precision``; the backward pass recomputes
+    checkpointed layers outside it, so with checkpointing the plain linears must be used throughout."""
+    from r1lab.models import checkpoint_activations
+    from r1lab.optim import precision
+    from r1lab.packing import pack, token_logprobs
+
+    from conftest import make_tokenizer
+
+    torch.manual_seed(0)
+    plain = make_model(make_tokenizer())
+    recomputing = make_model(make_tokenizer())
+    recomputing.load_state_dict(plain.state_dict())
+    checkpoint_activations(recomputing)
+    packed = pack([([5, 6, 7], [[8, 9, 10], [11, 12]])], pad_id=0)
+    for model in (plain, recomputing):
+        model.train()
+        with precision(model, torch.float32):
+            loss = -token_logprobs(model, packed).sum()
+        loss.backward()  # raised torch.utils.checkpoint.CheckpointError before
+    for (name, a), b in zip(plain.named_parameters(), recomputing.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5), name

@@ -72,9 +72,13 @@ def _forward(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 def applies(model) -> bool:
-    """oneDNN linears for this model: CPU, fp32, and the ops present and correct here."""
+    """oneDNN linears for this model: CPU, fp32, and the ops present and correct here; not with activation
+    checkpointing, whose recomputation in the backward pass runs outside the ``with`` block (the plain linears)
+    and must save what the forward saved."""
     param = next(model.parameters())
-    return param.device.type == "cpu" and param.dtype == torch.float32 and available()
+    recomputes = getattr(model, "is_activation_checkpointing", None)
+    recomputes = getattr(model, "is_gradient_checkpointing", False) if recomputes is None else recomputes
+    return param.device.type == "cpu" and param.dtype == torch.float32 and not recomputes and available()
 
 
 @contextlib.contextmanager

@@ -62,8 +62,7 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
     world = distributed.world()
     cfg = dataclasses.replace(cfg, nproc=world.size) if world.size > 1 else cfg  # what config.yaml records
     if cfg.parallel == "fsdp" and world.size == 1:
-        raise ValueError("parallel=fsdp shards the model over processes: start it with --nproc N (N >= 2) or under "
-                         "torchrun, or use --parallel replicate in one process")
+        raise ValueError(sharding.ONE_PROCESS if not cfg.resume else sharding.ONE_PROCESS_RESUME)
     run = Path(cfg.out)
     run_folder.check_run(run, cfg)
     if cfg.resume and run_folder.is_finished(run):
@@ -212,6 +211,8 @@ def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
 
 # -------------------------------------------------------------------------------------------- advantages
 def set_advantages(groups: list[Group], estimator: str) -> None:
+    if not groups:  # a process with no prompt this step (fewer prompts than processes)
+        return
     rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float32)  # (P, G)
     advantages = get_advantage(estimator)(rewards)
     for g, a in zip(groups, advantages.tolist()):

@@ -119,7 +119,8 @@ def save(run: Path, model, tokenizer, optimizer, scheduler, state, step: int, cf
     if sharded:
         def rest(partial: Path) -> None:
             tokenizer.save_pretrained(partial)
-            model.config.save_pretrained(partial)
+            model.config.save_pretrained(partial)  # with the shards: what r1lab.models.load_model needs
+            model.generation_config.save_pretrained(partial)
             extra(partial)
 
         save_checkpoint_together(folder, world, lambda partial: sharding.save_state(partial / sharding.SHARDED,

@@ -41,8 +41,7 @@ def train_sft(cfg: SftConfig, progress: bool = True) -> dict:
     world = distributed.world()  # under torchrun: each process trains on its share of every step's rows
     cfg = dataclasses.replace(cfg, nproc=world.size) if world.size > 1 else cfg  # what config.yaml records
     if cfg.parallel == "fsdp" and world.size == 1:
-        raise ValueError("parallel=fsdp shards the model over processes: start it with --nproc N (N >= 2) or under "
-                         "torchrun, or use --parallel replicate in one process")
+        raise ValueError(sharding.ONE_PROCESS)
     use_threads(world.threads(cfg.threads))
     run = Path(cfg.out)
     check_run_folder(run, SftConfig)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from r1lab.models import save_checkpoint
+from r1lab.models import load_model, save_checkpoint
 
 from conftest import make_model, make_tokenizer
 
@@ -93,6 +93,8 @@ def test_two_processes_train_what_one_does_on_the_same_batch(tmp_path, parallel)
         assert {"sharded/__0_0.distcp", "sharded/__1_0.distcp", "sharded/.metadata", "trainer_state.pt",
                 "r1lab_complete.json"} <= set(saved)
         assert not any(f.endswith(".safetensors") for f in saved)  # the weights are in the shards
+    loaded, _ = load_model(str(two / "checkpoints" / "step-000003"))  # the shards, consolidated in one process
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in weights_two.items())  # = final/ (same step)
     for a, b in zip(metrics_one, metrics_two):  # each rank holds half the weights, gradients and AdamW moments
         assert b["memory/train_state_mb"] == pytest.approx(a["memory/train_state_mb"] / 2, rel=0.05)
         assert len(b["memory/peak_mb_by_rank"]) == 2
@@ -101,7 +103,9 @@ def test_two_processes_train_what_one_does_on_the_same_batch(tmp_path, parallel)
 @pytest.mark.parametrize("parallel", ["replicate", "fsdp"])
 def test_two_processes_fine_tune_what_one_does(tmp_path, parallel):
     tok = make_tokenizer()
-    model = str(save_checkpoint(make_model(tok), tok, tmp_path / "tiny"))
+    base = make_model(tok)
+    base.generation_config.update(eos_token_id=[1, 2], do_sample=True, temperature=0.6, top_p=0.95)
+    model = str(save_checkpoint(base, tok, tmp_path / "tiny"))
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"What is {i} + {i % 7}?", "response": f"It is {i + i % 7}."}) + "\n"
                             for i in range(40)))
@@ -126,6 +130,9 @@ def test_two_processes_fine_tune_what_one_does(tmp_path, parallel):
                        for k, v in load_file(tmp_path / "one" / "final" / "model.safetensors").items()])
     assert diffs.max() <= 1e-3 and (diffs > 1e-5).float().mean() < 1e-3  # as above: Adam, lr 1e-3
     assert files(tmp_path / "two") == files(tmp_path / "one")
+    config = [json.loads((tmp_path / run / "final" / "generation_config.json").read_text()) for run in ("one", "two")]
+    assert config[0] == config[1] and config[1]["eos_token_id"] == [1, 2]  # the base model's stop tokens and
+    # sampling defaults, whichever way it trained
 
 
 @pytest.mark.parametrize("command", ["zero", "sft"])

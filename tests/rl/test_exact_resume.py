@@ -13,6 +13,9 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import pytest
 
 from r1lab.models import save_checkpoint
 
@@ -89,18 +92,40 @@ def test_five_kills_at_random_moments_change_nothing(tmp_path):
     assert killed["weights"] == expected["weights"]
 
 
+def running(folder) -> list[int]:
+    """Processes whose command line names ``folder`` (a run's --out)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(folder) in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_kill_under_torchrun_changes_nothing(tmp_path):
-    """One SIGKILL to the whole torchrun job (launcher and both ranks) of a sharded (FSDP2) run, then `--resume`:
-    the same outcome as the same 2-process run never stopped. The resumed run reads each rank's shards of the weights
-    and AdamW state back from the torch.distributed.checkpoint folder."""
+    """SIGKILL to the `r1lab zero --nproc 2` job (the launcher and torchrun) of a sharded (FSDP2) run, mid-run: the
+    ranks, which torchrun starts in sessions of their own, die with it; `--resume` then ends as the same 2-process
+    run never stopped, bit for bit, reading each rank's shards of the weights and AdamW state back."""
     tok = make_tokenizer()
     model = str(save_checkpoint(make_model(tok, layers=2, hidden=32), tok, tmp_path / "tiny"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    flags = ["--steps", "6", "--nproc", "2", "--parallel", "fsdp"]
+    plugin = tmp_path / "plugin"  # a reward a random model gets signal from, so that every step trains
+    plugin.mkdir()
+    (plugin / "sitecustomize.py").write_text(
+        "from r1lab.rewards import register\n"
+        "register('test_digit_share')(lambda completion, **_: sum(c.isdigit() for c in completion) / "
+        "max(1, len(completion)))\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(plugin), os.environ.get("PYTHONPATH")]))}
+    flags = ["--steps", "6", "--nproc", "2", "--parallel", "fsdp", "--rewards", "{test_digit_share: 1.0}"]
 
     straight = tmp_path / "straight"
     done = subprocess.run(command(model, straight) + flags, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    trained = [json.loads(line)["trained_groups"] for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert all(n > 0 for n in trained), trained  # every step updates the weights and AdamW
 
     run = tmp_path / "killed"
     child = subprocess.Popen(command(model, run) + flags, env=env, stdout=subprocess.DEVNULL,
@@ -110,8 +135,12 @@ def test_a_kill_under_torchrun_changes_nothing(tmp_path):
         time.sleep(0.01)
     time.sleep(random.Random(7).uniform(0, 0.3))
     assert child.poll() is None, "the run ended before it could be killed"
-    os.killpg(child.pid, signal.SIGKILL)
+    os.killpg(child.pid, signal.SIGKILL)  # the launcher's session: it and torchrun, not the ranks themselves
     child.wait(timeout=60)
+    deadline = time.monotonic() + 10
+    while running(run) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(run), "training processes outlived the killed job"
     killed_after = logged_steps(run)
     assert killed_after < 6
 
