@@ -14,7 +14,7 @@ LAYERS = {
         "r1lab.packing"],  # packing: pure torch (sequence packing, log-probs), used by SFT, GRPO and reward models
     1: ["r1lab.sandbox", "r1lab.rewards", "r1lab.tasks"],
     2: ["r1lab.engine"],
-    3: ["r1lab.rollout", "r1lab.optim", "r1lab.runs", "r1lab.distributed"],
+    3: ["r1lab.rollout", "r1lab.optim", "r1lab.runs", "r1lab.distributed", "r1lab.sharding"],
     4: ["r1lab.rl", "r1lab.sft", "r1lab.evaluate", "r1lab.serve", "r1lab.rm", "r1lab.export"],
     5: ["r1lab.cli", "r1lab.__main__", "r1lab.pipeline"],
 }
