@@ -28,8 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-TIMINGS = {"seconds", "seconds_generate", "seconds_total", "seconds_per_step",  # measured, not computed
-           "memory/peak_mb", "memory/peak_mb_by_rank"}
+from r1lab.rl.run import results as outcome
 
 
 def command(out: Path, steps: int, nproc: int, extra: list[str]) -> list[str]:
@@ -42,25 +41,6 @@ def logged_steps(out: Path) -> int:
         return len((out / "metrics.jsonl").read_text().splitlines())
     except OSError:
         return 0
-
-
-def without_timings(value):
-    if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if k not in TIMINGS}
-    if isinstance(value, list):
-        return [without_timings(v) for v in value]
-    return value
-
-
-def outcome(out: Path) -> dict:
-    summary = json.loads((out / "summary.json").read_text())
-    for key in ("resume", "out"):
-        summary["config"].pop(key)
-    summary.pop("checkpoint")
-    return {"metrics": [without_timings(json.loads(line)) for line in (out / "metrics.jsonl").read_text().splitlines()],
-            "samples": (out / "samples.jsonl").read_bytes(),
-            "summary": without_timings(summary),
-            "weights": (out / "final" / "model.safetensors").read_bytes()}
 
 
 def main() -> int:

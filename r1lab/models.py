@@ -239,11 +239,9 @@ def _load_sharded(folder: Path, dtype: torch.dtype):
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=torch.float32)
     if (folder / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(folder)
-    state = {"model": model.state_dict()}
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
         warnings.simplefilter("ignore", UserWarning)
-        dcp.load(state, checkpoint_id=str(folder / SHARDED_STATE), no_dist=True)
-    model.load_state_dict(state["model"])
+        dcp.load({"model": model.state_dict()}, checkpoint_id=str(folder / SHARDED_STATE), no_dist=True)  # in place
     if getattr(model.config, "tie_word_embeddings", False):
         model.tie_weights()
     return model.to(dtype), AutoTokenizer.from_pretrained(folder)

@@ -5,7 +5,8 @@ PyTorch's own ``fully_shard`` does the sharding (each decoder layer a unit, then
 all-gathers a layer's weights just before it runs and frees them after; a backward reduce-scatters the gradients,
 summed (not averaged: r1lab's losses already weight tokens over the whole batch, :mod:`r1lab.distributed`). Since
 every forward and backward is then a collective, the processes must run as many of them as each other: the trainers
-pad their micro-batches to the longest process's count (:func:`filler_count`).
+pad their micro-batches to the longest process's count (:func:`filler_count`), and :func:`sum_gradients` leaves
+the reduction to FSDP.
 
 Generation does not run on the sharded model (its steps differ per process, and the engine reads the weights
 directly). Each process keeps a plain full copy of the policy for its engine, refreshed after every update by
@@ -28,7 +29,6 @@ import torch
 from r1lab import packing
 from r1lab.models import SHARDED_STATE
 
-SHARDED = SHARDED_STATE  #: the torch.distributed.checkpoint folder inside a step checkpoint
 ONE_PROCESS = ("parallel=fsdp shards the model over processes: start it with --nproc N (N >= 2) or under torchrun, "
                "or use --parallel replicate in one process")
 ONE_PROCESS_RESUME = ("this run was started with --parallel fsdp, and its checkpoints are sharded: resume it with "
@@ -65,9 +65,23 @@ def is_sharded(model) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def filler_count(count: int, world) -> int:
-    """How many empty micro-batches this process adds so that every process runs as many as the busiest."""
-    return world.max(count) - count
+def check_processes(parallel: str, world, resume: bool = False) -> None:
+    """Refuse ``parallel=fsdp`` in a single process, saying how to start more."""
+    if parallel == "fsdp" and world.size == 1:
+        raise ValueError(ONE_PROCESS_RESUME if resume else ONE_PROCESS)
+
+
+def filler_count(count: int, world, model) -> int:
+    """How many empty micro-batches this process adds to its ``count`` so that every process runs as many passes
+    as the busiest: none for a model that is not sharded (its passes are its own)."""
+    return world.max(count) - count if is_sharded(model) else 0
+
+
+def sum_gradients(model, world) -> None:
+    """Every process's gradient becomes the whole batch's: all-reduced for a replicated model; a sharded model's
+    backward has already summed them (each process keeping its shard)."""
+    if not is_sharded(model):
+        world.sum_gradients(model.parameters())
 
 
 @torch.no_grad()
@@ -126,7 +140,7 @@ def load_state(folder: Path, model, optimizer) -> None:
 
 
 def is_sharded_checkpoint(folder: Path | None) -> bool:
-    return folder is not None and (Path(folder) / SHARDED).is_dir()
+    return folder is not None and (Path(folder) / SHARDED_STATE).is_dir()
 
 
 def held_bytes(model, optimizer) -> dict:
@@ -136,7 +150,7 @@ def held_bytes(model, optimizer) -> dict:
         t = t.to_local() if hasattr(t, "to_local") else t
         return t.numel() * t.element_size()
 
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     optim = [v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor) and v.dim() > 0]
     return {"weights": sum(local(p) for p in params), "gradients": sum(local(p.grad) for p in params
                                                                        if p.grad is not None),

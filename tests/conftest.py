@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import string
 
@@ -79,3 +80,16 @@ def tiny_sft_run(folder) -> tuple[str, str]:
     data.write_text("".join(json.dumps({"prompt": f"What is {i}+1?", "response": f"<answer>{i + 1}</answer>"}) + "\n"
                             for i in range(40)))
     return str(model_path), str(data)
+
+
+def digit_reward_env(folder) -> dict:
+    """The environment for r1lab subprocesses (one thread each) in which the reward ``test_digit_share`` (the share of
+    digits in a completion: a random tiny model gets signal from it) is registered, through a ``sitecustomize.py``
+    in ``folder`` that every process started with it imports (torchrun's ranks too)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(
+        "from r1lab.rewards import register\n"
+        "register('test_digit_share')(lambda completion, **_: sum(c.isdigit() for c in completion) / "
+        "max(1, len(completion)))\n")
+    return {**os.environ, "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}

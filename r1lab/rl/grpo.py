@@ -61,8 +61,7 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
     cfg.validate()
     world = distributed.world()
     cfg = dataclasses.replace(cfg, nproc=world.size) if world.size > 1 else cfg  # what config.yaml records
-    if cfg.parallel == "fsdp" and world.size == 1:
-        raise ValueError(sharding.ONE_PROCESS if not cfg.resume else sharding.ONE_PROCESS_RESUME)
+    sharding.check_processes(cfg.parallel, world, cfg.resume)
     run = Path(cfg.out)
     run_folder.check_run(run, cfg)
     if cfg.resume and run_folder.is_finished(run):
@@ -241,11 +240,9 @@ def update_policy(model, reference, optimizer, groups: list[Group], cfg: ZeroCon
     packs = [pack([(groups[i].prompt_ids, [c.token_ids for c in groups[i].completions]) for i in mb], pad_id)
              for mb in micro_batches]
     index = [torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in mb]).to(device) for mb in micro_batches]
-    sharded = sharding.is_sharded(model)
-    if sharded:  # FSDP's passes are collectives: run as many as the busiest process, the extra ones on one pad token
-        for _ in range(sharding.filler_count(len(packs), world)):
-            packs.append(pack([([pad_id], [[pad_id]])], pad_id))
-            index.append(None)
+    for _ in range(sharding.filler_count(len(packs), world, model)):  # FSDP's passes are collectives: as many as
+        packs.append(pack([([pad_id], [[pad_id]])], pad_id))  # the busiest process, the extra ones on a pad token
+        index.append(None)
 
     # The "old" policy is the trainer's own view of the weights that sampled: in bf16 the sampler's log-probs
     # differ from it. With one update per batch it is the first pass's detached log-probs (no extra forward).
@@ -288,21 +285,21 @@ def update_policy(model, reference, optimizer, groups: list[Group], cfg: ZeroCon
             loss_sum += loss.item()
             totals["clip_frac"] += stats["clip_frac"].item() / cfg.updates_per_batch
             totals["kl"] += stats.get("kl", torch.tensor(0.0)).item() / cfg.updates_per_batch
-        if not sharded:  # (FSDP's backward has summed them already, each process keeping its shard)
-            world.sum_gradients(model.parameters())  # the whole batch's gradient on every process
+        sharding.sum_gradients(model, world)  # the whole batch's gradient on every process
         grad_norm = clip_and_step(model, optimizer, cfg.max_grad_norm, scaler)
         totals["loss"] += world.sum(loss_sum) / cfg.updates_per_batch
         totals["grad_norm"] += grad_norm / cfg.updates_per_batch
     totals["clip_frac"], totals["kl"] = world.sum(totals["clip_frac"]), world.sum(totals["kl"])
     totals["trained_groups"] = int(world.sum(len(active)))
-    gap = torch.cat(world.gather(torch.cat(gaps).cpu() if gaps else torch.zeros(0)))
+    parts = world.gather((torch.cat(gaps).cpu() if gaps else torch.zeros(0), sharding.peak_memory_mb(device),
+                          sum(sharding.held_bytes(model, optimizer).values())))  # (gaps, peak MiB, bytes held)
+    gap = torch.cat([part for part, _, _ in parts])
     gap = gap if gap.numel() else torch.zeros(1)
     totals["logprob_gap_mean"], totals["logprob_gap_max"] = gap.mean().item(), gap.max().item()
-    memory = world.gather((sharding.peak_memory_mb(device), sum(sharding.held_bytes(model, optimizer).values())))
-    totals["memory/peak_mb"] = max(peak for peak, _ in memory)  # the busiest process's
-    totals["memory/train_state_mb"] = max(held for _, held in memory) / 2**20  # weights, grads, AdamW (its shards)
+    totals["memory/peak_mb"] = max(peak for _, peak, _ in parts)  # the busiest process's
+    totals["memory/train_state_mb"] = max(held for _, _, held in parts) / 2**20  # weights, grads, AdamW (its shards)
     if world.size > 1:
-        totals["memory/peak_mb_by_rank"] = [round(peak, 1) for peak, _ in memory]
+        totals["memory/peak_mb_by_rank"] = [round(peak, 1) for _, peak, _ in parts]
     return totals
 
 

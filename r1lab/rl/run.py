@@ -5,6 +5,7 @@ synced line per step), ``checkpoints/step-N/`` (the last ``keep_checkpoints``, w
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import shutil
 from pathlib import Path
@@ -15,7 +16,7 @@ from r1lab import distributed, sharding
 from r1lab.config import ZeroConfig, save_config
 from r1lab.console import say
 from r1lab.files import append_jsonl, read_log, write_jsonl
-from r1lab.models import is_complete_checkpoint, save_checkpoint, save_checkpoint_together
+from r1lab.models import SHARDED_STATE, is_complete_checkpoint, save_checkpoint, save_checkpoint_together
 from r1lab.plots import plot_curves
 from r1lab.runs import RESUME_MAY_CHANGE, check_run_folder, check_same_config
 
@@ -80,6 +81,29 @@ def _step_of(checkpoint: Path) -> int:
     return int(checkpoint.name.split("-")[1])
 
 
+#: what a run measures of the machine it ran on rather than computes: left out of :func:`results`
+MEASURED = {"seconds", "seconds_generate", "seconds_total", "seconds_per_step", "memory/peak_mb",
+            "memory/peak_mb_by_rank"}
+
+
+def results(run: Path) -> dict:
+    """What a finished run computed: its metrics, samples, summary and final weights (bytes), without what it
+    measured (:data:`MEASURED`) or where it was written. Two runs of the same settings and seed that round alike
+    (``--threads 1``) have equal results, however often they were killed and resumed."""
+    def computed(value):
+        if isinstance(value, dict):
+            return {k: computed(v) for k, v in value.items() if k not in MEASURED}
+        return [computed(v) for v in value] if isinstance(value, list) else value
+
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("resume", "out"):
+        summary["config"].pop(key)
+    summary.pop("checkpoint")
+    return {"metrics": [computed(json.loads(line)) for line in (run / "metrics.jsonl").read_text().splitlines()],
+            "samples": (run / "samples.jsonl").read_bytes(), "summary": computed(summary),
+            "weights": (run / "final" / "model.safetensors").read_bytes()}
+
+
 def read_metrics(run: Path) -> list[dict]:
     """The logged steps, with ``null`` (a mean over nothing) read back as NaN."""
     rows = read_log(run / "metrics.jsonl")
@@ -94,7 +118,7 @@ def load_trainer_state(checkpoint: Path | None, optimizer, scheduler, model=None
         return {}
     saved = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
     if sharding.is_sharded_checkpoint(checkpoint):
-        sharding.load_state(checkpoint / sharding.SHARDED, model, optimizer)
+        sharding.load_state(checkpoint / SHARDED_STATE, model, optimizer)
     else:
         optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
@@ -123,7 +147,7 @@ def save(run: Path, model, tokenizer, optimizer, scheduler, state, step: int, cf
             model.generation_config.save_pretrained(partial)
             extra(partial)
 
-        save_checkpoint_together(folder, world, lambda partial: sharding.save_state(partial / sharding.SHARDED,
+        save_checkpoint_together(folder, world, lambda partial: sharding.save_state(partial / SHARDED_STATE,
                                                                                      model, optimizer),
                                  rest, meta={**meta, "sharded": True})
     elif world.main:

@@ -40,8 +40,7 @@ def train_sft(cfg: SftConfig, progress: bool = True) -> dict:
     cfg.validate()
     world = distributed.world()  # under torchrun: each process trains on its share of every step's rows
     cfg = dataclasses.replace(cfg, nproc=world.size) if world.size > 1 else cfg  # what config.yaml records
-    if cfg.parallel == "fsdp" and world.size == 1:
-        raise ValueError(sharding.ONE_PROCESS)
+    sharding.check_processes(cfg.parallel, world)
     use_threads(world.threads(cfg.threads))
     run = Path(cfg.out)
     check_run_folder(run, SftConfig)
@@ -151,17 +150,14 @@ def sft_step(model, optimizer, rows, pad_id: int, max_grad_norm: float, dtype: t
     n_tokens = sum(len(r) for row in rows for _, r in row)
     total = 0.0
     mine = [row for _, row in world.share(rows)]
-    sharded = sharding.is_sharded(model)
-    if sharded:  # FSDP's passes are collectives: as many as the busiest process, the extra ones on one pad token
-        mine += [None] * sharding.filler_count(len(mine), world)
+    mine += [None] * sharding.filler_count(len(mine), world, model)  # FSDP: as many passes as the busiest process
     for row in mine:
         with precision(model, dtype):
             logprobs = token_logprobs(model, pack_samples([row or [([pad_id], [pad_id])]], pad_id))
         loss = -logprobs.sum() / n_tokens if row is not None else logprobs.sum() * 0.0
         (scaler.scale(loss) if scaler is not None else loss).backward()
         total += loss.item()
-    if not sharded:  # (FSDP's backward has summed them already, each process keeping its shard)
-        world.sum_gradients(model.parameters())
+    sharding.sum_gradients(model, world)
     total = world.sum(total)
     clip_and_step(model, optimizer, max_grad_norm, scaler)
     optimizer.zero_grad(set_to_none=True)

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from r1lab.models import load_model, save_checkpoint
 
-from conftest import make_model, make_tokenizer
+from conftest import digit_reward_env, make_model, make_tokenizer
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without torch.distributed")
 
@@ -43,14 +43,7 @@ def outside_checkpoints(folder):
 def test_two_processes_train_what_one_does_on_the_same_batch(tmp_path, parallel):
     tok = make_tokenizer()
     model = str(save_checkpoint(make_model(tok), tok, tmp_path / "tiny"))
-    plugin = tmp_path / "plugin"  # a reward a random model gets signal from, registered in every process it starts
-    plugin.mkdir()
-    (plugin / "sitecustomize.py").write_text(
-        "from r1lab.rewards import register\n"
-        "register('test_digit_share')(lambda completion, **_: sum(c.isdigit() for c in completion) / "
-        "max(1, len(completion)))\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(plugin), os.environ.get("PYTHONPATH")]))}
+    env = digit_reward_env(tmp_path / "plugin")  # a reward a random model gets signal from, in every process
     one, two = tmp_path / "one", tmp_path / "two"
     single = subprocess.run([sys.executable, "-m", "r1lab.cli", *zero_flags(model, one)], env=env,
                             capture_output=True, text=True, timeout=300)

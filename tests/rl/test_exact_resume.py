@@ -18,16 +18,14 @@ from pathlib import Path
 import pytest
 
 from r1lab.models import save_checkpoint
+from r1lab.rl.run import results as outcome
 
-from conftest import make_model, make_tokenizer
-
-TIMINGS = {"seconds", "seconds_generate", "seconds_total", "seconds_per_step",  # measured, not computed
-           "memory/peak_mb", "memory/peak_mb_by_rank"}
+from conftest import digit_reward_env, make_model, make_tokenizer
 
 
 def command(model, out):
     return [sys.executable, "-m", "r1lab.cli", "zero", "--model", model, "--task-args", "{n_train: 60, n_test: 4}",
-            "--template", "native", "--rewards", "{format: 0.5, tag_count: 0.5}", "--steps", "12",
+            "--template", "native", "--rewards", "{test_digit_share: 1.0}", "--steps", "12",
             "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "12", "--eval-examples", "2",
             "--eval-max-new-tokens", "4", "--warmup-steps", "2", "--lr", "1e-3", "--save-every", "1",
             "--keep-checkpoints", "2", "--threads", "1", "--out", str(out)]
@@ -40,30 +38,15 @@ def logged_steps(out) -> int:
         return 0
 
 
-def without_timings(value):
-    if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if k not in TIMINGS}
-    if isinstance(value, list):
-        return [without_timings(v) for v in value]
-    return value
-
-
-def outcome(out) -> dict:
-    summary = json.loads((out / "summary.json").read_text())
-    summary["config"].pop("resume"), summary["config"].pop("out"), summary.pop("checkpoint")
-    return {"metrics": [without_timings(json.loads(line)) for line in (out / "metrics.jsonl").read_text().splitlines()],
-            "samples": (out / "samples.jsonl").read_bytes(),
-            "summary": without_timings(summary),
-            "weights": (out / "final" / "model.safetensors").read_bytes()}
-
-
 def test_five_kills_at_random_moments_change_nothing(tmp_path):
     tok = make_tokenizer()
     model = str(save_checkpoint(make_model(tok, layers=2, hidden=32), tok, tmp_path / "tiny"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = digit_reward_env(tmp_path / "plugin")  # a reward a random model gets signal from: every step trains
 
     straight = tmp_path / "straight"
     subprocess.run(command(model, straight), check=True, env=env, capture_output=True, timeout=300)
+    trained = [json.loads(line)["trained_groups"] for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert all(n > 0 for n in trained), trained  # every step updates the weights and AdamW
 
     run, rng, kills = tmp_path / "killed", random.Random(1234), []
     for _ in range(5):
@@ -111,15 +94,8 @@ def test_a_kill_under_torchrun_changes_nothing(tmp_path):
     run never stopped, bit for bit, reading each rank's shards of the weights and AdamW state back."""
     tok = make_tokenizer()
     model = str(save_checkpoint(make_model(tok, layers=2, hidden=32), tok, tmp_path / "tiny"))
-    plugin = tmp_path / "plugin"  # a reward a random model gets signal from, so that every step trains
-    plugin.mkdir()
-    (plugin / "sitecustomize.py").write_text(
-        "from r1lab.rewards import register\n"
-        "register('test_digit_share')(lambda completion, **_: sum(c.isdigit() for c in completion) / "
-        "max(1, len(completion)))\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(plugin), os.environ.get("PYTHONPATH")]))}
-    flags = ["--steps", "6", "--nproc", "2", "--parallel", "fsdp", "--rewards", "{test_digit_share: 1.0}"]
+    env = digit_reward_env(tmp_path / "plugin")  # a reward a random model gets signal from: every step trains
+    flags = ["--steps", "6", "--nproc", "2", "--parallel", "fsdp"]
 
     straight = tmp_path / "straight"
     done = subprocess.run(command(model, straight) + flags, env=env, capture_output=True, text=True, timeout=300)
