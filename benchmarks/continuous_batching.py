@@ -14,8 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from r1lab.engine import SamplingParams
-from r1lab.rollout import open_engine
+from r1lab.engine import SamplingParams, open_engine
 
 
 def lengths(rows: int, long_every: int, max_new: int) -> list[int]:
@@ -58,8 +57,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
 
-    engine = open_engine(args.model, threads=args.threads)
-    engine.max_batch = args.max_rows  # the chunk size with continuous batching off
+    # max_batch: the chunk size with continuous batching off
+    engine = open_engine(args.model, "torch", {"max_batch": args.max_rows}, threads=args.threads)
     topics = ["the sea", "prime numbers", "a red bicycle", "winter", "the moon", "bread", "rivers", "chess"]
     prompts = [engine.encode(f"Write a short story number {i} about {topics[i % len(topics)]}:")
                for i in range(args.rows)]

@@ -70,14 +70,14 @@ import transformers
 from grpo_step import GROUP, LR, MAX_NEW, PROMPTS, TEMPERATURE, matmul_gflops, workload
 
 from r1lab.config import ZeroConfig
-from r1lab.engine import Completion, SamplingParams, TorchEngine
+from r1lab.engine import Completion, Prompt, SamplingParams, TorchEngine, open_engine
 from r1lab.files import write_json
 from r1lab.models import DTYPES, load_model, resolve_device, resolve_dtype, use_threads
 from r1lab.optim import make_optimizer
 from r1lab.packing import pack, pack_samples
 from r1lab.rewards import register
 from r1lab.rl import grpo
-from r1lab.rollout import Group, build_rewards, generate_groups, open_engine, score_group
+from r1lab.rollout import Group, build_rewards, generate_groups, score_group
 from r1lab.sft.data import pack_rows
 from r1lab.sft.trainer import sft_step
 from r1lab.tasks import get_task
@@ -327,7 +327,7 @@ def sample_groups(engine, batch, params: SamplingParams, task, rewards) -> list[
 
 def grpo_r1lab(args, device, dtype_name: str, task, reward: str) -> dict:
     model, tok = grpo_model(args, device)
-    engine = open_engine((model, tok), device=str(device), dtype=dtype_name, train=True)
+    engine = open_engine((model, tok), "torch", device=str(device), dtype=dtype_name, train=True)
     cfg = ZeroConfig(prompts_per_step=PROMPTS, group_size=GROUP, max_new_tokens=MAX_NEW, temperature=TEMPERATURE,
                      beta=0.0, updates_per_batch=1, lr=LR, warmup_steps=0, stop=[], rewards={reward: 1.0},
                      device=str(device), dtype=dtype_name)
@@ -455,7 +455,7 @@ def grpo_update(model, device, dtype_name: str, sizes: dict):
     for i in range(sizes["groups"]):
         completions = [Completion(i, torch.randint(2, vocab, (C,), generator=gen).tolist(), [-math.log(vocab)] * C,
                                   "length") for _ in range(G)]
-        groups.append(Group(example={}, prompt_ids=torch.randint(2, vocab, (P,), generator=gen).tolist(), prefill="",
+        groups.append(Group(example={}, prompt=Prompt(tuple(torch.randint(2, vocab, (P,), generator=gen).tolist())),
                             completions=completions, advantages=[1.0 if k % 2 else -1.0 for k in range(G)]))
     cfg = ZeroConfig(beta=0.0, updates_per_batch=1, group_size=G, device=str(device), dtype=dtype_name)
     optimizer, _ = make_optimizer(model, cfg.lr, cfg.weight_decay, 0, 10, "constant")

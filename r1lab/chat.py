@@ -106,8 +106,7 @@ def render(messages: list[dict], template: str, tokenizer=None, prefill: str | N
             raise ValueError(f"template {template!r} needs a tokenizer with a chat template; "
                              "use template=r1zero or template=r1 for models without one")
         if template == "native-zero":
-            last = {"role": "user", "content": f"{R1ZERO_INSTRUCTION}\n\n{messages[-1]['content']}"}
-            messages = messages[:-1] + [last]
+            messages = with_zero_instruction(messages)
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         default_prefill = ""
     else:
@@ -116,6 +115,17 @@ def render(messages: list[dict], template: str, tokenizer=None, prefill: str | N
     opened = re.search(r"<think>\s*$", text) if template in ("native", "native-zero") else None
     opener = text[opened.start():] if opened else ""  # e.g. DeepSeek-R1-Distill's template ends with <think>\n
     return Rendered(text=text + prefill, prefill=opener + prefill)
+
+
+def with_zero_instruction(messages: list[dict]) -> list[dict]:
+    """``native-zero``'s conversation: the R1-Zero instruction before the last user turn's text (for a model's own
+    chat template, here or in a server).
+
+    >>> text = with_zero_instruction([{"role": "user", "content": "2+3?"}])[0]["content"]
+    >>> text.startswith("A conversation between User and Assistant."), text.endswith("</answer>.\\n\\n2+3?")
+    (True, True)
+    """
+    return messages[:-1] + [{"role": "user", "content": f"{R1ZERO_INSTRUCTION}\n\n{messages[-1]['content']}"}]
 
 
 def _r1zero(messages: list[dict]) -> str:

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
         print(f"\nr1lab {command}: {str(e) or INTERRUPTED.get(command, 'interrupted')}", file=sys.stderr)
         return 130
-    except (OSError, KeyError, ValueError) as e:  # input, a file, a server: say what to fix
+    except (OSError, KeyError, ValueError, ImportError) as e:  # input, a file, a server, a package: say what to fix
         if os.environ.get("R1LAB_DEBUG"):
             raise
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
@@ -179,10 +179,11 @@ def serve(argv: list[str]) -> int:
     cfg = config.load_config(config.ServeConfig, _model_first(argv), prog="r1lab serve")
     import uvicorn
 
-    from r1lab.rollout import open_engine
+    from r1lab.engine import open_engine
     from r1lab.serve.app import create_app
 
-    app = create_app(open_engine(cfg.model, cfg.threads, device=cfg.device, dtype=cfg.dtype), cfg.model, cfg.template,
+    engine = open_engine(cfg.model, cfg.engine, cfg.engine_args, cfg.threads, device=cfg.device, dtype=cfg.dtype)
+    app = create_app(engine, cfg.model, cfg.template,
                      api_key=cfg.api_key or os.environ.get("R1LAB_API_KEY"), max_pending=cfg.max_pending,
                      max_batch_rows=cfg.max_batch_rows, max_n=cfg.max_n, default_max_tokens=cfg.max_tokens)
     print(f"r1lab serve: {cfg.model} at http://{cfg.host}:{cfg.port}/ (chat page) and "
@@ -192,11 +193,12 @@ def serve(argv: list[str]) -> int:
 
 
 def chat(argv: list[str]) -> int:
-    from r1lab.rollout import open_engine
+    from r1lab.engine import open_engine
     from r1lab.serve.terminal import chat_loop
 
     cfg = config.load_config(config.ChatConfig, _model_first(argv), prog="r1lab chat")
-    chat_loop(open_engine(cfg.model, cfg.threads, device=cfg.device, dtype=cfg.dtype), cfg)
+    chat_loop(open_engine(cfg.model, cfg.engine, cfg.engine_args, cfg.threads, device=cfg.device, dtype=cfg.dtype),
+              cfg)
     return 0
 
 

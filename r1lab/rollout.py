@@ -1,35 +1,25 @@
 """The rollout layer: prompts, sampling settings and a Task in; sampled, scored groups out.
 
-Every stage that samples from a model goes through here, so they all render prompts, generate and judge the
-same way: GRPO's training groups (:func:`generate_groups`, :func:`score_group`) and its held-out evaluation,
-``r1lab eval`` and ``r1lab sample`` (:func:`sample_problems`, resumable through :func:`sample_in_batches`), cold
-start from a model and distillation from a local teacher. :func:`open_engine` is how every command gets an engine;
-GRPO samples through :func:`rollout_engine` (the same engine, or vLLM beside the trainer) and updates inside
-:func:`policy_update`.
+Every stage that samples from a model goes through here, so they all make prompts, generate and judge the
+same way, whichever engine samples (:mod:`r1lab.engine.registry`: torch, vLLM, an OpenAI-compatible endpoint):
+GRPO's training groups (:func:`generate_groups`, :func:`score_group`) and its held-out evaluation, ``r1lab eval``
+and ``r1lab sample`` (:func:`sample_problems`, resumable through :func:`sample_in_batches`), cold start from a
+model and distillation.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import inspect
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 
-import torch
-
-from r1lab.chat import render
 from r1lab.config import reward_spec_problems
-from r1lab.console import progress as progress_bar, say
-from r1lab.engine import Completion, SamplingParams, TorchEngine, VllmEngine
-from r1lab.engine.vllm_engine import policy_weights
+from r1lab.console import progress as progress_bar
+from r1lab.engine import Completion, Prompt, SamplingParams
 from r1lab.files import append_jsonl, write_atomic, write_json
-from r1lab.models import load_model, resolve_device, resolve_dtype, use_threads
 from r1lab.rewards import REWARDS, get_reward, score
 from r1lab.rewards.judge import judge_reward
 from r1lab.rewards.reward_model import model_reward
@@ -37,8 +27,6 @@ from r1lab.runs import refuse_changed
 from r1lab.tasks.answers import closed_part, extract_answer
 from r1lab.tasks.base import question_text
 
-#: batch ``b`` of a seeded run samples with seed ``seed * BATCH_SEED_STRIDE + b`` (an engine without ``stream_ids``)
-BATCH_SEED_STRIDE = 1_000_003
 #: how :func:`sample_in_batches` seeds samples (recorded with them, so samples seeded otherwise are never mixed in)
 STREAMS = "per problem: (seed, problem index, sample index)"
 
@@ -48,13 +36,25 @@ class Group:
     """One prompt and the G completions sampled for it, with their scores."""
 
     example: dict
-    prompt_ids: list[int]
-    prefill: str
+    prompt: Prompt
     completions: list[Completion]
     rewards: list[float] = field(default_factory=list)  # weighted total per completion
     per_reward: dict[str, list[float | None]] = field(default_factory=dict)
     advantages: list[float] = field(default_factory=list)
-    thinking: bool = False  # the prompt opened the think block, so each reply starts inside it
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        return list(self.prompt.token_ids)
+
+    @property
+    def prefill(self) -> str:
+        """The forced start of every reply (its text is part of each response)."""
+        return self.prompt.prefill
+
+    @property
+    def thinking(self) -> bool:
+        """The prompt opened the think block, so each reply starts inside it."""
+        return self.prompt.thinking
 
     @property
     def responses(self) -> list[str]:
@@ -66,79 +66,15 @@ class Group:
         return max(self.rewards) - min(self.rewards) > 1e-6
 
 
-def open_engine(model, threads: int = 0, lora: dict | None = None, device: str = "auto", dtype: str = "auto",
-                train: bool = False) -> TorchEngine:
-    """The engine for ``model``: a name :func:`r1lab.models.load_model` understands (hub id, folder, .gguf, the
-    embedded default), or a loaded ``(model, tokenizer)`` pair, put on ``device``. Torch runs on ``threads`` CPU
-    threads (0: all). The engine decodes in the ``dtype`` precision; the weights are held in it too, except for a
-    model that will be trained (``train``), whose weights stay fp32 (:mod:`r1lab.optim` says why)."""
-    use_threads(threads)
-    where = resolve_device(device)
-    precision = resolve_dtype(dtype, where)
-    held = torch.float32 if train else precision
-    if isinstance(model, str):
-        model, tokenizer = load_model(model, dtype=held, lora=lora, device=where)
-    else:
-        model, tokenizer = model[0].to(where), model[1]
-    return TorchEngine(model, tokenizer, dtype=precision)
-
-
-def rollout_engine(engine: TorchEngine, kind: str = "torch", gpu_memory_utilization: float = 0.3):
-    """What a trainer of ``engine.model`` samples with: ``engine`` itself ("torch": it samples from the very module
-    being trained), or a vLLM engine sharing its GPU ("vllm", :mod:`r1lab.engine.vllm_engine`), built from the
-    folder or hub id the model was loaded from and given the model's current weights (a checkpoint's, LoRA merged).
-    Train inside :func:`policy_update` so the vLLM copy follows the trained weights."""
-    if kind == "torch":
-        return engine
-    if kind != "vllm":
-        raise ValueError(f"engine={kind!r}: choose one of torch, vllm")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError("engine=vllm samples in one process, beside one trainer; under torchrun use --engine torch")
-    model = engine.model
-    source = model.name_or_path
-    if not source or (Path(source).is_dir() and not (Path(source) / "config.json").is_file()):
-        raise ValueError(f"engine=vllm starts vLLM from the HF folder or hub id the policy was loaded from, and "
-                         f"{source!r} is neither (a .gguf's folder?); convert the model to an HF folder, or use "
-                         "--engine torch")
-    sampler = VllmEngine(source, tokenizer=engine.tokenizer, dtype=engine.dtype or "auto",
-                         gpu_memory_utilization=gpu_memory_utilization)
-    sampler.load_weights(policy_weights(model))
-    untempered = "; this vLLM's are untempered, 0.10 or later returns them tempered" * (
-        sampler.logprobs_mode == "raw_logprobs")
-    say(f"sampling with vLLM ({gpu_memory_utilization:.0%} of the GPU's memory); the gap between its log-probs and "
-        f"the trainer's is logged as logprob_gap_mean{untempered}")
-    return sampler
-
-
-@contextlib.contextmanager
-def policy_update(engine, model):
-    """Around the optimizer steps on ``model``: a vLLM engine sleeps through them (its GPU memory freed for the
-    update) and then gets the new weights; the torch engine samples from ``model`` itself, so nothing happens."""
-    if not isinstance(engine, VllmEngine):
-        yield
-        return
-    engine.sleep()
-    yield
-    engine.wake_up()
-    engine.load_weights(policy_weights(model))
-
-
 def generate_groups(engine, examples: list[dict], template: str, prefill: str | None, params: SamplingParams,
                     task, stream_ids: list[int] | None = None) -> list[Group]:
-    """``params.n`` completions for each example's question, rendered with ``template``; with ``stream_ids`` (one
-    key per example) each example's samples draw from their own random stream, whatever else is in the batch."""
-    rendered = [render([{"role": "user", "content": question_text(ex, task)}], template, engine.tokenizer,
-                       prefill=prefill) for ex in examples]
-    prompts = [engine.encode(r.text) for r in rendered]
-    keyed = stream_ids is not None and takes_stream_ids(engine)
-    outputs = engine.generate(prompts, params, stream_ids=stream_ids) if keyed else engine.generate(prompts, params)
-    return [Group(example=ex, prompt_ids=ids, prefill=r.prefill, completions=out, thinking=r.thinking)
-            for ex, ids, r, out in zip(examples, prompts, rendered, outputs)]
-
-
-def takes_stream_ids(engine) -> bool:
-    """Whether ``engine.generate`` keys each prompt's samples by a stream id (r1lab's engines do)."""
-    return "stream_ids" in inspect.signature(engine.generate).parameters
+    """``params.n`` completions for each example's question, made into a prompt by the engine (rendered with
+    ``template``, or for an endpoint's chat API sent as a conversation); with ``stream_ids`` (one key per example)
+    each example's samples draw from their own random stream, whatever else is in the batch."""
+    prompts = [engine.prompt([{"role": "user", "content": question_text(ex, task)}], template, prefill)
+               for ex in examples]
+    outputs = engine.generate(prompts, params, stream_ids=stream_ids)
+    return [Group(example=ex, prompt=prompt, completions=out) for ex, prompt, out in zip(examples, prompts, outputs)]
 
 
 def build_rewards(weights: dict, task, language: str = "en", max_length: int | None = None,
@@ -203,32 +139,33 @@ def judged_texts(group: Group) -> list[str | None]:
 
 
 def sample_problems(engine, task, examples: list[dict], params: SamplingParams, template: str,
-                    prefill: str | None) -> list[list[dict]]:
+                    prefill: str | None, stream_ids: list[int] | None = None) -> list[list[dict]]:
     """``params.n`` samples for each example, each judged by ``task.verify``: one record list per problem. A reply
     cut at the length limit is judged on the answer it had closed (:func:`judged_texts`); with none, its answer is
     None and it is wrong."""
     extract = getattr(task, "extract", extract_answer)
     out = []
-    for group in generate_groups(engine, examples, template, prefill, params, task):
-        prompt = engine.tokenizer.decode(group.prompt_ids)  # exactly what the model was given
-        out.append([{"id": str(group.example.get("id", "")), "sample": j, "prompt": prompt, "completion": response,
+    for group in generate_groups(engine, examples, template, prefill, params, task, stream_ids):
+        out.append([{"id": str(group.example.get("id", "")), "sample": j, "prompt": group.prompt.text,
+                     "completion": response,
                      "answer": extract(judged) if judged is not None else None,
                      "reference": group.example.get("answer"),
                      "correct": task.verify(judged, **group.example) if judged is not None else 0.0,
-                     "tokens": len(completion.token_ids), "finish_reason": completion.finish_reason}
+                     "tokens": completion.n_tokens, "finish_reason": completion.finish_reason}
                     for j, (completion, response, judged)
                     in enumerate(zip(group.completions, group.responses, judged_texts(group)))])
     return out
 
 
 def batch_settings(model: str, template: str, prefill: str | None, params: SamplingParams, seed: int,
-                   problems_per_batch: int, source: str, rows: int = 64) -> dict:
-    """What the samples of :func:`sample_in_batches` depend on: reused only when every one of these is the same
-    (``problems_per_batch`` only with an engine that cannot key a problem's samples by its index); and
-    ``problems_per_batch``, where 0 means ``rows // k``."""
+                   problems_per_batch: int, source: str, rows: int = 64, engine: str = "torch") -> dict:
+    """What the samples of :func:`sample_in_batches` depend on (reused only when every one of these is the same),
+    and ``problems_per_batch``, where 0 means ``rows // k`` (the unit a resume redoes; samples do not depend on
+    it). ``engine`` names the engine (and an endpoint's address): another engine samples differently."""
     return {"model": model, "template": template, "prefill": prefill, "k": params.n, "temperature": params.temperature,
             "top_p": params.top_p, "top_k": params.top_k, "max_new_tokens": params.max_new_tokens, "seed": seed,
-            "streams": STREAMS, "problems_per_batch": problems_per_batch or max(1, rows // params.n), "source": source}
+            "streams": STREAMS, "problems_per_batch": problems_per_batch or max(1, rows // params.n), "source": source,
+            "engine": engine}
 
 
 def sample_in_batches(engine, task, examples: list[dict], params: SamplingParams, template: str,
@@ -238,25 +175,21 @@ def sample_in_batches(engine, task, examples: list[dict], params: SamplingParams
     samples ``folder/samples.jsonl`` holds in complete batches; returns each problem's records and the seconds spent.
     ``folder/settings.json`` records ``settings``; samples made with other settings are refused.
 
-    What a problem's samples depend on: the settings, and, with r1lab's engine (one that takes ``stream_ids``),
-    nothing else. Sample j of problem p (its index in ``examples``) draws from a random stream of (seed, p, j)
-    alone, and the reply budget is cut to the context window by the longest prompt of all ``examples``, never
-    of one batch; so batching and ``max_rows`` do not change them, nor does a shorter list (``--limit``) unless
-    that changes the cut (``r1lab eval`` cuts the budget by the whole benchmark first, so it never does). A
-    rerun after an interruption, or with another batch size or limit, ends with the samples one uninterrupted
-    run makes. With another engine, batch ``b`` samples with seed
-    ``seed * BATCH_SEED_STRIDE + b`` and a problem's samples depend on its batch, so ``problems_per_batch`` is
-    part of the settings."""
-    keyed = takes_stream_ids(engine)
+    What a problem's samples depend on: the settings, and nothing else. Sample j of problem p (its index in
+    ``examples``) draws from a random stream of (seed, p, j) alone (the engine's ``stream_ids``), and the reply
+    budget is cut to the context window by the longest prompt of all ``examples``, never of one batch; so batching
+    and ``max_rows`` do not change them, nor does a shorter list (``--limit``) unless that changes the cut
+    (``r1lab eval`` cuts the budget by the whole benchmark first, so it never does). A rerun after an
+    interruption, or with another batch size or limit, ends with the samples one uninterrupted run makes (with
+    vLLM, up to its batch-dependent rounding; with an endpoint, as far as the server honours seeds)."""
     folder.mkdir(parents=True, exist_ok=True)
-    check_settings_file(folder / "settings.json",
-                        {k: v for k, v in settings.items() if k != "problems_per_batch" or not keyed})
+    check_settings_file(folder / "settings.json", {k: v for k, v in settings.items() if k != "problems_per_batch"})
     samples_path = folder / "samples.jsonl"
     size = settings["problems_per_batch"]
     done = read_complete_batches(samples_path, len(examples), size, params.n)
     n_batches = (len(examples) + size - 1) // size
-    longest = max((len(engine.encode(e["prompt"])) for e in examples), default=0) + 64  # + template, instruction
-    room = max(1, min(params.max_new_tokens, engine.context_length - longest))
+    room = context_room(engine, examples, params.max_new_tokens)
+    params = dataclasses.replace(params, seed=seed, max_new_tokens=room)
     with progress_bar(total=len(examples), initial=sum(len(done.get(b, ())) for b in range(n_batches)),
                       unit="problem", desc=task.name, disable=not progress) as bar:
         for b in range(n_batches):
@@ -264,14 +197,9 @@ def sample_in_batches(engine, task, examples: list[dict], params: SamplingParams
                 continue
             batch = examples[b * size:(b + 1) * size]
             t0 = time.perf_counter()
-            if keyed:  # each problem's samples keyed by its index: the same whatever batch it is in
-                batch_engine = SimpleNamespace(tokenizer=engine.tokenizer, encode=engine.encode, generate=partial(
-                    engine.generate, stream_ids=range(b * size, b * size + len(batch))))
-                batch_params = dataclasses.replace(params, seed=seed, max_new_tokens=room)
-            else:
-                batch_engine = engine
-                batch_params = dataclasses.replace(params, seed=seed * BATCH_SEED_STRIDE + b, max_new_tokens=room)
-            problems = sample_problems(batch_engine, task, batch, batch_params, template, prefill)
+            # each problem's samples keyed by its index: the same whatever batch it is in
+            problems = sample_problems(engine, task, batch, params, template, prefill,
+                                       stream_ids=list(range(b * size, b * size + len(batch))))
             seconds = time.perf_counter() - t0
             rows = []
             for i, records in enumerate(problems):
@@ -285,6 +213,17 @@ def sample_in_batches(engine, task, examples: list[dict], params: SamplingParams
     problems = [recs for b in range(n_batches) for recs in done[b]]
     seconds = sum(r["seconds"] for recs in problems for r in recs)
     return problems, seconds
+
+
+def context_room(engine, examples: list[dict], max_new_tokens: int) -> int:
+    """``max_new_tokens`` cut so the longest of ``examples``' prompts (+ 64 for a template and instruction) and
+    its reply fit the engine's context; an engine whose context is unknown (an endpoint that does not say) is not
+    cut. An endpoint without a tokenizer here counts a prompt's characters, never fewer than its tokens."""
+    if engine.context_length is None:
+        return max_new_tokens
+    size = (lambda text: len(engine.encode(text))) if engine.tokenizer is not None else len
+    longest = max((size(e["prompt"]) for e in examples), default=0) + 64
+    return max(1, min(max_new_tokens, engine.context_length - longest))
 
 
 def read_complete_batches(path: Path, n_problems: int, size: int, k: int,
@@ -333,9 +272,11 @@ def read_complete_batches(path: Path, n_problems: int, size: int, k: int,
 
 
 def check_settings_file(path: Path, settings: dict) -> None:
-    """Write ``settings`` to ``path``, or, if it exists, refuse settings other than the ones it holds."""
+    """Write ``settings`` to ``path``, or, if it exists, refuse settings other than the ones it holds (samples
+    written before engines were named were made by the torch engine)."""
     if not path.is_file():
         write_json(path, settings)
         return
-    refuse_changed(path.parent, json.loads(path.read_text()), settings, list(settings),
+    saved = {"engine": "torch", **json.loads(path.read_text())}
+    refuse_changed(path.parent, saved, settings, list(settings),
                    "Use another --out, or the same settings to resume", what="samples made")

@@ -14,7 +14,7 @@ from r1lab.config import RUN_CONFIGS, command_of, make_config
 #: what a resumed run may change; every other setting must be the one the run was started with
 #: out: the same folder, named another way (or moved); where and how precisely it computes is not what the run is
 RESUME_MAY_CHANGE = ("resume", "threads", "nproc", "out", "device", "dtype", "gradient_checkpointing", "engine",
-                     "vllm_gpu_memory_utilization")
+                     "engine_args")
 
 
 def values_for_resume(cls, values: dict, out_default: str | None = None) -> dict:

@@ -68,6 +68,35 @@ def tiny(tokenizer):
     return make_model(tokenizer), tokenizer
 
 
+def make_vllm_model(tokenizer, context: int = 256):
+    """A random Llama vLLM's CPU attention takes (head size 64), with peaked, untied output weights and a likely
+    EOS, so that greedy replies end both by EOS and by length."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=context,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         tie_word_embeddings=False)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(6)
+        model.lm_head.weight[tokenizer.eos_token_id] *= 2
+    return model
+
+
+#: vLLM's options for the tiny models in tests: a small KV cache (they need little, and vLLM starts faster)
+VLLM_TEST_ARGS = {"kv_cache_memory_bytes": 64 << 20}
+
+
+def vllm_checkpoint(folder, context: int = 8192) -> str:
+    """:func:`make_vllm_model` with the test tokenizer saved in ``folder``: its path."""
+    from r1lab.models import save_checkpoint
+
+    tok = make_tokenizer()
+    return str(save_checkpoint(make_vllm_model(tok, context=context), tok, folder))
+
+
 def tiny_sft_run(folder) -> tuple[str, str]:
     """A tiny saved model and 40 "What is i+1?" SFT rows in ``folder``: ``(model path, data path)``."""
     import json

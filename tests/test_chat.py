@@ -1,7 +1,7 @@
 import pytest
 
 from r1lab.chat import R1ZERO_INSTRUCTION, prepare_messages, render, split_reasoning
-from r1lab.engine.base import Completion
+from r1lab.engine.base import Completion, Prompt
 from r1lab.rewards import get_reward
 from r1lab.rollout import Group
 
@@ -49,7 +49,7 @@ def test_prefilled_think_counts_for_the_format_reward():
     """The trainer scores prefill + generated text, so an R1-template reply that closes its think block is
     well formatted even though the model never wrote the opening tag."""
     generated = "2+3=5</think><answer>5</answer>"
-    group = Group(example={"prompt": "2+3?", "answer": "5"}, prompt_ids=[1], prefill="<think>\n",
+    group = Group(example={"prompt": "2+3?", "answer": "5"}, prompt=Prompt((1,), text="<think>\n", prefill="<think>\n"),
                   completions=[Completion(0, [1, 2], [0.0, 0.0], "stop", text=generated)])
     assert get_reward("format")(group.responses[0]) == 1.0
     assert get_reward("format")(generated) == 0.0

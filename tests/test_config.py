@@ -256,3 +256,11 @@ def test_a_reward_weight_written_with_an_exponent_is_a_number():
     assert float(cfg.rewards["format"]) == 0.5
     with pytest.raises(ValueError, match="weight of 'format'"):
         load_config(ZeroConfig, ["--rewards", "{accuracy: 1, format: lots}"])
+
+
+def test_the_engine_names_are_the_registrys():
+    from r1lab.config import ENGINES, TRAINING_ENGINES
+    from r1lab.engine.registry import ENGINES as REGISTERED
+
+    assert ENGINES == tuple(REGISTERED)
+    assert TRAINING_ENGINES == tuple(name for name, kind in REGISTERED.items() if kind.trains)

@@ -222,6 +222,26 @@ def test_what_a_stage_makes_is_fingerprinted_and_where_the_run_lies_is_not(tiny_
     assert [s for s in prints if mine[s] != prints[s]] == ["3-rejection-sft", "4-rl-all"]
 
 
+def test_every_stage_that_generates_samples_with_the_recipes_engine_unless_its_block_names_one(tiny_model, tmp_path,
+                                                                                             monkeypatch):
+    checked = []  # every command that generates has its engine checked before anything runs (vLLM's import)
+    monkeypatch.setattr(pipeline, "check_engine", lambda name, args: checked.append((name, args)))
+    cfg = PipelineConfig(engine="vllm", engine_args={"enforce_eager": True}, rl_all={"engine": "torch"})
+    stages = {s.folder: s for s in pipeline.plan(cfg)}
+    # a block that names its own engine does not take the recipe's engine_args (they are another engine's)
+    assert sorted(checked, key=str) == sorted([("vllm", {"enforce_eager": True})] * 3 + [("torch", {})], key=str)
+    made = {(folder, name): getattr(c, "engine", None) for folder, s in stages.items() for name, c in s.commands.items()}
+    assert made == {("1-coldstart", "coldstart"): "vllm", ("1-coldstart", "sft"): None, ("2-reasoning-rl", "zero"): "vllm",
+                    ("3-rejection-sft", "sample"): "vllm", ("3-rejection-sft", "sft"): None, ("4-rl-all", "zero"): "torch"}
+    assert stages["2-reasoning-rl"].commands["zero"].engine_args == {"enforce_eager": True}
+    assert pipeline._eval_settings(cfg)["engine"] == "vllm"
+    with pytest.raises(ValueError, match=r"engine='openai': this command runs the model here"):
+        PipelineConfig(engine="openai").validate()
+    base = recipe(tiny_model, "runs/r1")  # switching engines does not redo finished stages
+    monkeypatch.chdir(tmp_path)
+    assert fingerprints({**base, "engine": "vllm", "engine_args": {"max_model_len": 512}}) == fingerprints(base)
+
+
 def test_a_block_given_keeps_the_defaults_it_does_not_name():
     cfg = PipelineConfig(rl_all={"steps": 40}, rm_helpful={"limit": 64}, rejection={"limit": 32})
     stages = {s.folder: s for s in pipeline.plan(cfg)}

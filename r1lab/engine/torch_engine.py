@@ -46,7 +46,16 @@ from functools import partial
 import torch
 
 from r1lab.engine import static_decode
-from r1lab.engine.base import Completion, OnToken, SamplingParams
+from r1lab.engine.base import (
+    Completion,
+    OnToken,
+    Prompt,
+    SamplingParams,
+    Weights,
+    check_prompts,
+    in_batches,
+    render_prompt,
+)
 from r1lab.engine.fast_decode import SUPPORTED, FastDecoder, supports
 from r1lab.engine.kv_cache import buffer_cache, compaction_moves, slot_cache
 from r1lab.engine.sampling import sample
@@ -58,6 +67,8 @@ from r1lab.engine.transcript import Transcript
 RESERVE_TOKENS = 2048
 
 DECODE_PATHS = ("auto", "static", "dynamic")
+#: the ``engine_args`` of ``--engine torch`` (:class:`TorchEngine`'s options)
+TORCH_ARGS = ("max_batch", "max_rows", "compact_fraction", "use_fast_decode", "decode", "sync_every", "cuda_graphs")
 
 #: with continuous batching, waiting rows are admitted once this share (1/REFILL_SHARE) of the row budget is free
 #: (or as many slots as rows still wait): each admission is a prefill call, so single free slots are not refilled
@@ -98,16 +109,53 @@ class TorchEngine:
         #: prompt + reply tokens the model can attend to (unbounded when its config does not say)
         self.context_length = getattr(model.config, "max_position_embeddings", None) or 1 << 30
 
-    def load_weights(self, state_dict) -> None:
-        """Nothing to do: the engine samples from the same module the trainer updates."""
+    @staticmethod
+    def check_args(args: dict) -> None:
+        """Refuse ``--engine-args`` the torch engine does not take, or of the wrong kind, naming each."""
+        unknown = sorted(set(args) - set(TORCH_ARGS))
+        if unknown:
+            raise ValueError(f"engine_args: engine 'torch' takes no {', '.join(map(repr, unknown))}; it takes "
+                             f"{', '.join(TORCH_ARGS)}")
+        rules = {"max_batch": (_whole(1), "a whole number >= 1"), "max_rows": (_whole(0), "a whole number >= 0"),
+                 "sync_every": (_whole(1), "a whole number >= 1"),
+                 "compact_fraction": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1,
+                                      "a number in [0, 1]"),
+                 "use_fast_decode": (lambda v: isinstance(v, bool), "true or false"),
+                 "cuda_graphs": (lambda v: isinstance(v, bool), "true or false"),
+                 "decode": (lambda v: v in DECODE_PATHS, " | ".join(DECODE_PATHS))}
+        bad = [f"{key}={args[key]!r} (use {words})" for key, (ok, words) in rules.items() if key in args
+               and not ok(args[key])]
+        if bad:
+            raise ValueError(f"engine_args: {'; '.join(bad)}")
+
+    def prompt(self, messages: list[dict], template: str, prefill: str | None = None) -> Prompt:
+        return render_prompt(self.tokenizer, messages, template, prefill)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def each(self, prompts: Sequence[Prompt | Sequence[int]], params: SamplingParams,
+             on_token: OnToken | None = None, stream_ids: Sequence[int] | None = None):
+        """:meth:`generate`'s samples, four times ``max_rows`` rows at a time (:func:`r1lab.engine.base.in_batches`)."""
+        return in_batches(self.generate, prompts, params, on_token, stream_ids, 4 * (self.max_rows or self.max_batch))
+
+    def load_weights(self, weights: Weights) -> None:
+        """Nothing to do: the engine samples from the same module the trainer updates."""
+
+    def sleep(self) -> None:
+        """Nothing to give back: the decoder's snapshot is refreshed in place after an update."""
+
+    def wake_up(self) -> None:
+        """Nothing to take back (see :meth:`sleep`)."""
+
+    def close(self) -> None:
+        self._fast = None
+
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+    def generate(self, prompts: Sequence[Prompt | Sequence[int]], params: SamplingParams,
                  on_token: OnToken | None = None, stream_ids: Sequence[int] | None = None) -> list[list[Completion]]:
-        """Sample ``params.n`` completions per prompt; result[i] holds prompt i's completions.
+        """Sample ``params.n`` completions per prompt (:class:`r1lab.engine.Prompt` or token ids); result[i] holds
+        prompt i's completions.
 
         ``on_token(prompt_index, sample_index, token_id)`` is called for every sampled token in order (the dynamic
         path calls it as each token is decoded, the static path every ``sync_every`` tokens; a server streams from
@@ -116,13 +164,7 @@ class TorchEngine:
         index) alone (see the module docstring)."""
         if not prompts:
             return []
-        if stream_ids is not None:
-            stream_ids = [int(key) for key in stream_ids]
-            if len(stream_ids) != len(prompts) or min(stream_ids) < 0:
-                raise ValueError(f"stream_ids: give one key >= 0 per prompt ({len(prompts)}), got {len(stream_ids)}")
-        for i, p in enumerate(prompts):
-            if len(p) == 0:
-                raise ValueError(f"prompt {i} is empty: give at least one token")
+        prompts, stream_ids = check_prompts(prompts, stream_ids)
         device = _device(self.model)
         dtype = self.dtype or next(self.model.parameters()).dtype
         generator = torch.Generator(device=device).manual_seed(params.seed) if params.seed is not None else None
@@ -338,6 +380,10 @@ class TorchEngine:
         return cache, (torch.cat([logits] + new_logits), torch.cat([mask, tensor(new_mask)]),
                        torch.cat([next_pos, tensor(new_pos)]), torch.cat([first, tensor(new_first)]),
                        torch.cat([active, tensor(rows)]))
+
+
+def _whole(low: int):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
 
 
 def _row_keys(stream_ids: Sequence[int], n: int, device) -> torch.Tensor:

@@ -26,8 +26,9 @@ def write_eval_report(out: Path, summary: dict, records: dict[str, list[dict]]) 
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     md = [f"# Evaluation of `{summary['model']}`", "",
-          f"Template `{summary['template']}`. Intervals: 95%, bootstrap over problems unless the table says "
-          "otherwise; *sd over samples* is how much the number moves when each problem's samples are redrawn "
+          f"Template `{summary['template']}`, engine `{summary.get('engine', 'torch')}`. Intervals: 95%, bootstrap "
+          "over problems unless the table says otherwise; *sd over samples* is how much the number moves when each "
+          "problem's samples are redrawn "
           "(another seed), problems fixed.", ""]
     parts = [f"<h1>Evaluation of <code>{html.escape(summary['model'])}</code></h1>",
              "<p>" + html.escape(md[2]).replace("`", "").replace("*sd over samples*", "<em>sd over samples</em>")

@@ -25,15 +25,16 @@ import json
 import math
 from pathlib import Path
 
-from r1lab.config import EvalConfig, save_config
+from r1lab.config import EvalConfig, engine_choice, engine_label, save_config
 from r1lab.console import log, progress
-from r1lab.engine import SamplingParams
+from r1lab.engine import SamplingParams, check_engine, open_engine
+from r1lab.engine.openai_engine import DEFAULT_CONCURRENCY
 from r1lab.evaluate.benchmarks import default_k, load_benchmark, task_benchmark
 from r1lab.evaluate.metrics import summarize
 from r1lab.evaluate.report import folder_name, write_eval_report
 from r1lab.files import write_json
 from r1lab.rewards.format import format_reward
-from r1lab.rollout import batch_settings, open_engine, sample_in_batches, sample_problems
+from r1lab.rollout import batch_settings, context_room, sample_in_batches, sample_problems
 from r1lab.runs import check_run_folder
 
 
@@ -76,15 +77,32 @@ def summarize_records(problems: list[list[dict]], task, interval: str = "bootstr
 def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
     """Evaluate ``cfg.model`` on ``cfg.benchmarks``; returns the summary (also in ``OUT/summary.json``)."""
     cfg.validate()
+    name, args = engine_choice(cfg)
+    check_engine(name, args, cfg.template, cfg.prefill)  # before anything is written
     check_run_folder(cfg.out, EvalConfig)
     check_earlier_benchmarks(Path(cfg.out), cfg.benchmarks)
     benches = {name: get_benchmark(name, cfg) for name in cfg.benchmarks}  # bad names fail before the model loads
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    engine = open_engine(cfg.model, cfg.threads, device=cfg.device, dtype=cfg.dtype)
-    engine.max_rows = cfg.max_rows  # continuous batching: a long row holds one slot, not a whole batch
+    if name == "torch":  # continuous batching: a long row holds one slot, not a whole batch
+        args = {"max_rows": cfg.max_rows, **args}
+    # rows per batch, the unit a resume keeps: an endpoint's requests in flight four times over, else four times
+    # the rows the torch engine decodes at once
+    rows = 4 * (args.get("concurrency", DEFAULT_CONCURRENCY) if name == "openai" else (cfg.max_rows or 64))
+    engine = open_engine(cfg.model, name, args, cfg.threads, device=cfg.device, dtype=cfg.dtype)
+    try:
+        return evaluate_with(engine, benches, cfg, out, progress, engine_label(name, args), rows)
+    except ConnectionError as e:  # an endpoint that stopped answering: what was sampled is kept
+        raise ConnectionError(f"{e}. The finished batches are kept in {out}; rerun the same command to resume") \
+            from e
+    finally:
+        engine.close()
 
-    summary = {"model": cfg.model, "template": cfg.template, "benchmarks": {}}
+
+def evaluate_with(engine, benches: dict, cfg: EvalConfig, out: Path, progress: bool, engine_id: str,
+                  rows: int) -> dict:
+    """Sample, judge and summarize every benchmark of ``benches`` with ``engine``; write the summary and report."""
+    summary = {"model": cfg.model, "template": cfg.template, "engine": engine_id, "benchmarks": {}}
     records = {}
     for name, bench in benches.items():
         every = bench.examples("test")
@@ -94,9 +112,8 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
             log(f"{name}: k = {k} samples per problem, picked from the set's {len(every)} problems (--k to choose)")
         params = SamplingParams(n=k, temperature=0.0 if cfg.greedy else cfg.temperature, top_p=cfg.top_p,
                                 top_k=cfg.top_k, max_new_tokens=reply_budget(engine, every, cfg.max_new_tokens, name))
-        # four times the rows decoded at once: a finished row's slot is refilled from the batch's queue
         settings = batch_settings(cfg.model, cfg.template, cfg.prefill, params, cfg.seed, cfg.problems_per_batch,
-                                  bench.source, rows=4 * (cfg.max_rows or 64))
+                                  bench.source, rows=rows, engine=engine_id)
         problems, seconds = sample_in_batches(engine, bench, examples, params, cfg.template, cfg.prefill, cfg.seed,
                                               out / folder_name(name), settings, progress)
         records[name] = [r for recs in problems for r in recs]  # this run's problems only, whatever the file holds
@@ -116,12 +133,13 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
 def reply_budget(engine, examples: list[dict], max_new_tokens: int, name: str) -> int:
     """``max_new_tokens`` cut to the model's context window by the longest prompt of the whole benchmark (not of
     the problems ``--limit`` keeps, nor of one batch), so that a problem's samples do not depend on either."""
-    longest = max((len(engine.encode(e["prompt"])) for e in examples), default=0) + 64  # + template, instruction
-    room = max(1, min(max_new_tokens, engine.context_length - longest))
+    room = context_room(engine, examples, max_new_tokens)
     if room < max_new_tokens:
         log(f"{name}: at most {room} new tokens, not {max_new_tokens}: the model's context holds "
-            f"{engine.context_length} tokens and the longest prompt takes up to {longest}")
+            f"{engine.context_length} tokens and the longest prompt of the set takes up to "
+            f"{engine.context_length - room}")
     return room
+
 
 
 def check_earlier_benchmarks(out: Path, benchmarks: list[str]) -> None:

@@ -189,7 +189,7 @@ def load_reward_model(path, device: str | torch.device = "auto", dtype: str = "a
     if problem:
         raise ValueError(problem)
     where = resolve_device(device) if isinstance(device, str) else device
-    precision = resolve_dtype(dtype, where)
+    precision = resolve_dtype(dtype, where, "sample")  # forward passes only
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=precision).to(where)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:

@@ -34,11 +34,20 @@ import torch
 
 from r1lab import distributed, sharding
 from r1lab.config import ZeroConfig
-from r1lab.console import progress as progress_bar, say
-from r1lab.engine import SamplingParams
+from r1lab.console import log, progress as progress_bar, say
+from r1lab.engine import SamplingParams, check_engine, engine_for_policy
 from r1lab.evaluate.runner import heldout_accuracy
 from r1lab.files import append_jsonl, write_json
-from r1lab.models import checkpoint_activations, load_model, no_adapter, resolve_dtype
+from r1lab.models import (
+    checkpoint_activations,
+    dtype_reason,
+    load_model,
+    no_adapter,
+    policy_weights,
+    resolve_device,
+    resolve_dtype,
+    use_threads,
+)
 from r1lab.optim import clip_and_step, loss_scaler, make_optimizer, precision
 from r1lab.packing import pack, token_logprobs
 from r1lab.rewards.format import format_reward, reflection_rate
@@ -46,7 +55,7 @@ from r1lab.rl import run as run_folder
 from r1lab.rl.advantages import get_advantage
 from r1lab.rl.diagnostics import check_step
 from r1lab.rl.losses import grpo_loss, token_weights, truncated_is_weights
-from r1lab.rollout import Group, build_rewards, generate_groups, open_engine, policy_update, rollout_engine, score_group
+from r1lab.rollout import Group, build_rewards, generate_groups, score_group
 from r1lab.tasks import build_task
 
 #: the prompts of step ``s`` sample with seed ``seed * STEP_SEED_STRIDE + s``; a redraw (dynamic sampling) adds
@@ -67,6 +76,7 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
     if cfg.resume and run_folder.is_finished(run):
         say(f"r1lab: {run} is a finished run (final/ and summary.json are there); nothing to do")
         return json.loads((run / "summary.json").read_text())
+    check_engine(cfg.engine, cfg.engine_args)  # before anything is written
     task = build_task(cfg.task, cfg.task_args)
     rewards = build_rewards(cfg.rewards, task, cfg.language, cfg.max_new_tokens, device=cfg.device)
     train_set, test_set = task.examples("train"), task.examples("test")[:cfg.eval_examples]
@@ -75,11 +85,9 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
     world.barrier()  # every process has read the folder as it was before rank 0 writes
     if world.main:
         run_folder.start_logs(run, cfg, start_step)
-    policy, lora = load_policy(cfg, checkpoint)
-    engine = open_engine(policy, world.threads(cfg.threads), lora=lora, device=cfg.device, dtype=cfg.dtype,
-                         train=True)
-    model, tokenizer = engine.model, engine.tokenizer  # what samples
-    engine = rollout_engine(engine, cfg.engine, cfg.vllm_gpu_memory_utilization)  # torch: the same engine
+    threads = world.threads(cfg.threads)
+    use_threads(threads)
+    model, tokenizer = load_trainable(*load_policy(cfg, checkpoint), resolve_device(cfg.device))
     if cfg.gradient_checkpointing:
         checkpoint_activations(model)
     reference = reference_policy(model, cfg, checkpoint)
@@ -91,9 +99,13 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
                                           cfg.lr_schedule)
     device = next(model.parameters()).device
     scaler = loss_scaler(device, resolve_dtype(cfg.dtype, device))  # fp16: a dynamic loss scale
+    if world.main:
+        log(f"training precision: {dtype_reason(cfg.dtype, device)} (fp32 weights and AdamW state)")
     state = run_folder.load_trainer_state(checkpoint, optimizer, scheduler, trainer)
     if trainer is not model and checkpoint is not None:
-        sharding.push_weights(trainer, model)  # the engine samples with the resumed weights
+        sharding.push_weights(trainer, model)  # the resumed weights, for the engine to sample
+    # torch samples from ``model`` itself; vLLM from its own copy, given the new weights after every update
+    engine = engine_for_policy(model, tokenizer, cfg.engine, cfg.engine_args, threads, cfg.dtype)
     history = run_folder.read_metrics(run)
 
     eval_seconds = None  # how long one held-out evaluation takes (for the time estimate), when one runs here
@@ -110,10 +122,12 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
         groups = sample_groups(engine, task, train_set, rewards, cfg, step, world)
         t_gen = time.perf_counter() - t0
         set_advantages(groups, cfg.advantage)
-        with policy_update(engine, model):  # vLLM sleeps through the update, then gets the new weights
-            stats = update_policy(trainer, reference, optimizer, groups, cfg, tokenizer.pad_token_id, scaler, world)
-            if trainer is not model:
-                sharding.push_weights(trainer, model)  # FSDP: the engine's full copy gets the new weights
+        engine.sleep()  # vLLM gives its memory to the update (where the platform can)
+        stats = update_policy(trainer, reference, optimizer, groups, cfg, tokenizer.pad_token_id, scaler, world)
+        if trainer is not model:
+            sharding.push_weights(trainer, model)  # FSDP: the full copy gets the new weights
+        engine.wake_up()
+        engine.load_weights(policy_weights(model))  # vLLM's copy follows; the torch engine samples ``model`` itself
         scheduler.step()
 
         groups, ranks = gathered(groups, world)  # every process's groups, for the logs (rank 0 writes them)
@@ -125,11 +139,13 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
             run_folder.save(run, trainer, tokenizer, optimizer, scheduler, state, step + 1, cfg, world=world)
     bar.close()
     if not world.main:
+        engine.close()
         world.barrier()  # rank 0 writes final/, evaluates and reports
         return {}
 
     final = run_folder.save(run, model, tokenizer, optimizer, scheduler, state, cfg.steps, cfg, final=True)
     state["eval_after"] = evaluate(engine, task, test_set, cfg, desc="eval after")  # after final/ is safe
+    engine.close()
     summary = run_folder.summarize(cfg, history, state, final)
     run_folder.write_report(run, history, summary)
     write_json(run / "summary.json", summary)  # last: its presence means finished
@@ -376,8 +392,16 @@ def sample_records(step: int, groups: list[Group], ranks: list[int] | None = Non
 
 
 # ------------------------------------------------------------------------------------------- the policy
+def load_trainable(policy, lora: dict | None, device) -> tuple:
+    """``(model, tokenizer)`` to train on ``device``, fp32 (:mod:`r1lab.optim` says why): ``policy`` is a name
+    :func:`r1lab.models.load_model` loads (with ``lora`` adapters added) or a loaded pair."""
+    if isinstance(policy, str):
+        return load_model(policy, dtype=torch.float32, lora=lora, device=device)
+    return policy[0].to(device), policy[1]
+
+
 def load_policy(cfg: ZeroConfig, checkpoint: Path | None) -> tuple:
-    """What :func:`r1lab.rollout.open_engine` loads, and the LoRA settings to add: the model named in ``cfg``, the
+    """What :func:`load_trainable` loads, and the LoRA settings to add: the model named in ``cfg``, the
     checkpoint a run resumes from, or for a resumed LoRA run the base model with its saved adapters."""
     lora = {"r": cfg.lora_r, "lora_alpha": cfg.lora_alpha} if cfg.lora_r else None
     if checkpoint is None:

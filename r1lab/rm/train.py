@@ -36,7 +36,7 @@ from r1lab.config import RmConfig, save_config
 from r1lab.console import log, progress as progress_bar
 from r1lab.evaluate.metrics import bootstrap_ci
 from r1lab.files import append_jsonl, write_json
-from r1lab.models import load_model, resolve_device, resolve_dtype, save_checkpoint, use_threads
+from r1lab.models import dtype_reason, load_model, resolve_device, resolve_dtype, save_checkpoint, use_threads
 from r1lab.optim import clip_and_step, loss_scaler, make_optimizer, precision
 from r1lab.plots import plot_curves
 from r1lab.rewards.reward_model import RM_KIND, encode, values
@@ -164,6 +164,7 @@ def train_rm(cfg: RmConfig, progress: bool = True) -> dict:
                          f"{len(pairs)}; both need at least one")
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)  # compute precision; weights and optimizer state stay fp32
+    log(f"training precision: {dtype_reason(cfg.dtype, device)}")
     causal, tokenizer = load_model(cfg.model, device=device)
     torch.manual_seed(cfg.seed)  # the head's initial weights: the same run gives the same reward model
     model = value_head_model(causal, tokenizer.pad_token_id)

@@ -30,7 +30,6 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
-from r1lab.chat import render
 from r1lab.engine import SamplingParams
 from r1lab.serve.batcher import Batcher, Job, Overloaded
 from r1lab.serve.protocol import ApiError, ChatRequest, bad, parse_chat_request
@@ -53,7 +52,8 @@ def create_app(engine, model_name: str, template: str = "native", api_key: str |
     context = engine.context_length
     app.state.batcher = batcher
     created = int(time.time())
-    card = {"id": model_name, "object": "model", "created": created, "owned_by": "r1lab"}
+    # max_model_len, as vLLM's server says it: clients (r1lab's own endpoint engine) cut replies to it
+    card = {"id": model_name, "object": "model", "created": created, "owned_by": "r1lab", "max_model_len": context}
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -106,8 +106,8 @@ def create_app(engine, model_name: str, template: str = "native", api_key: str |
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         req = parse_chat_request(await request.body(), max_n)
-        rendered = render(req.messages, template, engine.tokenizer)
-        prompt_ids = engine.encode(rendered.text)
+        prompt = engine.prompt(req.messages, template)
+        prompt_ids = prompt.token_ids
         if len(prompt_ids) >= context:
             raise bad(f"the prompt is {len(prompt_ids)} tokens; the model's context is {context}: shorten the "
                       "conversation", "messages", code="context_length_exceeded")
@@ -118,7 +118,7 @@ def create_app(engine, model_name: str, template: str = "native", api_key: str |
         params = SamplingParams(n=req.n, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
                                 max_new_tokens=req.max_tokens or min(room, default_max_tokens), stop=req.stop,
                                 seed=req.seed)
-        job = Job(prompt_ids, params, rendered.thinking, asyncio.get_running_loop())
+        job = Job(prompt, params, asyncio.get_running_loop())
         try:
             batcher.submit(job)
         except Overloaded:

@@ -17,8 +17,10 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
+import torch
+
 from r1lab.chat import ReasoningSplitter
-from r1lab.engine import SamplingParams
+from r1lab.engine import Prompt, SamplingParams
 from r1lab.serve.stream import TextStream
 
 
@@ -28,9 +30,8 @@ class Overloaded(Exception):
 
 @dataclass
 class Job:
-    prompt_ids: list[int]
+    prompt: Prompt  # prompt.thinking: it opened the think block (R1's prefill), so the reply starts as reasoning
     params: SamplingParams
-    thinking: bool  # the prompt opened the think block (R1 prefill)
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -42,6 +43,9 @@ class Job:
 class Batcher:
     def __init__(self, engine, max_pending: int = 16, max_batch_rows: int = 32):
         self.engine, self.max_pending, self.max_batch_rows = engine, max_pending, max_batch_rows
+        #: the CPU threads torch runs on here (--threads): a thread's OpenMP team size is its own, so the batcher's
+        #: thread is given the one its engine was opened with (vLLM's CPU attention refuses any other)
+        self._threads = torch.get_num_threads()
         self._lock = threading.Condition()
         self._waiting: deque[Job] = deque()
         self.running = 0  # jobs inside the current generate call
@@ -86,6 +90,7 @@ class Batcher:
             return batch
 
     def _run(self) -> None:
+        torch.set_num_threads(self._threads)
         while True:
             batch = self._next_batch()
             if self._closed:
@@ -102,7 +107,7 @@ class Batcher:
     def _generate(self, batch: list[Job]) -> None:
         n = batch[0].params.n
         streams = [[TextStream(self.engine.tokenizer, tuple(job.params.stop)) for _ in range(n)] for job in batch]
-        splitters = [[ReasoningSplitter(job.thinking) for _ in range(n)] for job in batch]
+        splitters = [[ReasoningSplitter(job.prompt.thinking) for _ in range(n)] for job in batch]
 
         def on_token(prompt: int, sample: int, token: int) -> bool:
             job = batch[prompt]
@@ -115,7 +120,7 @@ class Batcher:
                     job.send(("delta", sample, reasoning, content))
             return True  # stop strings end the row inside the engine (finish reason "stop")
 
-        results = self.engine.generate([job.prompt_ids for job in batch], batch[0].params, on_token=on_token)
+        results = self.engine.generate([job.prompt for job in batch], batch[0].params, on_token=on_token)
         for i, (job, completions) in enumerate(zip(batch, results)):
             for j in range(n):
                 reasoning, content = splitters[i][j].finish(streams[i][j].finish())

@@ -21,7 +21,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from r1lab.chat import ReasoningSplitter, render
+from r1lab.chat import ReasoningSplitter
 from r1lab.engine import SamplingParams
 from r1lab.files import write_atomic
 from r1lab.models import cache_dir
@@ -37,9 +37,9 @@ def reply(engine, messages: list[dict], template: str, params: SamplingParams, w
     """Generate one answer to ``messages``, writing reasoning (dimmed) and content as they come;
     returns ``(reasoning, content)``, or raises KeyboardInterrupt once Ctrl-C has stopped the reply."""
     write = write or (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
-    rendered = render(messages, template, engine.tokenizer)
+    prompt = engine.prompt(messages, template)
     stream = TextStream(engine.tokenizer, tuple(params.stop))
-    splitter = ReasoningSplitter(rendered.thinking)
+    splitter = ReasoningSplitter(prompt.thinking)
     parts = {"reasoning": "", "content": ""}
 
     def show(reasoning: str, content: str) -> None:
@@ -59,7 +59,7 @@ def reply(engine, messages: list[dict], template: str, params: SamplingParams, w
         return not stop.is_set()  # False ends the generation
 
     with _ctrl_c_sets(stop):
-        engine.generate([engine.encode(rendered.text)], params, on_token=on_token)
+        engine.generate([prompt], params, on_token=on_token)
     if stop.is_set():
         raise KeyboardInterrupt
     show(*splitter.finish(stream.finish()))

@@ -21,10 +21,11 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from r1lab.engine import SamplingParams
+from r1lab.config import engine_choice
+from r1lab.engine import SamplingParams, open_engine
 from r1lab.files import write_atomic
 from r1lab.rewards.format import format_reward
-from r1lab.rollout import generate_groups, open_engine
+from r1lab.rollout import generate_groups
 from r1lab.sft import filters
 from r1lab.sft.data import load_sft_data
 from r1lab.tasks import TASKS, build_task
@@ -90,10 +91,18 @@ def _from_model(cfg, progress: bool):
     header = "Here are worked examples. Think step by step inside <think> </think>, then give the answer " \
              "inside <answer> </answer>.\n\n" + "\n\n".join(
                  f"Question: {s['prompt']}\nReply: {_traced(s, task)}" for s in shots)
-    engine = open_engine(cfg.model, threads=0, device=cfg.device, dtype=cfg.dtype)
+    engine = open_engine(cfg.model, *engine_choice(cfg), threads=0, device=cfg.device, dtype=cfg.dtype)
     params = SamplingParams(n=cfg.n, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                             stop=["</answer>"], include_stop_str_in_output=True, seed=cfg.seed)
     prompted = [dict(e, prompt=f"{header}\n\nQuestion: {e['prompt']}\nReply:") for e in examples]
+    try:
+        return _sample_traces(engine, task, cfg, params, examples, prompted)
+    finally:
+        engine.close()
+
+
+def _sample_traces(engine, task, cfg, params, examples: list[dict], prompted: list[dict]):
+    """Eight prompts at a time: each example's first reply that is right, in format and readable is kept."""
     rows, dropped = [], Counter()
     for start in range(0, len(prompted), 8):
         groups = generate_groups(engine, prompted[start:start + 8], "native", None, params, task)

@@ -1,46 +1,43 @@
 """``r1lab distill``: traces from a teacher, verified and filtered, then SFT of a small student on them.
 
-The teacher is any OpenAI-compatible chat endpoint (DeepSeek's ``deepseek-reasoner``, a vLLM or SGLang server,
-``r1lab serve``) called through the official ``openai`` client, whose ``reasoning_content`` becomes the think
-block of the trace; or a local model through the engine. Requests run ``concurrency`` at a time; a 429, a 5xx
-or a dropped connection is retried with exponential backoff (``backoff``, doubling, at most ``max_retries``
-times), and every retry and every token is counted. A request may take as long as ``max_tokens`` at a slow 10
-tokens a second (at least the client's usual 600 s), since a non-streamed reply sends nothing until it is done.
+The teacher is an engine (:mod:`r1lab.engine.registry`): any OpenAI-compatible chat endpoint at ``--base-url``
+(DeepSeek's ``deepseek-reasoner``, a vLLM, SGLang or llama.cpp server, ``r1lab serve``), asked through
+:class:`r1lab.engine.OpenAIEngine`, whose ``reasoning_content`` becomes the think block of the trace; or a local
+model on the engine ``--engine`` names (torch by default). For an endpoint, ``concurrency``, ``max_retries``,
+``backoff`` and ``api_key_env`` are the engine's options: requests run ``concurrency`` at a time; a 429, a 5xx or
+a dropped connection is retried with exponential backoff (``backoff``, doubling, at most ``max_retries`` times),
+and every retry and every token is counted; a request may take as long as ``max_tokens`` at a slow 10 tokens a
+second (at least 600 s), since a non-streamed reply sends nothing until it is done. An endpoint is sent no seed
+(its replies are the server's to vary) and no template (it applies its own).
 
-Resume: each finished prompt is appended to ``OUT/traces.jsonl`` in one synced write as soon as it returns, with
-the settings that produced it (teacher, endpoint, task, temperature, top-p, token budget). A rerun skips the
-prompts already there, so after an interruption no finished prompt is lost or asked again (one that was in
-flight is asked again, once). ``OUT/config.yaml`` keeps the run's options; a rerun into a folder whose traces
-were made with other settings is refused rather than mixing them. Ctrl-C stops at once: requests in flight are
-abandoned, not awaited, and :class:`Interrupted` says how many prompts are saved. The kept traces go to
-``OUT/sft.jsonl`` through the same verifier and filters as ``r1lab sample``; ``--student MODEL`` then runs
-``r1lab sft`` on them into ``OUT/sft``.
+Resume: each finished prompt is appended to ``OUT/traces.jsonl`` in one synced write as soon as the teacher has
+it (an endpoint's one by one, a local model's a batch of 16 at a time), with the settings that produced it
+(teacher, endpoint, task, temperature, top-p, token budget). A rerun skips the prompts already there, so after
+an interruption no finished prompt is lost or asked again (one that was in flight is asked again, once).
+``OUT/config.yaml`` keeps the run's options; a rerun into a folder whose traces were made with other settings is
+refused rather than mixing them. Ctrl-C stops at once: requests in flight are abandoned, not awaited, and
+:class:`Interrupted` says how many prompts are saved. The kept traces go to ``OUT/sft.jsonl`` through the same
+verifier and filters as ``r1lab sample``; ``--student MODEL`` then runs ``r1lab sft`` on them into ``OUT/sft``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import threading
-import time
 from collections import Counter
 from pathlib import Path
 
 from r1lab.chat import split_reasoning
-from r1lab.config import DistillConfig, SftConfig, save_config
+from r1lab.config import DistillConfig, SftConfig, engine_choice, save_config
 from r1lab.console import progress as progress_bar
-from r1lab.engine import SamplingParams
+from r1lab.engine import Completion, Engine, Prompt, SamplingParams, check_engine, open_engine
 from r1lab.files import append_jsonl, write_json, write_jsonl
-from r1lab.rollout import generate_groups, open_engine
 from r1lab.runs import check_run_folder, read_saved_config, refuse_changed
 from r1lab.sft import filters
 from r1lab.sft.data import r1_response
 from r1lab.sft.trainer import train_sft
 from r1lab.tasks import build_task, task_args_for
 from r1lab.tasks.base import question_text
-
-RETRY_STATUS = {408, 409, 429} | set(range(500, 600))
 
 
 class Interrupted(KeyboardInterrupt):
@@ -56,54 +53,9 @@ class Interrupted(KeyboardInterrupt):
                 "rerun the same command to resume")
 
 
-class Teacher:
-    """An OpenAI-compatible endpoint: ``ask(prompt) -> (reasoning, content, usage, retries)``."""
-
-    def __init__(self, cfg):
-        try:
-            import openai
-        except ImportError as e:
-            raise ValueError(f"a teacher at --base-url is asked through the openai package, which does not import "
-                             f"here ({e}); pip install openai") from None
-
-        self.openai = openai
-        self.cfg = cfg
-        timeout = openai.Timeout(max(600.0, cfg.max_tokens / 10), connect=10.0)
-        self.client = openai.OpenAI(base_url=cfg.base_url, api_key=os.environ.get(cfg.api_key_env) or "unused",
-                                    max_retries=0, timeout=timeout)
-
-    def ask(self, prompt: str) -> tuple[str, str, dict, int]:
-        retries = 0
-        while True:
-            try:
-                reply = self.client.chat.completions.create(
-                    model=self.cfg.teacher, messages=[{"role": "user", "content": prompt}],
-                    temperature=self.cfg.temperature, top_p=self.cfg.top_p, max_tokens=self.cfg.max_tokens)
-                if not getattr(reply, "choices", None) or getattr(reply.choices[0], "message", None) is None:
-                    raise ConnectionError(f"the teacher {self.cfg.teacher!r} at {self.cfg.base_url} answered with "
-                                          f"no choices ({str(reply)[:200]}); is --base-url a chat-completions API?")
-                message = reply.choices[0].message
-                extra = message.model_extra or {}
-                reasoning = extra.get("reasoning_content") or extra.get("reasoning") or ""
-                usage = reply.usage.model_dump() if reply.usage else {}
-                usage["finish_reason"] = reply.choices[0].finish_reason
-                return reasoning, message.content or "", usage, retries
-            except (ValueError, TypeError) as exc:  # a 200 whose body is not a chat completion
-                raise ConnectionError(f"the teacher {self.cfg.teacher!r} at {self.cfg.base_url} answered something "
-                                      f"that is not a chat completion ({type(exc).__name__}: {str(exc)[:200]}); is "
-                                      "--base-url a chat-completions API?") from exc
-            except (self.openai.APIConnectionError, self.openai.APITimeoutError, self.openai.APIStatusError) as exc:
-                status = getattr(exc, "status_code", None)
-                if (status is not None and status not in RETRY_STATUS) or retries >= self.cfg.max_retries:
-                    raise ConnectionError(f"the teacher {self.cfg.teacher!r} at {self.cfg.base_url} failed after "
-                                          f"{retries} retries: {type(exc).__name__}: {str(exc)[:300]}. Finished "
-                                          "prompts are saved; rerun the same command to resume") from exc
-                time.sleep(self.cfg.backoff * 2 ** retries)
-                retries += 1
-
-
 def run_distill(cfg: DistillConfig, progress: bool = True) -> dict:
     cfg.validate()
+    _, _, template = teacher_engine(cfg)  # bad engine options are refused before anything is written
     check_run_folder(cfg.out, DistillConfig)
     task = build_task(cfg.task, cfg.task_args)
     examples = [{"id": str(i), **e} for i, e in enumerate(task.examples("train")[:cfg.limit or None])]
@@ -115,41 +67,29 @@ def run_distill(cfg: DistillConfig, progress: bool = True) -> dict:
     check_settings(out, settings, done)
     save_config(cfg, out / "config.yaml")
     todo = [e for e in examples if e["id"] not in done]
-    lock = threading.Lock()
-    stopped = threading.Event()  # set on Ctrl-C: an abandoned request that still returns is not written
-
-    def record(example: dict, reasoning: str, content: str, usage: dict, retries: int) -> None:
-        response = r1_response(reasoning, content) if reasoning else content
-        row = {"id": example["id"], "prompt": question_text(example, task), "reasoning": reasoning, "content": content,
-               "response": response, "verdict": task.verify(response, **example), "retries": retries,
-               "usage": usage, "teacher": cfg.teacher, "base_url": cfg.base_url, "settings": settings}
-        with lock:  # one synced append per prompt: a crash never leaves half a record behind
-            if stopped.is_set():
-                return
-            append_jsonl(traces_path, row)
-            done[example["id"]] = row
-
-    teacher = Teacher(cfg) if cfg.base_url and todo else None
     bar = progress_bar(total=len(examples), initial=len(examples) - len(todo), desc="distill", unit="prompt",
                        disable=not progress)
-
-    def one(example: dict) -> None:
-        reasoning, content, usage, retries = teacher.ask(question_text(example, task))
-        record(example, reasoning, content, usage, retries)
-        bar.update(1)
-
+    teacher = None
     try:
-        if teacher:
-            _ask_all(one, todo, cfg.concurrency)
-        elif todo:
-            _local_teacher(cfg, task, todo, record, bar)
+        teacher = open_teacher(cfg) if todo else None
+        prompts = [teacher.prompt([{"role": "user", "content": question_text(e, task)}], template) for e in todo]
+        params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_tokens,
+                                seed=None if cfg.base_url else cfg.seed)
+        # each prompt as soon as the teacher has it: an endpoint's as its requests return, a local one's by batches
+        answers = teacher.each(prompts, params, stream_ids=[int(e["id"]) for e in todo]) if todo else ()
+        for i, (completion,) in answers:
+            row = trace(todo[i], prompts[i], completion, task, cfg, settings)
+            append_jsonl(traces_path, row)  # one synced append per prompt: a crash never leaves half a record
+            done[row["id"]] = row
+            bar.update(1)
     except KeyboardInterrupt:
-        with lock:
-            stopped.set()
-            saved = sum(e["id"] in done for e in examples)
+        raise Interrupted(sum(e["id"] in done for e in examples), len(examples), out) from None
+    except ConnectionError as e:
+        raise ConnectionError(f"{e}. Finished prompts are saved in {out}; rerun the same command to resume") from e
+    finally:
         bar.close()
-        raise Interrupted(saved, len(examples), out) from None
-    bar.close()
+        if teacher is not None:
+            teacher.close()
 
     rows = [done[e["id"]] for e in examples if e["id"] in done]
     counts: Counter = Counter()
@@ -177,53 +117,49 @@ def run_distill(cfg: DistillConfig, progress: bool = True) -> dict:
     return summary
 
 
-def _ask_all(one, todo: list[dict], concurrency: int) -> None:
-    """``one(example)`` for every example, ``concurrency`` at a time, on daemon threads. On an error nothing more
-    is sent, what is in flight finishes, and the first error is raised. On Ctrl-C (a KeyboardInterrupt in this,
-    the main thread) nothing more is sent and nothing is awaited: a request in flight is abandoned, and its
-    thread, a daemon, never holds up the exit (a ThreadPoolExecutor's workers are joined at exit, so a Ctrl-C
-    there waits for every request in flight)."""
-    pending = list(reversed(todo))
-    lock = threading.Lock()
-    errors: list[BaseException] = []
+def teacher_engine(cfg: DistillConfig) -> tuple[str, dict, str]:
+    """The teacher's engine, its options and the template its prompts are made with
+    (:func:`r1lab.config.engine_choice`): the endpoint at ``base_url`` (engine openai, with distill's request
+    options, which ``engine_args`` may override; the server's own template, ``native``), else the local model
+    ``teacher`` on ``cfg.engine`` with ``cfg.template``. Checked before anything is written."""
+    name, args = engine_choice(cfg)
+    template = cfg.template
+    if name == "openai":
+        args = {"concurrency": cfg.concurrency, "max_retries": cfg.max_retries, "backoff": cfg.backoff, **args}
+        template = "native"
+    return name, check_engine(name, args, template), template
 
-    def work() -> None:
-        while True:
-            with lock:
-                if errors or not pending:
-                    return
-                example = pending.pop()
-            try:
-                one(example)
-            except BaseException as e:  # handed to the main thread, raised there
-                with lock:
-                    errors.append(e)
-                return
 
-    threads = [threading.Thread(target=work, name=f"distill-{i}", daemon=True)
-               for i in range(min(concurrency, len(todo)))]
-    for thread in threads:
-        thread.start()
-    try:
-        for thread in threads:
-            thread.join()
-    except BaseException:
-        with lock:
-            pending.clear()
-        raise
-    if errors:
-        raise errors[0]
+def open_teacher(cfg: DistillConfig) -> Engine:
+    """The teacher's engine (:func:`teacher_engine`)."""
+    name, args, _ = teacher_engine(cfg)
+    return open_engine(cfg.teacher, name, args, cfg.threads, device=cfg.device, dtype=cfg.dtype)
+
+
+def trace(example: dict, prompt: Prompt, completion: Completion, task, cfg: DistillConfig, settings: dict) -> dict:
+    """One line of ``traces.jsonl``: the teacher's reply split into reasoning and content (an endpoint's reply is
+    already in R1's form), judged by the task's verifier, with its tokens, retries and the settings that made it."""
+    reasoning, content = split_reasoning(completion.text, thinking=prompt.thinking)
+    reasoning = reasoning.strip()
+    response = r1_response(reasoning, content) if reasoning else content
+    usage = {"prompt_tokens": len(prompt.token_ids), "completion_tokens": len(completion.token_ids),
+             "finish_reason": completion.finish_reason, **completion.usage}
+    return {"id": example["id"], "prompt": question_text(example, task), "reasoning": reasoning, "content": content,
+            "response": response, "verdict": task.verify(response, **example), "retries": usage.pop("retries", 0),
+            "usage": usage, "teacher": cfg.teacher, "base_url": cfg.base_url, "settings": settings}
 
 
 def trace_settings(config: dict) -> dict:
     """What shapes a trace, from a run's options (``dataclasses.asdict`` of its config, or its saved
     ``config.yaml``): the teacher and how it is asked. Not concurrency, retries or limit, which change only
-    how fast and how many. The template and seed are used by a local teacher only; an endpoint gets neither."""
+    how fast and how many. The template, seed and engine are a local teacher's only (an engine samples differently
+    from another; a run saved before engines were named used the torch one); an endpoint gets none of them."""
     keys = ("teacher", "base_url", "task", "temperature", "top_p", "max_tokens")
     settings = {key: config.get(key) for key in keys}
     settings["task_args"] = task_args_for(config.get("task"), config.get("task_args"))
     if not config.get("base_url"):
-        settings |= {"template": config.get("template"), "seed": config.get("seed")}
+        settings |= {"template": config.get("template"), "seed": config.get("seed"),
+                     "engine": config.get("engine") or "torch"}
     return settings
 
 
@@ -254,18 +190,3 @@ def read_traces(path: Path) -> dict[str, dict]:
                 continue
             done.setdefault(row["id"], row)
     return done
-
-
-def _local_teacher(cfg: DistillConfig, task, todo: list[dict], record, bar) -> None:
-    """The teacher is a model here: its replies are split into reasoning and content as a server would."""
-    engine = open_engine(cfg.teacher, cfg.threads, device=cfg.device, dtype=cfg.dtype)
-    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_tokens, seed=cfg.seed)
-    for start in range(0, len(todo), 16):
-        batch = todo[start:start + 16]
-        for example, group in zip(batch, generate_groups(engine, batch, cfg.template, None, params, task)):
-            (completion,) = group.completions
-            reasoning, content = split_reasoning(completion.text, thinking=group.thinking)
-            usage = {"prompt_tokens": len(group.prompt_ids), "completion_tokens": len(completion.token_ids),
-                     "finish_reason": completion.finish_reason}
-            record(example, reasoning.strip(), content, usage, 0)
-            bar.update(1)

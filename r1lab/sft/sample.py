@@ -20,11 +20,11 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from r1lab.config import SampleConfig, save_config
-from r1lab.engine import SamplingParams
+from r1lab.config import SampleConfig, engine_choice, engine_label, save_config
+from r1lab.engine import SamplingParams, check_engine, open_engine
 from r1lab.evaluate.benchmarks import load_benchmark
 from r1lab.files import write_json, write_jsonl
-from r1lab.rollout import batch_settings, open_engine, sample_in_batches
+from r1lab.rollout import batch_settings, sample_in_batches
 from r1lab.runs import check_run_folder
 from r1lab.sft import filters
 from r1lab.tasks import build_task
@@ -34,6 +34,8 @@ from r1lab.tasks.dataset import read_jsonl
 
 def run_sample(cfg: SampleConfig, progress: bool = True) -> dict:
     cfg.validate()
+    name, args = engine_choice(cfg)
+    check_engine(name, args, cfg.template, cfg.prefill)  # before anything is written
     check_run_folder(cfg.out, SampleConfig)
     task = build_task(cfg.task, cfg.task_args)
     examples = [{"id": str(i), **e} for i, e in enumerate(task.examples("train")[:cfg.limit or None])]
@@ -51,13 +53,16 @@ def run_sample(cfg: SampleConfig, progress: bool = True) -> dict:
             counts["contaminated prompts"] += 1
         else:
             clean.append(example)
-    engine = open_engine(cfg.model, cfg.threads, device=cfg.device, dtype=cfg.dtype)
     params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                             stop=cfg.stop, include_stop_str_in_output=True)
     settings = batch_settings(cfg.model, cfg.template, cfg.prefill, params, cfg.seed, cfg.problems_per_batch,
-                              f"task {cfg.task} {cfg.task_args}")
-    problems, seconds = sample_in_batches(engine, task, clean, params, cfg.template, cfg.prefill, cfg.seed,
-                                          out / "samples", settings, progress)
+                              f"task {cfg.task} {cfg.task_args}", engine=engine_label(name, args))
+    engine = open_engine(cfg.model, name, args, cfg.threads, device=cfg.device, dtype=cfg.dtype)
+    try:
+        problems, seconds = sample_in_batches(engine, task, clean, params, cfg.template, cfg.prefill, cfg.seed,
+                                              out / "samples", settings, progress)
+    finally:
+        engine.close()
     save_config(cfg, out / "config.yaml")  # only once the samples there were found to match these settings
 
     kept = select(problems, clean, cfg, counts)

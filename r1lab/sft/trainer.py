@@ -25,7 +25,15 @@ from r1lab import distributed, sharding
 from r1lab.config import SftConfig, save_config
 from r1lab.console import log, progress as progress_bar
 from r1lab.files import append_jsonl, write_json
-from r1lab.models import checkpoint_activations, load_model, resolve_device, resolve_dtype, save_checkpoint, use_threads
+from r1lab.models import (
+    checkpoint_activations,
+    dtype_reason,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+    save_checkpoint,
+    use_threads,
+)
 from r1lab.optim import clip_and_step, loss_scaler, make_optimizer, precision
 from r1lab.packing import pack_samples, token_logprobs
 from r1lab.plots import plot_curves
@@ -55,6 +63,7 @@ def train_sft(cfg: SftConfig, progress: bool = True) -> dict:
     lora = {"r": cfg.lora_r, "lora_alpha": cfg.lora_alpha} if cfg.lora_r else None
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)  # the compute precision; the weights stay fp32 (r1lab.optim)
+    log(f"training precision: {dtype_reason(cfg.dtype, device)}")
     model, tokenizer = load_model(cfg.model, lora=lora, device=device)
     if cfg.gradient_checkpointing:
         checkpoint_activations(model)

@@ -9,7 +9,7 @@ import pytest
 
 from r1lab.chat import render
 from r1lab.engine import SamplingParams
-from r1lab.engine.base import Completion
+from r1lab.engine.base import Completion, render_prompt
 from r1lab.evaluate.benchmarks import load_benchmark
 from r1lab.evaluate.metrics import estimate, per_problem_pass_at_k
 from r1lab.evaluate.runner import summarize_records
@@ -28,7 +28,13 @@ class Scripted:
     def encode(self, text):
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def generate(self, prompts, params, on_token=None):
+    def prompt(self, messages, template, prefill=None):
+        return render_prompt(self.tokenizer, messages, template, prefill)
+
+    def close(self):
+        pass
+
+    def generate(self, prompts, params, on_token=None, stream_ids=None):
         ids = self.encode(self.script) + [self.tokenizer.eos_token_id]
         cut = ids[:params.max_new_tokens]
         reason = "stop" if cut and cut[-1] == self.tokenizer.eos_token_id else "length"

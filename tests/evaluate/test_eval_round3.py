@@ -12,7 +12,7 @@ from test_runner import fake_run
 from r1lab import rollout
 from r1lab.config import EvalConfig
 from r1lab.engine import SamplingParams
-from r1lab.engine.base import Completion
+from r1lab.engine.base import Completion, Prompt
 from r1lab.evaluate import runner
 from r1lab.evaluate.benchmarks import Benchmark, load_benchmark, task_benchmark
 from r1lab.evaluate.compare import compare_runs
@@ -51,7 +51,7 @@ def test_a_cut_reply_is_judged_on_the_answer_it_closed_not_on_later_text():
 
 
 def group_of(example: dict, texts: list[str]) -> Group:
-    return Group(example=example, prompt_ids=[1], prefill="",
+    return Group(example=example, prompt=Prompt((1,)),
                  completions=[Completion(0, [1] * 5, [0.0] * 5, "length", t) for t in texts])
 
 

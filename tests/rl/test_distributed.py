@@ -23,7 +23,7 @@ def zero_flags(model, out):
     return ["zero", "--model", model, "--task-args", "{n_train: 40, n_test: 4}", "--template", "native",
             "--rewards", "{test_digit_share: 1.0, format: 0.5}", "--steps", "3", "--prompts-per-step", "5",
             "--group-size", "3", "--max-new-tokens", "10", "--eval-examples", "2", "--eval-max-new-tokens", "4",
-            "--warmup-steps", "0", "--lr", "1e-2", "--temperature", "1.0", "--save-every", "2", "--threads", "1",
+            "--warmup-steps", "0", "--lr", "1e-2", "--temperature", "1.0", "--save-every", "2", "--threads", "1", "--dtype", "fp32",
             "--out", str(out)]
 
 
@@ -107,7 +107,7 @@ def test_two_processes_fine_tune_what_one_does(tmp_path, parallel):
     def sft(out, *extra):
         done = subprocess.run([sys.executable, "-m", "r1lab.cli", "sft", "--model", model, "--data", str(data),
                                "--template", "native", "--epochs", "1", "--tokens-per-step", "200", "--row-tokens",
-                               "64", "--lr", "1e-3", "--warmup-steps", "0", "--eval-size", "4", "--threads", "1",
+                               "64", "--lr", "1e-3", "--warmup-steps", "0", "--eval-size", "4", "--threads", "1", "--dtype", "fp32",
                                "--out", str(out), *extra], env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
 

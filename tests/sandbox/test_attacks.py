@@ -657,8 +657,9 @@ def test_a_failed_expected_side_is_tried_again_not_remembered():
     from r1lab.sandbox import judge
     from r1lab.sandbox.judge import AssertTest, judge_asserts
 
-    test = [AssertTest("assert f() == sum(range(3 * 10 ** 7))")]
+    # the expected side is slow by construction (a 2 s sleep), not by a guess at the CPU's speed
+    test = [AssertTest('assert f() == (__import__("time").sleep(2) or 449999985000000)')]
     honest = "def f():\n    return 449999985000000\n"
     assert judge_asserts(honest, test, limits=Limits(wall=0.3, cpu=1)).score() == 0.0
     assert judge_asserts(honest, test, limits=Limits(wall=30, cpu=30)).score() == 1.0
-    assert judge._expected_values[("", "sum(range(3 * 10 ** 7))")] == 449999985000000
+    assert judge._expected_values[("", "__import__('time').sleep(2) or 449999985000000")] == 449999985000000

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 
 import uvicorn
 
-from r1lab.engine.base import Completion
+from r1lab.engine.base import Completion, render_prompt
 
 from conftest import make_tokenizer  # tests/conftest.py
 
@@ -41,7 +41,22 @@ class ScriptedEngine:
     def encode(self, text):
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def generate(self, prompts, params, on_token=None):
+    def prompt(self, messages, template, prefill=None):
+        return render_prompt(self.tokenizer, messages, template, prefill)
+
+    def load_weights(self, weights):
+        pass
+
+    def sleep(self):
+        pass
+
+    def wake_up(self):
+        pass
+
+    def close(self):
+        pass
+
+    def generate(self, prompts, params, on_token=None, stream_ids=None):
         self.calls.append(len(prompts))
         ids = self.encode(self.script) + [self.tokenizer.eos_token_id]
         rows = {(i, j): [] for i in range(len(prompts)) for j in range(params.n)}

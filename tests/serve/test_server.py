@@ -9,6 +9,7 @@ import time
 
 import httpx
 import pytest
+import torch
 
 from r1lab.chat import render
 from r1lab.engine import TorchEngine
@@ -310,3 +311,29 @@ def test_any_64_bit_seed_is_answered(bad_server, seed):
     r = httpx.post(bad_server + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
                                                               "seed": seed, "max_tokens": 2})
     assert r.status_code == 200, r.text
+
+
+def test_the_batcher_thread_runs_on_the_threads_the_engine_was_opened_with():
+    """--threads 1: a new thread's OpenMP team is its own (every core), whatever torch.get_num_threads says, and vLLM's
+    CPU attention fails when the batcher's thread runs on another count than the one the engine was built with."""
+    import ctypes
+    import glob
+    import os
+
+    gomp = glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp*"))
+    if not gomp or (os.cpu_count() or 1) < 2:
+        pytest.skip("needs torch's libgomp and two cores to tell one OpenMP team size from another")
+    omp_threads = ctypes.CDLL(gomp[0]).omp_get_max_threads
+    tok = make_tokenizer()
+    engine = ScriptedEngine(tok, "four")
+    seen, real = [], engine.generate
+    engine.generate = lambda *a, **k: (seen.append(omp_threads()), real(*a, **k))[1]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with running(create_app(engine, "s")) as url:
+            assert httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                                  "max_tokens": 2}).status_code == 200
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1]

@@ -4,6 +4,7 @@ import stat
 from types import SimpleNamespace
 
 from r1lab.engine import SamplingParams
+from r1lab.engine.base import prompt_ids
 from r1lab.serve.terminal import DIM, HISTORY_LINES, RESET, chat_loop, load_history, reply, save_history
 
 from serving import ScriptedEngine, thinking_tokenizer
@@ -26,8 +27,8 @@ def engine_and_prompts(script="think\n</think>\nfine", **kw):
     prompts = []
     real = engine.generate
 
-    def generate(ids, params, on_token=None):
-        prompts.append(engine.tokenizer.decode(ids[0]))
+    def generate(ids, params, on_token=None, stream_ids=None):
+        prompts.append(engine.tokenizer.decode(prompt_ids(ids[0])))
         return real(ids, params, on_token)
 
     engine.generate = generate

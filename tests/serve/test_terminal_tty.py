@@ -29,9 +29,9 @@ from r1lab.serve.terminal import chat_loop
 engine = ScriptedEngine(thinking_tokenizer(), "thinking " * 10 + "\\n</think>\\nfine", delay=float(sys.argv[3]))
 real = engine.generate
 
-def generate(ids, params, on_token=None):
+def generate(ids, params, on_token=None, stream_ids=None):
     with open(sys.argv[2], "a") as f:
-        f.write(json.dumps(engine.tokenizer.decode(ids[0])) + "\\n")
+        f.write(json.dumps(engine.tokenizer.decode(list(ids[0].token_ids))) + "\\n")
     return real(ids, params, on_token)
 
 engine.generate = generate

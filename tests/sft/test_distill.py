@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from r1lab.config import DistillConfig
+from r1lab.engine import OpenAIEngine
 from r1lab.serve.app import create_app
 from r1lab.sft import distill
 
@@ -31,23 +32,23 @@ def test_distill_from_r1lab_serve_resumes_with_every_prompt_exactly_once(tmp_pat
     engine = ScriptedEngine(thinking_tokenizer(), "Adding them up.\n</think>\n\n<answer>7</answer>")
     with running(create_app(engine, "teacher")) as url:
         cfg = cfg_for(url, tmp_path / "run", concurrency=2)
-        real_ask = distill.Teacher.ask
+        real_ask = OpenAIEngine._ask
         calls = []
 
-        def dies_half_way(self, prompt):
-            calls.append(prompt)
+        def dies_half_way(self, index, body, *rest):
+            calls.append(body["messages"][-1]["content"])
             if len(calls) == 10:
                 raise KeyboardInterrupt
-            return real_ask(self, prompt)
+            return real_ask(self, index, body, *rest)
 
-        monkeypatch.setattr(distill.Teacher, "ask", dies_half_way)
-        with pytest.raises(KeyboardInterrupt):
+        monkeypatch.setattr(OpenAIEngine, "_ask", dies_half_way)
+        with pytest.raises(distill.Interrupted):
             distill.run_distill(cfg, progress=False)
         first = [json.loads(l) for l in (tmp_path / "run" / "traces.jsonl").read_text().splitlines()]
         assert 5 <= len(first) < 20
-        monkeypatch.setattr(distill.Teacher, "ask", real_ask)
         asked = []
-        monkeypatch.setattr(distill.Teacher, "ask", lambda self, p: (asked.append(p), real_ask(self, p))[1])
+        monkeypatch.setattr(OpenAIEngine, "_ask", lambda self, index, body, *rest: (
+            asked.append(body["messages"][-1]["content"]), real_ask(self, index, body, *rest))[1])
         summary = distill.run_distill(cfg, progress=False)
     rows = [json.loads(l) for l in (tmp_path / "run" / "traces.jsonl").read_text().splitlines()]
     assert sorted(int(r["id"]) for r in rows) == list(range(20))  # every prompt, exactly once
@@ -154,10 +155,16 @@ def test_without_the_openai_package_distill_says_how_to_install_it(tmp_path, mon
         distill.run_distill(cfg_for("http://127.0.0.1:9", tmp_path / "run"), progress=False)
 
 
-def test_the_request_timeout_allows_a_long_reply_and_a_dead_host_fails_fast(tmp_path):
-    timeout = distill.Teacher(cfg_for("http://127.0.0.1:9", tmp_path, max_tokens=32768)).client.timeout
-    assert timeout.read >= 3276 and timeout.connect <= 10  # 32k tokens at 10 tokens/s; a connect is quick
-    assert distill.Teacher(cfg_for("http://127.0.0.1:9", tmp_path)).client.timeout.read == 600
+def test_the_teacher_is_an_openai_engine_with_distills_request_options(tmp_path):
+    teacher = distill.open_teacher(cfg_for("http://127.0.0.1:9", tmp_path, concurrency=3, max_retries=2,
+                                           backoff=0.5, max_tokens=32768))
+    assert isinstance(teacher, OpenAIEngine) and teacher.model == "teacher"
+    assert (teacher.base_url, teacher.concurrency, teacher.max_retries, teacher.backoff) == (
+        "http://127.0.0.1:9/v1", 3, 2, 0.5)
+    assert teacher.request_timeout(32768) >= 3276  # 32k tokens at 10 tokens/s: a long reply is not cut off
+    other = distill.open_teacher(cfg_for("http://127.0.0.1:9", tmp_path, engine="openai",
+                                         engine_args={"concurrency": 5, "timeout": 30}))
+    assert other.concurrency == 5 and other.request_timeout(32768) == 30  # engine_args reach the engine
 
 
 def test_traces_without_reasoning_are_not_kept_and_a_teacher_without_choices_is_one_line(tmp_path):
