@@ -28,15 +28,17 @@ shared machine hits all engines alike; the table gives the median over rounds an
   where that fails);
 - ``hf``: ``model.generate`` of transformers on the same weights, left-padded batch.
 
-The two references (``hf``, ``vllm-adapter``) run in the first ``--reference-rounds`` rounds only (default 1): on a
-shared 2-core machine a full grid of all four engines takes hours, and the goal is r1lab against vLLM.
+The two references (``hf``, ``vllm-adapter``) run in the first ``--reference-rounds`` rounds only (default 1), and
+only at ``--reference-batches`` (default: all): on a 2-core machine a full grid of all four engines takes hours (HF
+``generate`` decodes ~30-40 tok/s at batch 128 there), and the goal is r1lab against vLLM.
 
 GRPO step time: ``r1lab zero`` for ``--grpo-steps`` steps with ``--engine torch`` and ``--engine vllm`` (no held-out
 evaluation), its ``seconds``, ``seconds_generate`` and ``logprob_gap_mean`` (sampler vs trainer) per step read
 from ``metrics.jsonl``.
 
 Usage: ``python benchmarks/engines.py [--rounds 3] [--batches 32,64,128] [--dtypes fp32,bf16]
-[--engines torch,vllm,vllm-adapter,hf] [--reference-rounds 1] [--modes eos,fixed] [--threads 2] [--grpo-steps 3]
+[--engines torch,vllm,vllm-adapter,hf] [--reference-rounds 1] [--reference-batches 32]
+[--modes eos,fixed] [--threads 2] [--grpo-steps 3]
 [--quick]``
 """
 
@@ -114,7 +116,8 @@ def worker_main(args) -> None:
     torch.set_num_threads(args.threads)  # before vLLM, which makes set_num_threads a no-op
     try:
         generate = _load(args.worker, args.worker_dtype, args)
-        generate([[1, 2, 3, 4]] * 2, 8, 1.0, True)  # warm up: first-call allocations and packing
+        # warm up at the largest batch: first-call allocations, packing, and each kernel's first shapes
+        generate([[1, 2, 3, 4] * 16] * args.largest_batch, 16, 1.0, True)
     except Exception as e:  # noqa: BLE001 - the cell says what failed
         reply.write(json.dumps({"error": f"{type(e).__name__}: {e}"[:300]}) + "\n")
         return
@@ -274,7 +277,7 @@ def decode_table(args, log) -> list[str]:
                 line = []
                 load()
                 for engine, worker in workers.items():
-                    if engine in REFERENCES and r >= args.reference_rounds:
+                    if engine in REFERENCES and (r >= args.reference_rounds or batch not in args.reference_batches):
                         continue
                     reply = worker.run(cell)
                     key = (batch, dtype, mode, engine)
@@ -346,6 +349,8 @@ def main(argv=None) -> None:
     parser.add_argument("--modes", default="eos,fixed")
     parser.add_argument("--reference-rounds", type=int, default=1,
                         help="rounds that also run HF generate and the vLLM adapter (the goal compares r1lab and vLLM)")
+    parser.add_argument("--reference-batches", default=None,
+                        help="batches the references (hf, vllm-adapter) run at (default: every --batches)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--grpo-steps", type=int, default=3, help="0: skip the GRPO step times")
@@ -365,12 +370,15 @@ def main(argv=None) -> None:
         return worker_main(args)
     args.batches = [int(b) for b in args.batches.split(",")]
     args.dtypes, args.modes = args.dtypes.split(","), args.modes.split(",")
+    args.reference_batches = ([int(b) for b in args.reference_batches.split(",")] if args.reference_batches
+                              else args.batches)
     args.engines = [e for e in args.engines.split(",") if e]
     for e in args.engines:
         if e not in ENGINES:
             parser.error(f"--engines: {e!r} is not one of {', '.join(ENGINES)}")
     if args.quick:
         args.rounds, args.batches, args.dtypes, args.modes = 1, [4], args.dtypes[:1], ["fixed"]
+        args.reference_batches = [4]
         args.max_new_tokens, args.grpo_steps = 16, 0
     log_path = args.log or tempfile.mkstemp(prefix="r1lab-engines-", suffix=".log")[1]
     with open(log_path, "a") as log:

@@ -16,8 +16,8 @@ both lengths and finish reasons, and how close a call the local model's greedy c
 top-2 logit); then whether llama.cpp's tokenizer gives r1lab's prompt token ids, and the
 seconds each run took. Finished runs in ``--out`` are reused.
 
-Usage: ``python benchmarks/openai_vs_local.py [--model smollm2-135m] [--benchmark gsm8k] [--problems 30]
-[--max-tokens 256] [--out /tmp/openai-vs-local]``. About 40 minutes on 2 busy CPU cores at the defaults.
+Usage: ``python benchmarks/openai_vs_local.py [--model smollm2-135m] [--benchmark gsm8k] [--task-args YAML]
+[--problems 30] [--max-tokens 256] [--out /tmp/openai-vs-local]``. About 40 minutes on 2 busy CPU cores at the defaults.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import torch
 import yaml
 
 from r1lab.cli import main as r1lab
+from r1lab.evaluate.report import folder_name
 from r1lab.models import load_model
 
 ALIAS = "r1lab-model"
@@ -77,7 +78,7 @@ def run_eval(out: Path, flags: list[str]) -> None:
 
 def eval_seconds(out: Path, benchmark: str) -> float:
     """The seconds a finished run spent sampling ``benchmark`` (its ``summary.json``)."""
-    return json.loads((out / "summary.json").read_text())["benchmarks"][benchmark]["seconds"]
+    return next(iter(json.loads((out / "summary.json").read_text())["benchmarks"].values()))["seconds"]
 
 
 def samples(out: Path, benchmark: str) -> list[dict]:
@@ -128,6 +129,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m", help="a checkpoint or model name r1lab loads")
     parser.add_argument("--benchmark", default="gsm8k", help="an r1lab eval benchmark, e.g. gsm8k or task:arithmetic")
+    parser.add_argument("--task-args", default=None, help="for a task:NAME benchmark, e.g. '{digits: 2}'")
     parser.add_argument("--problems", type=int, default=30)
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2, help="r1lab's CPU threads")
@@ -140,9 +142,10 @@ def main() -> None:
     gguf = out / "model.f16.gguf"
     if not gguf.is_file():
         assert r1lab(["export", args.model, "--gguf", str(gguf), "--check", "false"]) == 0
-    benchmark = args.benchmark.split(":")[-1]  # task:NAME writes its samples under NAME
+    benchmark = folder_name(args.benchmark)  # task:NAME writes its samples under task-NAME
     common = ["--greedy", "--benchmarks", args.benchmark, "--limit", str(args.problems), "--max-new-tokens",
-              str(args.max_tokens), "--threads", str(args.threads), "--problems-per-batch", "4"]  # saved as they go
+              str(args.max_tokens), "--threads", str(args.threads), "--problems-per-batch", "4",  # saved as they go
+              *(["--task-args", args.task_args] if args.task_args else [])]
     run_eval(out / "local", ["--model", args.model, "--dtype", "fp32", *common])
     server, url = serve_llama_cpp(gguf, args.server_threads)
     try:

@@ -685,13 +685,24 @@ def engine_choice(cfg) -> tuple[str, dict]:
     return name, args
 
 
-def engine_label(name: str, args: dict) -> str:
-    """What samples record of the engine that made them: its name, and an endpoint's address.
+def engine_label(name: str, args: dict, precision: str | None = None) -> str:
+    """What samples record of the engine that made them, so that a rerun does not mix in samples made otherwise:
+    a local engine's name and its sampling ``precision`` (fp32 unnamed, as runs before ``--dtype auto`` chose bf16
+    recorded none); an endpoint's address and the options that change what it samples (``api``, ``extra_body``).
 
-    >>> engine_label("torch", {}), engine_label("openai", {"base_url": "http://127.0.0.1:8080/v1"})
-    ('torch', 'openai http://127.0.0.1:8080/v1')
+    >>> engine_label("torch", {}, "fp32"), engine_label("vllm", {}, "bf16")
+    ('torch', 'vllm bf16')
+    >>> engine_label("openai", {"base_url": "http://127.0.0.1:8080/v1", "extra_body": {"repeat_penalty": 1.0}})
+    'openai http://127.0.0.1:8080/v1 extra_body={"repeat_penalty": 1.0}'
     """
-    return f"openai {args['base_url']}" if name == "openai" else name
+    if name != "openai":
+        return name if precision in (None, "fp32") else f"{name} {precision}"
+    label = f"openai {args['base_url']}"
+    if args.get("api", "chat") != "chat":
+        label += f" api={args['api']}"
+    if args.get("extra_body"):
+        label += f" extra_body={json.dumps(args['extra_body'], sort_keys=True)}"
+    return label
 
 
 def _weights(rewards: dict) -> list[str]:
@@ -819,12 +830,17 @@ def read_recipe(path: str | Path, cls) -> dict:
 def make_config(cls, values: dict, validate: bool = True):
     """Check names and types, build the dataclass, then :meth:`validate` it (unless ``validate`` is false: a
     partial set of options, as a resume compares); errors say which option and what to write. A ``template`` not
-    given is the one the ``model`` checkpoint was trained with, if r1lab recorded it."""
+    given is the one the ``model`` checkpoint was trained with, if r1lab recorded it (for an endpoint whose prompts
+    are rendered here, ``api: completions``: its ``tokenizer``'s)."""
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     source = "teacher" if "teacher" in known else "model"
     if "template" in known and "template" not in values:
         recorded = recorded_template(str(values.get(source, getattr(cls(), source, ""))))
+        endpoint = values.get("engine_args")
+        if not recorded and isinstance(endpoint, dict) and endpoint.get("api") == "completions" \
+                and isinstance(endpoint.get("tokenizer"), str):  # an endpoint's prompts, rendered here
+            recorded = recorded_template(endpoint["tokenizer"])
         if recorded:
             values = {**values, "template": recorded}
     for name in values:

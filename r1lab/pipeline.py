@@ -56,11 +56,12 @@ from r1lab.config import (
     SampleConfig,
     SftConfig,
     ZeroConfig,
+    engine_choice,
     make_config,
     save_config,
 )
 from r1lab.console import say
-from r1lab.engine import SamplingParams, check_engine, open_engine
+from r1lab.engine import SamplingParams, check_engine, engine_kind, open_engine
 from r1lab.evaluate.report import folder_name
 from r1lab.evaluate.runner import run_eval
 from r1lab.files import read_log, write_atomic, write_json, write_jsonl
@@ -72,7 +73,7 @@ from r1lab.rl.grpo import train
 from r1lab.rm.train import train_rm
 from r1lab.rollout import build_rewards, generate_groups, score_group
 from r1lab.sft.coldstart import write_coldstart
-from r1lab.sft.distill import run_distill
+from r1lab.sft.distill import run_distill, teacher_engine
 from r1lab.sft.sample import run_sample
 from r1lab.sft.trainer import train_sft
 from r1lab.tasks import build_task, task_args_for
@@ -159,10 +160,32 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         for name, command in stage.commands.items():  # engines and their options, before anything runs
             if hasattr(command, "engine"):
                 try:
-                    check_engine(command.engine, command.engine_args)
+                    _check_stage_engine(name, command)
                 except ValueError as e:
                     raise ValueError(f"{stage.folder} ({name}): {e}") from None
     return stages
+
+
+#: the one command of a pipeline that may sample from an endpoint: cold-start traces of an outside model (say
+#: DeepSeek-R1 through its API); every other stage samples from a checkpoint the pipeline made
+ENDPOINT_STAGES = ("coldstart",)
+
+
+def _check_stage_engine(name: str, command) -> None:
+    """A stage's engine and its options (with an endpoint's address, :func:`r1lab.config.engine_choice`), checked
+    against the stage's template; an endpoint only where the stage's model may be an outside one."""
+    engine, args = engine_choice(command)
+    if isinstance(command, DistillConfig):
+        engine, args, _ = teacher_engine(command)
+    elif isinstance(command, ColdstartConfig):  # prompts a model in its own chat template
+        check_engine(engine, args, "native")
+    else:
+        check_engine(engine, args, getattr(command, "template", None), getattr(command, "prefill", None))
+    if not engine_kind(engine).local and name not in ENDPOINT_STAGES:
+        raise ValueError(f"engine {engine} samples from an endpoint, but this stage samples from the pipeline's own "
+                         f"checkpoint ({getattr(command, 'teacher', None) or getattr(command, 'model', '')}): drop "
+                         f"engine: {engine} and base_url from its block (only coldstart: {{source: model}} may ask an "
+                         "endpoint)")
 
 
 def _block(cfg: PipelineConfig, name: str) -> dict:
@@ -179,7 +202,8 @@ def _check_inputs(cfg: PipelineConfig, run: Path) -> None:
     """What ``plan`` can check before anything runs besides the commands' own settings: the evaluation's options
     and the non-reasoning file."""
     try:
-        make_config(EvalConfig, {**_eval_settings(cfg), "model": cfg.model, "out": str(run / "eval-check")})
+        _check_stage_engine("eval", make_config(EvalConfig, {**_eval_settings(cfg), "model": cfg.model,
+                                                             "out": str(run / "eval-check")}))
     except ValueError as e:
         raise ValueError(f"eval: {e}") from None
     if cfg.non_reasoning:
@@ -458,6 +482,8 @@ def _eval_settings(cfg: PipelineConfig) -> dict:
     settings = {"benchmarks": [f"task:{cfg.task}"], "task_args": cfg.task_args or _default_args(cfg.task),
                 "template": cfg.template, "seed": cfg.seed, "limit": 32, "k": 2, "max_new_tokens": 128,
                 "engine": cfg.engine, "engine_args": cfg.engine_args}
+    if "engine" in cfg.eval and "engine_args" not in cfg.eval:  # the recipe's engine_args are another engine's
+        settings.pop("engine_args")
     return {**settings, **cfg.eval}
 
 

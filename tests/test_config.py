@@ -264,3 +264,19 @@ def test_the_engine_names_are_the_registrys():
 
     assert ENGINES == tuple(REGISTERED)
     assert TRAINING_ENGINES == tuple(name for name, kind in REGISTERED.items() if kind.trains)
+
+
+def test_an_endpoints_prompts_rendered_here_take_the_template_its_tokenizer_checkpoint_was_trained_with(tmp_path):
+    from r1lab.files import CHECKPOINT_MARKER
+
+    (tmp_path / CHECKPOINT_MARKER).write_text('{"template": "native-zero"}')
+    endpoint = {"model": "served", "engine": "openai", "base_url": "http://127.0.0.1:8080/v1"}
+    rendered_here = config.make_config(EvalConfig, {**endpoint, "engine_args": {"api": "completions",
+                                                                              "tokenizer": str(tmp_path)}})
+    assert rendered_here.template == "native-zero"
+    # the chat API: the server renders with its own template (an exported GGUF carries the checkpoint's)
+    chat = config.make_config(EvalConfig, {**endpoint, "engine_args": {"tokenizer": str(tmp_path)}})
+    assert chat.template == EvalConfig().template
+    given = config.make_config(EvalConfig, {**endpoint, "template": "native",
+                                            "engine_args": {"api": "completions", "tokenizer": str(tmp_path)}})
+    assert given.template == "native"

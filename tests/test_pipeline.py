@@ -225,11 +225,11 @@ def test_what_a_stage_makes_is_fingerprinted_and_where_the_run_lies_is_not(tiny_
 def test_every_stage_that_generates_samples_with_the_recipes_engine_unless_its_block_names_one(tiny_model, tmp_path,
                                                                                              monkeypatch):
     checked = []  # every command that generates has its engine checked before anything runs (vLLM's import)
-    monkeypatch.setattr(pipeline, "check_engine", lambda name, args: checked.append((name, args)))
+    monkeypatch.setattr(pipeline, "check_engine", lambda name, args, *template: checked.append((name, args)))
     cfg = PipelineConfig(engine="vllm", engine_args={"enforce_eager": True}, rl_all={"engine": "torch"})
     stages = {s.folder: s for s in pipeline.plan(cfg)}
     # a block that names its own engine does not take the recipe's engine_args (they are another engine's)
-    assert sorted(checked, key=str) == sorted([("vllm", {"enforce_eager": True})] * 3 + [("torch", {})], key=str)
+    assert sorted(checked, key=str) == sorted([("vllm", {"enforce_eager": True})] * 4 + [("torch", {})], key=str)
     made = {(folder, name): getattr(c, "engine", None) for folder, s in stages.items() for name, c in s.commands.items()}
     assert made == {("1-coldstart", "coldstart"): "vllm", ("1-coldstart", "sft"): None, ("2-reasoning-rl", "zero"): "vllm",
                     ("3-rejection-sft", "sample"): "vllm", ("3-rejection-sft", "sft"): None, ("4-rl-all", "zero"): "torch"}
@@ -240,6 +240,27 @@ def test_every_stage_that_generates_samples_with_the_recipes_engine_unless_its_b
     base = recipe(tiny_model, "runs/r1")  # switching engines does not redo finished stages
     monkeypatch.chdir(tmp_path)
     assert fingerprints({**base, "engine": "vllm", "engine_args": {"max_model_len": 512}}) == fingerprints(base)
+
+
+def test_an_endpoint_only_where_a_stage_may_sample_an_outside_model_and_each_block_is_checked_as_it_runs():
+    url = "http://127.0.0.1:9/v1"
+    # cold-start traces from an outside model's API: checked with the endpoint's address
+    cfg = PipelineConfig(coldstart={"source": "model", "model": "deepseek-reasoner", "engine": "openai",
+                                    "base_url": url})
+    coldstart = pipeline.plan(cfg)[1].commands["coldstart"]
+    assert (coldstart.engine, coldstart.base_url) == ("openai", url)
+    # the stages that sample the pipeline's own checkpoints refuse an endpoint, naming what to drop
+    for block in ("rejection", "eval"):
+        with pytest.raises(ValueError, match=r"samples from an endpoint, but this stage samples from the pipeline's "
+                                             r"own checkpoint.*drop engine: openai"):
+            pipeline.plan(PipelineConfig(**{block: {"engine": "openai", "base_url": url}}))
+    with pytest.raises(ValueError, match=r"5-distill \(distill\): engine openai samples from an endpoint"):
+        pipeline.plan(PipelineConfig(distill={"student": "smollm2-135m", "base_url": url}))
+    # an eval block naming its own engine does not take the recipe's engine_args, and its options are checked
+    cfg = PipelineConfig(engine="torch", engine_args={"max_batch": 8}, eval={"engine": "openai"})
+    assert "engine_args" not in {k for k, v in pipeline._eval_settings(cfg).items() if v}
+    with pytest.raises(ValueError, match=r"eval: .*max_rows"):
+        pipeline.plan(PipelineConfig(eval={"engine_args": {"max_rows": "many"}}))
 
 
 def test_a_block_given_keeps_the_defaults_it_does_not_name():

@@ -106,8 +106,9 @@ class Completion:
 class Engine(Protocol):
     #: the tokenizer prompts are encoded and replies decoded with (an endpoint's may be None: it sends text)
     tokenizer: object
-    #: prompt + reply tokens the model attends to (an endpoint that does not say: a very large number)
-    context_length: int
+    #: prompt + reply tokens the model attends to; None where unknown (an endpoint that does not say): replies
+    #: are then not cut to it here
+    context_length: int | None
 
     def prompt(self, messages: list[dict], template: str, prefill: str | None = None) -> Prompt:
         """The conversation as this engine takes it: rendered with ``template`` (``prefill`` overrides the

