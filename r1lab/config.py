@@ -685,18 +685,18 @@ def engine_choice(cfg) -> tuple[str, dict]:
     return name, args
 
 
-def engine_label(name: str, args: dict, precision: str | None = None) -> str:
+def engine_label(name: str, args: dict) -> str:
     """What samples record of the engine that made them, so that a rerun does not mix in samples made otherwise:
-    a local engine's name and its sampling ``precision`` (fp32 unnamed, as runs before ``--dtype auto`` chose bf16
-    recorded none); an endpoint's address and the options that change what it samples (``api``, ``extra_body``).
+    its name; for an endpoint, its address and the options that change what it samples (``api``, ``extra_body``).
+    (A local engine's precision is recorded beside it: :func:`r1lab.rollout.batch_settings`.)
 
-    >>> engine_label("torch", {}, "fp32"), engine_label("vllm", {}, "bf16")
-    ('torch', 'vllm bf16')
-    >>> engine_label("openai", {"base_url": "http://127.0.0.1:8080/v1", "extra_body": {"repeat_penalty": 1.0}})
-    'openai http://127.0.0.1:8080/v1 extra_body={"repeat_penalty": 1.0}'
+    >>> engine_label("torch", {}), engine_label("openai", {"base_url": "http://127.0.0.1:8080/v1"})
+    ('torch', 'openai http://127.0.0.1:8080/v1')
+    >>> engine_label("openai", {"base_url": "http://h/v1", "api": "completions", "extra_body": {"top_k": 1}})
+    'openai http://h/v1 api=completions extra_body={"top_k": 1}'
     """
     if name != "openai":
-        return name if precision in (None, "fp32") else f"{name} {precision}"
+        return name
     label = f"openai {args['base_url']}"
     if args.get("api", "chat") != "chat":
         label += f" api={args['api']}"

@@ -175,17 +175,17 @@ def _check_stage_engine(name: str, command) -> None:
     """A stage's engine and its options (with an endpoint's address, :func:`r1lab.config.engine_choice`), checked
     against the stage's template; an endpoint only where the stage's model may be an outside one."""
     engine, args = engine_choice(command)
-    if isinstance(command, DistillConfig):
-        engine, args, _ = teacher_engine(command)
-    elif isinstance(command, ColdstartConfig):  # prompts a model in its own chat template
-        check_engine(engine, args, "native")
-    else:
-        check_engine(engine, args, getattr(command, "template", None), getattr(command, "prefill", None))
     if not engine_kind(engine).local and name not in ENDPOINT_STAGES:
         raise ValueError(f"engine {engine} samples from an endpoint, but this stage samples from the pipeline's own "
                          f"checkpoint ({getattr(command, 'teacher', None) or getattr(command, 'model', '')}): drop "
                          f"engine: {engine} and base_url from its block (only coldstart: {{source: model}} may ask an "
                          "endpoint)")
+    if isinstance(command, DistillConfig):
+        teacher_engine(command)
+    elif isinstance(command, ColdstartConfig):  # prompts a model in its own chat template
+        check_engine(engine, args, "native")
+    else:
+        check_engine(engine, args, getattr(command, "template", None), getattr(command, "prefill", None))
 
 
 def _block(cfg: PipelineConfig, name: str) -> dict:
@@ -483,7 +483,7 @@ def _eval_settings(cfg: PipelineConfig) -> dict:
                 "template": cfg.template, "seed": cfg.seed, "limit": 32, "k": 2, "max_new_tokens": 128,
                 "engine": cfg.engine, "engine_args": cfg.engine_args}
     if "engine" in cfg.eval and "engine_args" not in cfg.eval:  # the recipe's engine_args are another engine's
-        settings.pop("engine_args")
+        settings["engine_args"] = {}
     return {**settings, **cfg.eval}
 
 

@@ -158,14 +158,18 @@ def sample_problems(engine, task, examples: list[dict], params: SamplingParams, 
 
 
 def batch_settings(model: str, template: str, prefill: str | None, params: SamplingParams, seed: int,
-                   problems_per_batch: int, source: str, rows: int = 64, engine: str = "torch") -> dict:
+                   problems_per_batch: int, source: str, rows: int = 64, engine: str = "torch",
+                   precision: str | None = None) -> dict:
     """What the samples of :func:`sample_in_batches` depend on (reused only when every one of these is the same),
     and ``problems_per_batch``, where 0 means ``rows // k`` (the unit a resume redoes; samples do not depend on
-    it). ``engine`` names the engine (and an endpoint's address): another engine samples differently."""
-    return {"model": model, "template": template, "prefill": prefill, "k": params.n, "temperature": params.temperature,
-            "top_p": params.top_p, "top_k": params.top_k, "max_new_tokens": params.max_new_tokens, "seed": seed,
-            "streams": STREAMS, "problems_per_batch": problems_per_batch or max(1, rows // params.n), "source": source,
-            "engine": engine}
+    it). ``engine`` names the engine (and an endpoint's address): another engine samples differently; so does
+    another ``precision`` (a local engine's: fp32, bf16, fp16; None for an endpoint)."""
+    settings = {"model": model, "template": template, "prefill": prefill, "k": params.n,
+                "temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k,
+                "max_new_tokens": params.max_new_tokens, "seed": seed, "streams": STREAMS,
+                "problems_per_batch": problems_per_batch or max(1, rows // params.n), "source": source,
+                "engine": engine}
+    return settings | ({"precision": precision} if precision else {})
 
 
 def sample_in_batches(engine, task, examples: list[dict], params: SamplingParams, template: str,
@@ -273,10 +277,12 @@ def read_complete_batches(path: Path, n_problems: int, size: int, k: int,
 
 def check_settings_file(path: Path, settings: dict) -> None:
     """Write ``settings`` to ``path``, or, if it exists, refuse settings other than the ones it holds (samples
-    written before engines were named were made by the torch engine)."""
+    written before engines were named were made by the torch engine; before precisions were recorded, in an
+    unrecorded one, which is not compared)."""
     if not path.is_file():
         write_json(path, settings)
         return
     saved = {"engine": "torch", **json.loads(path.read_text())}
-    refuse_changed(path.parent, saved, settings, list(settings),
+    keys = [key for key in settings if key != "precision" or key in saved]
+    refuse_changed(path.parent, saved, settings, keys,
                    "Use another --out, or the same settings to resume", what="samples made")

@@ -87,7 +87,7 @@ RETRY_STATUS = frozenset({408, 409, 429} | set(range(500, 600)))
 CONNECT_TIMEOUT = 10.0
 #: request fields the engine sets itself: ``extra_body`` may not override them
 RESERVED_FIELDS = frozenset({"model", "messages", "prompt", "n", "stream", "temperature", "top_p", "max_tokens",
-                             "stop", "seed", "logprobs"})
+                             "max_completion_tokens", "stop", "seed", "logprobs"})
 #: requests in flight at once unless ``concurrency`` says otherwise
 DEFAULT_CONCURRENCY = 8
 
@@ -257,7 +257,7 @@ class OpenAIEngine:
     def _body(self, prompt: Prompt | Sequence[int], params: SamplingParams) -> dict:
         """The request for one sample of ``prompt``, but its seed."""
         body: dict = {"model": self.model, "temperature": params.temperature, "top_p": params.top_p,
-                      self.max_tokens_field: params.max_new_tokens}
+                      "max_tokens": params.max_new_tokens}
         if self.api == "chat":
             if not isinstance(prompt, Prompt) or not prompt.messages:
                 raise ValueError("an endpoint's chat API takes the conversation: make each prompt with "
@@ -270,6 +270,8 @@ class OpenAIEngine:
         if self.logprobs:
             body["logprobs"] = True if self.api == "chat" else 1
         extra = {"top_k": params.top_k, "stop_token_ids": list(params.stop_token_ids), "ignore_eos": params.ignore_eos}
+        if self.max_tokens_field != "max_tokens":  # sent as a server field: older openai clients lack the argument
+            extra[self.max_tokens_field] = body.pop("max_tokens")
         extra = {**self.extra_body, **{key: value for key, value in extra.items() if value}}  # not OpenAI's fields
         if extra:
             body["extra_body"] = extra
@@ -277,8 +279,8 @@ class OpenAIEngine:
 
     def _ask(self, index: int, body: dict, timeout, stopped: threading.Event, stop: Sequence[str] = ()) -> Completion:
         """One request, retried on the statuses of :data:`RETRY_STATUS` and on connection errors; ``stop``: stop
-        strings to cut the reply at here, keeping them (the server was not sent them: OpenAI's ``stop`` drops
-        the string it matched, and most servers cannot be told to keep it)."""
+        strings the reply keeps (put back from the server's word where ``body`` sent them, else cut at here).
+        A reply that stopped without saying at what is asked again once without them (:class:`_UnnamedStop`)."""
         create = self.client.chat.completions.create if self.api == "chat" else self.client.completions.create
         retries = 0
         while True:
@@ -299,6 +301,8 @@ class OpenAIEngine:
             try:
                 return self._completion(index, reply, retries, stop, sent_stop="stop" in body)
             except _UnnamedStop:  # ask again without the stop strings and cut the reply at them here
+                if stopped.is_set():  # Ctrl-C or close() meanwhile: nothing more is sent
+                    raise Abandoned from None
                 if self.names_stop is None:
                     log(f"warning: the endpoint {self.base_url} does not say which stop string ended a reply, so "
                         "the ones kept in the text are cut here and no longer sent: it generates past them")
@@ -349,21 +353,18 @@ class OpenAIEngine:
             message = choice.message
             extra = message.model_extra or {}
             reasoning = extra.get("reasoning_content") or extra.get("reasoning") or ""
-            text = reply_text(reasoning if isinstance(reasoning, str) else "", message.content or "",
-                              choice.finish_reason)
+            reasoning, content = reasoning if isinstance(reasoning, str) else "", message.content or ""
+            matched = self._matched_stop(choice, content or reasoning, stop) if sent_stop else ""
+            if matched and not content and reasoning:  # it stopped inside the reasoning: the think block stays open
+                text = reply_text(reasoning + matched, "", "length")
+            else:
+                text = reply_text(reasoning, content + matched, choice.finish_reason)
         else:
             text = choice.text or ""
+            text += self._matched_stop(choice, text, stop) if sent_stop else ""
         if not isinstance(text, str):
             raise TypeError(f"its text is {type(text).__name__}, not a string")
         finish = "length" if choice.finish_reason == "length" else "stop"
-        if stop and sent_stop and finish == "stop" and not any(text.endswith(s) for s in stop):
-            extra = getattr(choice, "model_extra", None) or {}
-            if "stop_reason" not in extra and "matched_stop" not in extra:
-                raise _UnnamedStop
-            matched = extra.get("stop_reason") if "stop_reason" in extra else extra.get("matched_stop")
-            if isinstance(matched, str) and matched in stop:
-                text += matched
-            self.names_stop = True
         cut = cut_at_stop(text, stop, True) if stop else text
         if cut != text:  # a stop string the server was not told about: the reply ends there, as a local engine's
             text, finish = cut, "stop"
@@ -374,6 +375,19 @@ class OpenAIEngine:
             text=text, usage={"prompt_tokens": getattr(usage, "prompt_tokens", None),
                               "completion_tokens": getattr(usage, "completion_tokens", None),
                               "retries": retries, "finish_reason": choice.finish_reason})
+
+    def _matched_stop(self, choice, end: str, stop: Sequence[str]) -> str:
+        """The stop string to put back at the end of a reply that ended at one (``end``: the text it ended with),
+        as the server names it (``stop_reason``, ``matched_stop``); "" where it ended otherwise or already holds
+        it. :class:`_UnnamedStop` where it stopped and names nothing: a stop string or the end of text?"""
+        if not stop or choice.finish_reason != "stop" or not isinstance(end, str) or end.endswith(tuple(stop)):
+            return ""
+        extra = getattr(choice, "model_extra", None) or {}
+        if "stop_reason" not in extra and "matched_stop" not in extra:
+            raise _UnnamedStop
+        self.names_stop = True
+        matched = extra.get("stop_reason") if "stop_reason" in extra else extra.get("matched_stop")
+        return matched if isinstance(matched, str) and matched in stop else ""
 
     def _logprobs(self, choice) -> list[float]:
         """The server's log-prob of each token it sampled, where they were asked for (:data:`OPENAI_ARGS`)."""
@@ -412,6 +426,8 @@ def option_problems(base_url=None, concurrency=DEFAULT_CONCURRENCY, max_retries=
         (api not in APIS, f"api={api!r}: use one of {', '.join(APIS)}"),
         (max_tokens_field not in MAX_TOKENS_FIELDS,
          f"max_tokens_field={max_tokens_field!r}: use one of {', '.join(MAX_TOKENS_FIELDS)}"),
+        (max_tokens_field == "max_completion_tokens" and api != "chat",
+         "max_tokens_field=max_completion_tokens is a chat-API field: use it with api: chat"),
         (not isinstance(logprobs, bool), f"logprobs={logprobs!r}: true or false"),
         (not isinstance(api_key_env, str) or not api_key_env, f"api_key_env={api_key_env!r}: a variable's name"),
         (extra_body is not None and not isinstance(extra_body, dict),

@@ -91,8 +91,8 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
     rows = 4 * (args.get("concurrency", DEFAULT_CONCURRENCY) if name == "openai" else (cfg.max_rows or 64))
     engine = open_engine(cfg.model, name, args, cfg.threads, device=cfg.device, dtype=cfg.dtype)
     try:
-        label = engine_label(name, args, sampling_precision(name, cfg.device, cfg.dtype))
-        return evaluate_with(engine, benches, cfg, out, progress, label, rows)
+        return evaluate_with(engine, benches, cfg, out, progress, engine_label(name, args), rows,
+                             sampling_precision(name, cfg.device, cfg.dtype))
     except ConnectionError as e:  # an endpoint that stopped answering: what was sampled is kept
         raise ConnectionError(f"{e}. The finished batches are kept in {out}; rerun the same command to resume") \
             from e
@@ -101,9 +101,12 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
 
 
 def evaluate_with(engine, benches: dict, cfg: EvalConfig, out: Path, progress: bool, engine_id: str,
-                  rows: int) -> dict:
-    """Sample, judge and summarize every benchmark of ``benches`` with ``engine``; write the summary and report."""
+                  rows: int, precision: str | None = None) -> dict:
+    """Sample, judge and summarize every benchmark of ``benches`` with ``engine`` (``engine_id``: its label,
+    ``precision``: a local engine's); write the summary and report."""
     summary = {"model": cfg.model, "template": cfg.template, "engine": engine_id, "benchmarks": {}}
+    if precision:
+        summary["precision"] = precision
     records = {}
     for name, bench in benches.items():
         every = bench.examples("test")
@@ -114,7 +117,7 @@ def evaluate_with(engine, benches: dict, cfg: EvalConfig, out: Path, progress: b
         params = SamplingParams(n=k, temperature=0.0 if cfg.greedy else cfg.temperature, top_p=cfg.top_p,
                                 top_k=cfg.top_k, max_new_tokens=reply_budget(engine, every, cfg.max_new_tokens, name))
         settings = batch_settings(cfg.model, cfg.template, cfg.prefill, params, cfg.seed, cfg.problems_per_batch,
-                                  bench.source, rows=rows, engine=engine_id)
+                                  bench.source, rows=rows, engine=engine_id, precision=precision)
         problems, seconds = sample_in_batches(engine, bench, examples, params, cfg.template, cfg.prefill, cfg.seed,
                                               out / folder_name(name), settings, progress)
         records[name] = [r for recs in problems for r in recs]  # this run's problems only, whatever the file holds

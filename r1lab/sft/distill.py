@@ -154,16 +154,16 @@ def trace_settings(config: dict) -> dict:
     ``config.yaml``): the teacher and how it is asked. Not concurrency, retries or limit, which change only
     how fast and how many. The template, seed and engine are a local teacher's only (an engine samples differently
     from another; a run saved before engines were named used the torch one); an endpoint gets none of them, and
-    its ``api`` and ``extra_body`` (engine options) count where given."""
+    its ``api`` and ``extra_body`` (engine options) count."""
     keys = ("teacher", "base_url", "task", "temperature", "top_p", "max_tokens")
     settings = {key: config.get(key) for key in keys}
     settings["task_args"] = task_args_for(config.get("task"), config.get("task_args"))
     if not config.get("base_url"):
         settings |= {"template": config.get("template"), "seed": config.get("seed"),
                      "engine": config.get("engine") or "torch"}
-    else:  # the options that change what an endpoint samples, where given
+    else:  # the engine options that change what an endpoint samples (a run saved before they existed: defaults)
         given = config.get("engine_args") or {}
-        settings |= {key: given[key] for key in ("api", "extra_body") if given.get(key)}
+        settings |= {"api": given.get("api") or "chat", "extra_body": given.get("extra_body") or {}}
     return settings
 
 

@@ -56,8 +56,8 @@ def run_sample(cfg: SampleConfig, progress: bool = True) -> dict:
     params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                             stop=cfg.stop, include_stop_str_in_output=True)
     settings = batch_settings(cfg.model, cfg.template, cfg.prefill, params, cfg.seed, cfg.problems_per_batch,
-                              f"task {cfg.task} {cfg.task_args}",
-                              engine=engine_label(name, args, sampling_precision(name, cfg.device, cfg.dtype)))
+                              f"task {cfg.task} {cfg.task_args}", engine=engine_label(name, args),
+                              precision=sampling_precision(name, cfg.device, cfg.dtype))
     engine = open_engine(cfg.model, name, args, cfg.threads, device=cfg.device, dtype=cfg.dtype)
     try:
         problems, seconds = sample_in_batches(engine, task, clean, params, cfg.template, cfg.prefill, cfg.seed,

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import torch
 
-from r1lab.engine import OpenAIEngine, SamplingParams, TorchEngine, open_engine
+from r1lab.engine import OpenAIEngine, Prompt, SamplingParams, TorchEngine, open_engine
 from r1lab.engine.base import render_prompt
 from r1lab.engine.openai_engine import CONNECT_TIMEOUT, reply_text, sample_seed
 from r1lab.models import save_checkpoint
@@ -334,3 +334,32 @@ def test_eval_through_an_endpoint_cuts_the_budget_to_its_context_and_counts_its_
     rows = [json.loads(line) for line in (tmp_path / "eval" / "task-arithmetic" / "samples.jsonl").open()]
     assert len(rows) == 2 and all(0 < r["tokens"] < 160 for r in rows)  # as the server counted them
     assert summary["engine"] == f"openai {url}/v1" and summary["benchmarks"]["task:arithmetic"]["mean_tokens"] > 0
+
+
+def test_bad_option_values_are_refused_naming_the_option_and_a_bos_the_server_adds_is_not_sent_twice(
+        tiny_tokenizer_folder):
+    from r1lab.engine import check_engine
+
+    url = {"base_url": "http://127.0.0.1:9/v1"}
+    for bad, said in [({"tokenizer": 123}, "tokenizer=123"), ({"timeout": float("inf")}, "timeout=inf"),
+                      ({"backoff": float("nan")}, "backoff=nan"), ({"extra_body": {"model": "x"}}, "extra_body: model"),
+                      ({"max_tokens_field": "n"}, "max_tokens_field='n'"),
+                      ({"api": "completions", "tokenizer": "x", "max_tokens_field": "max_completion_tokens"},
+                       "chat-API field")]:
+        with pytest.raises(ValueError, match=said):
+            check_engine("openai", {**url, **bad})
+    engine = OpenAIEngine("m", api="completions", tokenizer=tiny_tokenizer_folder, **url)
+    body = OpenAIEngine("m", max_tokens_field="max_completion_tokens", **url)._body(
+        Prompt((), ({"role": "user", "content": "hi"},), "hi"), SamplingParams(max_new_tokens=7))
+    assert "max_tokens" not in body and body["extra_body"]["max_completion_tokens"] == 7
+
+    class AddsBos:  # a tokenizer whose encoding starts with its BOS, as Llama's does
+        bos_token, bos_token_id = "<s>", 1
+
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": [1, 5]}
+
+    engine.tokenizer = AddsBos()
+    assert engine._server_text("<s>[INST] hi") == "[INST] hi"  # the server adds its own
+    engine.tokenizer.__class__.__call__ = lambda self, text, add_special_tokens=True: {"input_ids": [5]}
+    assert engine._server_text("<s>[INST] hi") == "<s>[INST] hi"  # it would not: the template's stays

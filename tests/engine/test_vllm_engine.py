@@ -148,3 +148,11 @@ def test_closing_vllm_leaves_a_process_group_it_found(monkeypatch):
     with _keep_default_group(False):
         torch.distributed.destroy_process_group()  # one vLLM made: it goes
     assert destroyed == ["vllm's group", None, None]
+
+
+def test_a_folder_of_fsdp_shards_is_refused_with_where_to_sample_from(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # refused before vLLM is needed
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "sharded").mkdir()
+    with pytest.raises(ValueError, match=r"holds FSDP shards.*final/.*--engine torch"):
+        VllmEngine.open(str(tmp_path), {}, 1, torch.device("cpu"), torch.float32)

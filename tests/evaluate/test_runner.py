@@ -105,6 +105,21 @@ def test_other_settings_in_the_same_folder_are_refused(tiny_path, tmp_path):
         runner.run_eval(config(tiny_path, tmp_path / "run", temperature=0.9), progress=False)
 
 
+def test_samples_made_in_another_precision_are_refused_and_a_folder_that_recorded_none_resumes(tiny_path, tmp_path):
+    run = tmp_path / "run"
+    runner.run_eval(config(tiny_path, run, dtype="fp32"), progress=False)
+    settings_path = run / "task-arithmetic" / "settings.json"
+    assert json.loads(settings_path.read_text())["precision"] == "fp32"
+    with pytest.raises(ValueError, match="precision: 'fp32' there, 'bf16' now"):
+        runner.run_eval(config(tiny_path, run, dtype="bf16"), progress=False)
+    # a folder written before precisions (and engines) were recorded resumes, whatever precision picks now
+    saved = json.loads(settings_path.read_text())
+    settings_path.write_text(json.dumps({k: v for k, v in saved.items() if k not in ("precision", "engine")}))
+    before = samples(run)
+    runner.run_eval(config(tiny_path, run, dtype="bf16"), progress=False)
+    assert samples(run) == before  # every batch was on disk: nothing sampled again
+
+
 def test_bad_settings_are_refused_before_the_model_loads(tmp_path):
     for bad, match in ((dict(benchmarks=["nope"]), "unknown benchmark"), (dict(template="x"), "template"),
                        (dict(temperature=0.0), "--greedy"), (dict(data={"math500": "x"}), "not among")):
