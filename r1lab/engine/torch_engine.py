@@ -39,6 +39,7 @@ Every tensor the engine makes is made on the model's device.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections import deque
 from collections.abc import Sequence
 from functools import partial
@@ -233,9 +234,9 @@ class TorchEngine:
         mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], device=device)  # (P, T)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with self._autocast(dtype):
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                             past_key_values=buffer_cache(width + reserve), use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                             logits_to_keep=1, **{cache_argument(self.model): buffer_cache(width + reserve)})
+        cache = returned_cache(out)
         for layer in cache.layers:
             layer.cast(dtype)
         return out.logits[:, -1, :].float(), cache, mask, lengths, width
@@ -331,8 +332,9 @@ class TorchEngine:
             else:
                 with self._autocast(dtype):
                     out = self.model(input_ids=token.view(-1, 1), attention_mask=mask,
-                                     position_ids=next_pos.view(-1, 1), past_key_values=cache, use_cache=True)
-                cache = out.past_key_values
+                                     position_ids=next_pos.view(-1, 1), use_cache=True,
+                                     **{cache_argument(self.model): cache})
+                cache = returned_cache(out)
                 logits = out.logits[:, -1, :].float()
             next_pos = next_pos + 1
 
@@ -439,6 +441,19 @@ def _eos_ids(model, tokenizer) -> list[int]:
     if not ids:
         raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token before generating")
     return list(dict.fromkeys(int(i) for i in ids))
+
+
+def cache_argument(model) -> str:
+    """The name a transformers model's forward takes its KV cache by: ``cache`` (transformers 5.2x, which
+    deprecates the old name) or ``past_key_values`` (earlier releases). A PEFT wrapper's is its base model's."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
+def returned_cache(out):
+    """The KV cache a forward returned, under either name (:func:`cache_argument`)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def _device(model) -> torch.device:
