@@ -185,6 +185,18 @@ def _choose(spec: str, device: torch.device, purpose: str, flags) -> tuple[torch
     return torch.bfloat16, f"bf16: this CPU has {has}"
 
 
+def load_tokenizer(name: str):
+    """The tokenizer of a model :func:`load_model` loads (hub id, folder, .gguf file, an embedded name), without its
+    weights, as it loads it (a missing pad token is the EOS)."""
+    from transformers import AutoTokenizer
+
+    path, gguf_file = resolve_model(name)
+    tokenizer = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_model(name: str, dtype: torch.dtype = torch.float32, lora: dict | None = None,
                device: str | torch.device = "cpu"):
     """Return ``(model, tokenizer)`` for a model name (see the module docstring), its weights in ``dtype`` on

