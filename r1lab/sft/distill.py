@@ -82,8 +82,9 @@ def run_distill(cfg: DistillConfig, progress: bool = True) -> dict:
             append_jsonl(traces_path, row)  # one synced append per prompt: a crash never leaves half a record
             done[row["id"]] = row
             bar.update(1)
-    except KeyboardInterrupt:
-        raise Interrupted(sum(e["id"] in done for e in examples), len(examples), out) from None
+    except KeyboardInterrupt:  # counted from the file: a Ctrl-C between a trace's append and its entry in done
+        saved = read_traces(traces_path)
+        raise Interrupted(sum(e["id"] in saved for e in examples), len(examples), out) from None
     except ConnectionError as e:
         raise ConnectionError(f"{e}. Finished prompts are saved in {out}; rerun the same command to resume") from e
     finally:
