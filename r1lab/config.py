@@ -25,6 +25,7 @@ import yaml
 
 from r1lab.chat import TEMPLATES
 from r1lab.files import CHECKPOINT_MARKER, write_atomic
+from r1lab.tracking import TRACKERS
 
 # The names a setting may take. The functions behind them live in layers above this one, so the names are
 # written out here; tests/test_config.py checks each list against the registry that implements it.
@@ -98,6 +99,9 @@ class ZeroConfig:
     dtype: str = "auto"
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, one more forward pass of time
     tis_cap: float = 2.0  # truncated importance sampling: weight tokens by min(pi_old / pi_sampler, cap); 0 = off
+    report_to: list = field(default_factory=list)  # experiment trackers, several at once: tensorboard | wandb | trackio | mlflow (pip install 'r1lab[tracking]'); none = off
+    run_name: str = ""  # the run's name in the trackers; empty = the --out folder's name
+    report_group: str = ""  # the trackers' group of this run (the pipeline groups its stages under its own name)
 
     def validate(self) -> None:
         """Refuse settings that cannot work, before any model is loaded; each problem names its field."""
@@ -117,7 +121,7 @@ class ZeroConfig:
                       f"eval_temperature={self.eval_temperature!r}: sampled evaluation needs a value > 0 (0.6)"),
                 _need(not sampled_eval or 0 < self.eval_top_p <= 1,
                       f"eval_top_p={self.eval_top_p!r}: use a value in (0, 1] (0.95)"),
-                _at_least(self, 0, "beta", "clip_low", "clip_high", "tis_cap"), _device(self),
+                _at_least(self, 0, "beta", "clip_low", "clip_high", "tis_cap"), _device(self), _trackers(self),
                 _one_of(self, "parallel", PARALLEL_MODES),
                 _need(self.parallel != "fsdp" or not self.lora_r,
                       "parallel=fsdp shards full fine-tuning; with LoRA (--lora-r) use --parallel replicate"),
@@ -159,6 +163,9 @@ class EvalConfig:
     engine_args: dict = field(default_factory=dict)  # the engine's own options as YAML: torch {max_rows, max_batch, decode}, vllm any vllm.LLM option ('{max_model_len: 4096, gpu_memory_utilization: 0.3}' on CUDA, '{kv_cache_memory_bytes: 4294967296}' on a CPU), openai {concurrency, max_retries, backoff, timeout, api: chat|completions, tokenizer, logprobs, extra_body: '{repeat_penalty: 1.0}' for llama.cpp's greedy}
     base_url: str | None = None  # with --engine openai: the endpoint, e.g. http://127.0.0.1:8080/v1 (llama.cpp), https://api.deepseek.com
     api_key_env: str = "OPENAI_API_KEY"  # with --engine openai: the environment variable that holds the API key
+    report_to: list = field(default_factory=list)  # experiment trackers, several at once: tensorboard | wandb | trackio | mlflow (pip install 'r1lab[tracking]'); none = off
+    run_name: str = ""  # the run's name in the trackers; empty = the --out folder's name
+    report_group: str = ""  # the trackers' group of this run (the pipeline groups its stages under its own name)
 
     def validate(self) -> None:
         strays = sorted(set(self.data) - set(self.benchmarks))
@@ -168,7 +175,7 @@ class EvalConfig:
                 _need(self.greedy or self.temperature > 0, f"temperature={self.temperature!r}: sampling needs a "
                                                            "value > 0 (0.6); use --greedy true for greedy decoding"),
                 _need(0 < self.top_p <= 1, f"top_p={self.top_p!r}: use a value in (0, 1] (0.95)"),
-                _one_of(self, "interval", INTERVALS), _device(self), _engine(self),
+                _one_of(self, "interval", INTERVALS), _device(self), _trackers(self), _engine(self),
                 _need(not strays, f"data names {strays}, which are not among benchmarks {self.benchmarks}; add "
                                   "them to --benchmarks or drop them from --data"),
                 _benchmark_names(self.benchmarks))
@@ -228,6 +235,9 @@ class SftConfig:
     device: str = "auto"
     dtype: str = "auto"
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, one more forward pass of time
+    report_to: list = field(default_factory=list)  # experiment trackers, several at once: tensorboard | wandb | trackio | mlflow (pip install 'r1lab[tracking]'); none = off
+    run_name: str = ""  # the run's name in the trackers; empty = the --out folder's name
+    report_group: str = ""  # the trackers' group of this run (the pipeline groups its stages under its own name)
 
     def validate(self) -> None:
         _refuse(_need(bool(self.data), "give the training data: --data FILE.jsonl (make a cold-start set with r1lab "
@@ -235,7 +245,7 @@ class SftConfig:
                 _one_of(self, "template", TEMPLATES), _one_of(self, "lr_schedule", LR_SCHEDULES),
                 _at_least(self, 1, "epochs", "tokens_per_step", "row_tokens", "max_length"),
                 _at_least(self, 0, "max_steps", "limit", "eval_every", meaning=" (0 = off)"),
-                _need(self.lr > 0, f"lr={self.lr!r}: use a value > 0 (e.g. 5e-5)"), _device(self),
+                _need(self.lr > 0, f"lr={self.lr!r}: use a value > 0 (e.g. 5e-5)"), _device(self), _trackers(self),
                 _one_of(self, "parallel", PARALLEL_MODES),
                 _need(self.parallel != "fsdp" or not self.lora_r,
                       "parallel=fsdp shards full fine-tuning; with LoRA (--lora-r) use --parallel replicate"),
@@ -450,6 +460,9 @@ class RmConfig:
     threads: int = 0
     device: str = "auto"
     dtype: str = "auto"
+    report_to: list = field(default_factory=list)  # experiment trackers, several at once: tensorboard | wandb | trackio | mlflow (pip install 'r1lab[tracking]'); none = off
+    run_name: str = ""  # the run's name in the trackers; empty = the --out folder's name
+    report_group: str = ""  # the trackers' group of this run (the pipeline groups its stages under its own name)
 
     def validate(self) -> None:
         _refuse(_need(bool(self.data), f"give the preference pairs: --data FILE.jsonl(.gz) or one of {', '.join(RM_DATA)}"),
@@ -460,7 +473,7 @@ class RmConfig:
                 _need(self.test_size > 0 and (self.test_size < 1 or float(self.test_size).is_integer()),
                       f"test_size={self.test_size!r}: give a share in (0, 1) or a whole count of held-out pairs; "
                       "the held-out pairs give the accuracy and the score statistics a reward needs"),
-                _need(self.lr > 0, f"lr={self.lr!r}: use a value > 0 (e.g. 5e-5)"), _device(self))
+                _need(self.lr > 0, f"lr={self.lr!r}: use a value > 0 (e.g. 5e-5)"), _device(self), _trackers(self))
 
 
 def reward_spec_problems(name: str, spec) -> list[str]:
@@ -588,9 +601,11 @@ class PipelineConfig:
     dtype: str = "auto"
     engine: str = "torch"  # what samples in every stage that generates (RL, rejection sampling, cold start from a model, evaluations): torch | vllm; a stage's block may name its own (engine: vllm)
     engine_args: dict = field(default_factory=dict)  # the engine's own options as YAML (see r1lab zero --help)
+    report_to: list = field(default_factory=list)  # experiment trackers, several at once: tensorboard | wandb | trackio | mlflow (pip install 'r1lab[tracking]'); none = off
+    run_name: str = ""  # the run's name in the trackers; empty = the --out folder's name
 
     def validate(self) -> None:
-        _refuse(_one_of(self, "template", TEMPLATES), _device(self), _local_engine(self),
+        _refuse(_one_of(self, "template", TEMPLATES), _device(self), _trackers(self), _local_engine(self),
                 _need(self.general_share > 0, f"general_share={self.general_share!r}: use a value > 0"),
                 _need(self.rm_weight >= 0, f"rm_weight={self.rm_weight!r}: use a value >= 0"),
                 _at_least(self, 0, "general_eval_prompts", meaning=" (0 = none)"))
@@ -623,6 +638,13 @@ def _at_least(cfg, low: int, *names: str, meaning: str = "") -> list[str]:
     """``low`` or more for each of ``names`` (a NaN is refused too)."""
     return [f"{name}={getattr(cfg, name)!r}: must be at least {low}{meaning}" for name in names
             if not getattr(cfg, name) >= low]
+
+
+def _trackers(cfg) -> list[str]:
+    """``report_to`` names known trackers (``none``: no tracker); whether each is installed is checked when the
+    command starts (:func:`r1lab.tracking.check`)."""
+    return [f"report_to: {name!r} is not a tracker; use {' | '.join(TRACKERS)} (several at once: "
+            f"--report-to tensorboard,wandb) or none" for name in cfg.report_to if name not in (*TRACKERS, "none")]
 
 
 def _sampling(cfg, *names: str) -> list[str]:

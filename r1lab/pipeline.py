@@ -46,7 +46,7 @@ from pathlib import Path
 
 import yaml
 
-from r1lab import __version__
+from r1lab import __version__, tracking
 from r1lab.config import (
     ColdstartConfig,
     DistillConfig,
@@ -84,7 +84,8 @@ from r1lab.tasks.general import helpful_requests
 LOCK = ".lock"  #: held by the pipeline running in a folder
 #: settings that do not change what a stage makes (paths inside the run are fingerprinted relative to it)
 #: the engine is how samples are drawn, like the device: switching engines does not redo finished stages
-NOT_FINGERPRINTED = ("out", "threads", "nproc", "resume", "device", "engine", "engine_args")
+NOT_FINGERPRINTED = ("out", "threads", "nproc", "resume", "device", "engine", "engine_args", "report_to", "run_name",
+                     "report_group")
 
 
 @dataclass
@@ -157,6 +158,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         stages.append(Stage(s5.name, "distillation into a smaller student", {"distill": distill}, "student/final"))
     for stage in stages:
         stage.run = str(run)
+        stage.commands = {name: _tracked(cfg, command) for name, command in stage.commands.items()}
         for name, command in stage.commands.items():  # engines and their options, before anything runs
             if hasattr(command, "engine"):
                 try:
@@ -227,9 +229,9 @@ def reward_models(cfg: PipelineConfig) -> dict[str, RmConfig | str]:
         if spec.get("checkpoint"):
             out[name] = str(spec["checkpoint"])
         else:
-            out[name] = _make(RmConfig, {"model": cfg.model, "seed": cfg.seed, "threads": cfg.threads,
-                                         "device": cfg.device, "dtype": cfg.dtype}, spec,
-                              out=Path(cfg.out) / "rm" / name, key=f"rm_{name}")
+            out[name] = _tracked(cfg, _make(RmConfig, {"model": cfg.model, "seed": cfg.seed, "threads": cfg.threads,
+                                                       "device": cfg.device, "dtype": cfg.dtype}, spec,
+                                            out=Path(cfg.out) / "rm" / name, key=f"rm_{name}"))
     return out
 
 
@@ -241,6 +243,22 @@ def reward_model_rewards(cfg: PipelineConfig) -> dict:
                         "on": "general"},
             "harmless": {"reward_model": paths["harmless"], "part": "whole", "weight": cfg.rm_weight,
                          "on": "general"}}
+
+
+def _tracked(cfg: PipelineConfig, command):
+    """A command of the pipeline logged to the trackers of ``--report-to`` (or its block's own ``report_to``) as a
+    run of its own, named by its folder in the pipeline's (``r1/2-reasoning-rl/zero``), in the pipeline's group."""
+    if not hasattr(command, "report_to"):
+        return command
+    group = tracking_group(cfg)
+    name = f"{group}/{Path(command.out).resolve().relative_to(Path(cfg.out).resolve())}"
+    return dataclasses.replace(command, report_to=command.report_to or cfg.report_to,
+                               run_name=command.run_name or name, report_group=command.report_group or group)
+
+
+def tracking_group(cfg: PipelineConfig) -> str:
+    """The trackers' group of a pipeline's runs: ``--run-name``, else the pipeline folder's name."""
+    return cfg.run_name or Path(cfg.out).resolve().name
 
 
 def _shared(cfg: PipelineConfig) -> dict:
@@ -291,6 +309,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     run = Path(cfg.out)
     _check_folder(run)
     stages = plan(cfg)  # every stage's settings are checked before anything runs
+    tracking.check([name for stage in stages for command in stage.commands.values()
+                    for name in getattr(command, "report_to", [])] + list(cfg.report_to))
     run.mkdir(parents=True, exist_ok=True)
     with _only_run(run):
         saved = run / "pipeline.yaml"
@@ -458,8 +478,9 @@ def _write_non_reasoning(cfg: PipelineConfig, path: Path) -> None:
 def evaluate_stage(cfg: PipelineConfig, checkpoint: str, out: Path, rms: dict) -> dict:
     """The same evaluation after every stage: ``r1lab eval`` on the recipe's benchmarks (fixed seed), and one
     sampled reply per general prompt judged by the reward models."""
-    eval_cfg = make_config(EvalConfig, {**_eval_settings(cfg), "model": checkpoint, "out": str(out / "reasoning"),
-                                        "threads": cfg.threads, "device": cfg.device, "dtype": cfg.dtype})
+    eval_cfg = _tracked(cfg, make_config(EvalConfig, {**_eval_settings(cfg), "model": checkpoint,
+                                                      "out": str(out / "reasoning"), "threads": cfg.threads,
+                                                      "device": cfg.device, "dtype": cfg.dtype}))
     settings = {"eval": _config_settings(eval_cfg, Path(cfg.out)), "general_eval_prompts": cfg.general_eval_prompts,
                 "reward_models": reward_model_rewards(cfg)}
     if (_read_json(out / "settings.json") or settings) != settings:  # an evaluation cut off, then changed

@@ -13,8 +13,9 @@ from r1lab.config import RUN_CONFIGS, command_of, make_config
 
 #: what a resumed run may change; every other setting must be the one the run was started with
 #: out: the same folder, named another way (or moved); where and how precisely it computes is not what the run is
+#: report_to, run_name, report_group: where the run is also logged, not what it computes
 RESUME_MAY_CHANGE = ("resume", "threads", "nproc", "out", "device", "dtype", "gradient_checkpointing", "engine",
-                     "engine_args")
+                     "engine_args", "report_to", "run_name", "report_group")
 
 
 def values_for_resume(cls, values: dict, out_default: str | None = None) -> dict:

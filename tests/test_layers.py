@@ -11,7 +11,8 @@ from pathlib import Path
 # ("r1lab" itself is the package's __init__ only). Place a new module here on purpose.
 LAYERS = {
     0: ["r1lab", "r1lab.files", "r1lab.console", "r1lab.config", "r1lab.chat", "r1lab.models", "r1lab.plots",
-        "r1lab.packing"],  # packing: pure torch (sequence packing, log-probs), used by SFT, GRPO and reward models
+        "r1lab.packing", "r1lab.tracking"],  # packing: pure torch (sequence packing, log-probs), used by SFT, GRPO and
+    # reward models; tracking: experiment trackers (--report-to), used by every command that trains or evaluates
     1: ["r1lab.sandbox", "r1lab.rewards", "r1lab.tasks"],
     2: ["r1lab.engine"],
     3: ["r1lab.rollout", "r1lab.optim", "r1lab.runs", "r1lab.distributed", "r1lab.sharding"],
@@ -23,7 +24,8 @@ LAYER = {unit: layer for layer, units in LAYERS.items() for unit in units}
 SAME_LAYER_OK = {
     "r1lab": set(), "r1lab.files": set(), "r1lab.console": set(), "r1lab.packing": set(),
     **dict.fromkeys(["r1lab.chat", "r1lab.plots", "r1lab.models"], {"r1lab.files", "r1lab.console"}),
-    "r1lab.config": {"r1lab.files", "r1lab.console", "r1lab.chat"},
+    "r1lab.tracking": {"r1lab.files", "r1lab.console"},
+    "r1lab.config": {"r1lab.files", "r1lab.console", "r1lab.chat", "r1lab.tracking"},  # tracking: the trackers' names
     "r1lab.sandbox": set(),  # untrusted code runs here: it knows nothing about rewards or tasks
     "r1lab.rewards": {"r1lab.sandbox"}, "r1lab.tasks": {"r1lab.rewards", "r1lab.sandbox"},
 }

@@ -25,6 +25,7 @@ import json
 import math
 from pathlib import Path
 
+from r1lab import tracking
 from r1lab.config import EvalConfig, engine_choice, engine_label, save_config
 from r1lab.console import log, progress
 from r1lab.engine import SamplingParams, check_engine, open_engine, sampling_precision
@@ -81,9 +82,11 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
     check_engine(name, args, cfg.template, cfg.prefill)  # before anything is written
     check_run_folder(cfg.out, EvalConfig)
     check_earlier_benchmarks(Path(cfg.out), cfg.benchmarks)
+    tracking.check(cfg.report_to)
     benches = {name: get_benchmark(name, cfg) for name in cfg.benchmarks}  # bad names fail before the model loads
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    trackers = tracking.start(cfg.report_to, out, cfg, name=cfg.run_name, group=cfg.report_group)
     if name == "torch":  # continuous batching: a long row holds one slot, not a whole batch
         args = {"max_rows": cfg.max_rows, **args}
     # rows per batch, the unit a resume keeps: an endpoint's requests in flight four times over, else four times
@@ -91,13 +94,34 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
     rows = 4 * (args.get("concurrency", DEFAULT_CONCURRENCY) if name == "openai" else (cfg.max_rows or 64))
     engine = open_engine(cfg.model, name, args, cfg.threads, device=cfg.device, dtype=cfg.dtype)
     try:
-        return evaluate_with(engine, benches, cfg, out, progress, engine_label(name, args), rows,
-                             sampling_precision(name, cfg.device, cfg.dtype))
+        summary = evaluate_with(engine, benches, cfg, out, progress, engine_label(name, args), rows,
+                                sampling_precision(name, cfg.device, cfg.dtype))
+        trackers.log(tracked_metrics(summary), step=0, section="eval")
+        trackers.finish()  # the report, its plots and the summary as artifacts
+        return summary
     except ConnectionError as e:  # an endpoint that stopped answering: what was sampled is kept
         raise ConnectionError(f"{e}. The finished batches are kept in {out}; rerun the same command to resume") \
             from e
     finally:
         engine.close()
+
+
+def tracked_metrics(summary: dict) -> dict:
+    """What the trackers get of an evaluation (as ``eval/gsm8k/pass@1`` ...): each benchmark's metrics with their
+    95% intervals, reply lengths and speed.
+
+    >>> tracked_metrics({"benchmarks": {"gsm8k": {"metrics": {"pass@1": {"value": 0.5, "ci_low": 0.4,
+    ...     "ci_high": 0.6}}, "mean_tokens": 80.0}}})
+    {'gsm8k/pass@1': 0.5, 'gsm8k/pass@1/ci_low': 0.4, 'gsm8k/pass@1/ci_high': 0.6, 'gsm8k/mean_tokens': 80.0}
+    """
+    out = {}
+    for bench, result in summary["benchmarks"].items():
+        for metric, v in result["metrics"].items():
+            out.update({f"{bench}/{metric}": v["value"], f"{bench}/{metric}/ci_low": v["ci_low"],
+                        f"{bench}/{metric}/ci_high": v["ci_high"]})
+        out.update({f"{bench}/{key}": result[key] for key in ("mean_tokens", "length_capped", "answered", "seconds",
+                                                               "tokens_per_second") if result.get(key) is not None})
+    return out
 
 
 def evaluate_with(engine, benches: dict, cfg: EvalConfig, out: Path, progress: bool, engine_id: str,

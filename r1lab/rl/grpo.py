@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from r1lab import distributed, sharding
+from r1lab import distributed, sharding, tracking
 from r1lab.config import ZeroConfig
 from r1lab.console import log, progress as progress_bar, say
 from r1lab.engine import SamplingParams, check_engine, engine_for_policy
@@ -77,6 +77,7 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
         say(f"r1lab: {run} is a finished run (final/ and summary.json are there); nothing to do")
         return json.loads((run / "summary.json").read_text())
     check_engine(cfg.engine, cfg.engine_args)  # before anything is written
+    tracking.check(cfg.report_to)
     task = build_task(cfg.task, cfg.task_args)
     rewards = build_rewards(cfg.rewards, task, cfg.language, cfg.max_new_tokens, device=cfg.device)
     train_set, test_set = task.examples("train"), task.examples("test")[:cfg.eval_examples]
@@ -85,6 +86,8 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
     world.barrier()  # every process has read the folder as it was before rank 0 writes
     if world.main:
         run_folder.start_logs(run, cfg, start_step)
+    trackers = tracking.start(cfg.report_to, run, cfg, name=cfg.run_name, group=cfg.report_group,
+                              resume_step=start_step if cfg.resume else None, main=world.main)
     threads = world.threads(cfg.threads)
     use_threads(threads)
     model, tokenizer = load_trainable(*load_policy(cfg, checkpoint), resolve_device(cfg.device))
@@ -113,6 +116,7 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
         t0 = time.perf_counter()
         state["eval_before"] = evaluate(engine, task, test_set, cfg, desc="eval before")
         eval_seconds = time.perf_counter() - t0
+        trackers.log(held_out_metrics(state["eval_before"]), step=0)
         say(f"held-out accuracy before: {state['eval_before']['accuracy']:.1%} "
             f"(format {state['eval_before']['format_rate']:.1%}, n={len(test_set)})")
 
@@ -134,6 +138,7 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
         if world.main:
             history.append(log_step(run, step, groups, ranks, stats, t_gen, t0, scheduler, engine, task, test_set,
                                     cfg, history, start_step, eval_seconds, device, world))
+            trackers.log(history[-1], step=step + 1)
             bar.update(1)
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:  # the last step is a resume point too
             run_folder.save(run, trainer, tokenizer, optimizer, scheduler, state, step + 1, cfg, world=world)
@@ -146,9 +151,11 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
     final = run_folder.save(run, model, tokenizer, optimizer, scheduler, state, cfg.steps, cfg, final=True)
     state["eval_after"] = evaluate(engine, task, test_set, cfg, desc="eval after")  # after final/ is safe
     engine.close()
+    trackers.log(held_out_metrics(state["eval_after"]), step=cfg.steps)
     summary = run_folder.summarize(cfg, history, state, final)
     run_folder.write_report(run, history, summary)
     write_json(run / "summary.json", summary)  # last: its presence means finished
+    trackers.finish()  # the plots, report and summary as the tracker runs' artifacts
     world.barrier()
     return summary
 
@@ -340,6 +347,12 @@ def evaluate(engine, task, examples: list[dict], cfg: ZeroConfig, desc: str = "e
 
 
 # ----------------------------------------------------------------------------------------------- metrics
+def held_out_metrics(result: dict) -> dict:
+    """A held-out evaluation as the trackers log it (``eval/accuracy``, ``eval/format_rate``), the way
+    ``metrics.jsonl`` names the evaluations between (``eval_accuracy``)."""
+    return {"eval_accuracy": result["accuracy"], "eval_format_rate": result["format_rate"]}
+
+
 def step_metrics(step: int, groups: list[Group], stats: dict, t_gen: float, t_total: float, cfg: ZeroConfig) -> dict:
     completions = [c for g in groups for c in g.completions]
     responses = [r for g in groups for r in g.responses]

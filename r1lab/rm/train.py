@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from r1lab import tracking
 from r1lab.config import RmConfig, save_config
 from r1lab.console import log, progress as progress_bar
 from r1lab.evaluate.metrics import bootstrap_ci
@@ -153,6 +154,7 @@ def train_rm(cfg: RmConfig, progress: bool = True) -> dict:
     if run.exists() and any(run.iterdir()):  # no resume: never write over what a run left
         raise ValueError(f"{run} already holds files (an interrupted rm run does not resume); choose another --out, "
                          f"or remove {run} to start over")
+    tracking.check(cfg.report_to)
     pairs = load_pairs(cfg.data, cfg.seed)[:cfg.limit or None]
     test_size = int(cfg.test_size) if cfg.test_size >= 1 else float(cfg.test_size)
     if len(pairs) < 2 or (isinstance(test_size, int) and test_size >= len(pairs)):
@@ -181,6 +183,7 @@ def train_rm(cfg: RmConfig, progress: bool = True) -> dict:
     scaler = loss_scaler(device, dtype)
     run.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run / "config.yaml")
+    trackers = tracking.start(cfg.report_to, run, cfg, name=cfg.run_name, group=cfg.report_group)
     log(f"rm: {len(train)} training pairs ({cut} cut to max_length={cfg.max_length}), {len(test)} held out; "
         f"{total} steps of {cfg.batch_size} pairs; {trainable / 1e6:.1f}M trainable parameters")
     history: list[dict] = []
@@ -208,6 +211,7 @@ def train_rm(cfg: RmConfig, progress: bool = True) -> dict:
                                "eval_ci_high": held_out["ci_high"], "eval_loss": held_out["loss"]})
             history.append(record)
             append_jsonl(run / "metrics.jsonl", record)
+            trackers.log(record, step=step)
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.2f}",
                             **({"held_out": f"{record['eval_accuracy']:.3f}"} if "eval_accuracy" in record else {}))
@@ -225,6 +229,7 @@ def train_rm(cfg: RmConfig, progress: bool = True) -> dict:
                "checkpoint": str(final)}
     write_json(run / "summary.json", summary)
     _report(run, cfg, history, summary)
+    trackers.finish()
     return summary
 
 

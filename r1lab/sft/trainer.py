@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from r1lab import distributed, sharding
+from r1lab import distributed, sharding, tracking
 from r1lab.config import SftConfig, save_config
 from r1lab.console import log, progress as progress_bar
 from r1lab.files import append_jsonl, write_json
@@ -57,6 +57,7 @@ def train_sft(cfg: SftConfig, progress: bool = True) -> dict:
     if run.exists() and any(run.iterdir()):  # SFT does not resume: never write over what a run left
         what = "an interrupted SFT run (no final/; SFT does not resume)" if (run / "config.yaml").exists() else "files"
         raise ValueError(f"{run} already holds {what}; choose another --out, or remove {run} to start over")
+    tracking.check(cfg.report_to)
     conversations = load_sft_data(cfg.data)
     if cfg.limit:
         conversations = conversations[:cfg.limit]
@@ -88,10 +89,13 @@ def train_sft(cfg: SftConfig, progress: bool = True) -> dict:
     if world.main:
         run.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run / "config.yaml")
+    trackers = tracking.start(cfg.report_to, run, cfg, name=cfg.run_name, group=cfg.report_group, main=world.main)
     metrics_path = run / "metrics.jsonl"
     history = []
     evaluates = world.main or cfg.parallel == "fsdp"  # a sharded model's forward needs every process, in step
     first_eval = eval_loss(model, held_out if evaluates else [], tokenizer.pad_token_id, cfg.row_tokens, dtype)
+    if first_eval is not None:
+        trackers.log({"eval_loss": first_eval}, step=0)
     if world.main:
         log(f"SFT: {len(train)} samples ({too_long} over max_length skipped), {total} steps; " +
             (f"{n_eval} held out, eval loss before {first_eval:.3f}" if held_out else "no held-out set"))
@@ -111,6 +115,7 @@ def train_sft(cfg: SftConfig, progress: bool = True) -> dict:
         history.append(record)
         if world.main:
             append_jsonl(metrics_path, record)
+            trackers.log(record, step=step)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", **({"eval": f"{record['eval_loss']:.3f}"} if "eval_loss" in record else {}))
     bar.close()
@@ -129,6 +134,7 @@ def train_sft(cfg: SftConfig, progress: bool = True) -> dict:
                "checkpoint": str(final)}
     write_json(run / "summary.json", summary)
     _report(run, history, summary)
+    trackers.finish()
     world.barrier()
     return summary
 

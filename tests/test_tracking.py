@@ -1,0 +1,327 @@
+"""``--report-to``: a 2-step ``r1lab zero`` on a tiny model logs to each tracker in its offline/local mode, and the
+values read back through the tracker's own reader (TensorBoard's event reader, ``wandb leet inspect`` on W&B's
+offline run file, MLflow's client on its local store, trackio's local database) are those of ``metrics.jsonl``,
+at the same steps; a resumed run goes on in the same tracker run; a tracker that cannot start is one error before
+anything trains."""
+
+import contextlib
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import r1lab.rl.grpo as grpo
+from r1lab import tracking
+from r1lab.cli import main
+from r1lab.files import read_log
+from r1lab.models import save_checkpoint
+
+from conftest import make_model, make_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    tok = make_tokenizer()
+    return str(save_checkpoint(make_model(tok), tok, tmp_path_factory.mktemp("tiny") / "tiny"))
+
+
+@pytest.fixture(autouse=True)
+def offline(tmp_path, monkeypatch):
+    """Every tracker local, in this test's folder; no network, no login."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)  # MLflow's artifacts (./mlruns)
+
+
+def zero(tiny_path, out, tracker, steps=2, extra=()):
+    return ["zero", "--model", tiny_path, "--task-args", "{n_train: 30, n_test: 6}", "--template", "native",
+            "--rewards", "{format: 0.5, tag_count: 0.5}", "--steps", str(steps), "--prompts-per-step", "2",
+            "--group-size", "2", "--max-new-tokens", "6", "--eval-examples", "2", "--eval-max-new-tokens", "4",
+            "--warmup-steps", "0", "--threads", "1", "--out", str(out), "--report-to", tracker, *extra]
+
+
+def expected(run: Path) -> dict[str, dict[int, float]]:
+    """What the trackers must hold: every number of every ``metrics.jsonl`` row under its tracker name, at the
+    row's step, and the held-out accuracy before (step 0) and after training (the last step)."""
+    want: dict[str, dict[int, float]] = {}
+    for row in read_log(run / "metrics.jsonl"):
+        for key, value in tracking.scalars(row).items():
+            want.setdefault(key, {})[row["step"]] = value
+    summary = json.loads((run / "summary.json").read_text())
+    want.setdefault("eval/accuracy", {}).update({0: summary["eval_before"]["accuracy"],
+                                                 summary["steps"]: summary["eval_after"]["accuracy"]})
+    return want
+
+
+def same(got: dict[str, dict[int, float]], want: dict[str, dict[int, float]]) -> None:
+    missing = sorted(set(want) - set(got))
+    assert not missing, f"not logged: {missing}"
+    for key, steps in want.items():
+        assert sorted(got[key]) == sorted(steps), key
+        for step, value in steps.items():
+            assert math.isclose(got[key][step], value, rel_tol=1e-6, abs_tol=1e-9), (key, step)
+
+
+def train_keys(got: dict) -> set:
+    return {k for k in got if k.startswith(("train/", "eval/"))}
+
+
+# ------------------------------------------------------------------------------------------ each tracker
+def test_tensorboard_event_files_hold_the_metrics(tiny_path, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    assert main(zero(tiny_path, run, "tensorboard")) == 0
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0, "images": 0, "tensors": 0}).Reload()
+    got = {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+    same(got, expected(run))
+    assert {"plots/reward", "plots/length"} <= set(events.Tags()["images"])
+    texts = set(events.Tags()["tensors"])  # add_text is stored as a text tensor
+    assert {"config/text_summary", "report/text_summary"} <= texts
+
+
+def read_wandb(run: Path) -> tuple[dict, dict]:
+    """The offline run through W&B's own reader of its transaction log (``wandb leet inspect --json``): the
+    values per step, and the summary (config, exit code)."""
+    [log] = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    records = subprocess.run(["wandb", "leet", "inspect", "--json", str(log)], capture_output=True, text=True,
+                             timeout=120, check=True).stdout
+    got: dict[str, dict[int, float]] = {}
+    for line in records.splitlines():
+        record = json.loads(line)
+        if record.get("type") != "history":
+            continue
+        step = int(record["history"]["step"].get("num", 0))
+        for key, value in record["history"]["item"].items():
+            if not key.startswith("_") and isinstance(value, (int, float)):
+                got.setdefault(key, {})[step] = float(value)
+    summary = json.loads(subprocess.run(["wandb", "leet", "inspect", "--summary", "--json", str(log)],
+                                        capture_output=True, text=True, timeout=120, check=True).stdout)
+    return got, summary
+
+
+@pytest.mark.skipif(shutil.which("wandb") is None, reason="wandb is not installed (pip install 'r1lab[tracking]')")
+def test_wandb_offline_run_holds_the_metrics_config_and_plots(tiny_path, tmp_path):
+    run = tmp_path / "run"
+    assert main(zero(tiny_path, run, "wandb", extra=["--run-name", "tiny-zero"])) == 0
+    got, summary = read_wandb(run)
+    same({k: v for k, v in got.items() if k in train_keys(got)}, expected(run))
+    assert summary["exit_code"] == 0 and summary["state"] == "finished" and summary["name"] == "tiny-zero"
+    assert summary["config"]["group_size"] == 2 and summary["config"]["report_to"] == ["wandb"]
+    assert {"plots/reward", "plots/length"} <= set(summary["summary"])  # the plots, as images
+    files = {p.name for p in (run / "wandb").glob("offline-run-*/files/**/*") if p.is_file()}
+    assert {"report.md", "summary.json", "config.yaml"} <= files
+
+
+def test_mlflow_local_store_holds_the_metrics_params_and_artifacts(tiny_path, tmp_path):
+    from mlflow import MlflowClient
+
+    run = tmp_path / "run"
+    assert main(zero(tiny_path, run, "mlflow")) == 0
+    state = json.loads((run / "trackers.json").read_text())["mlflow"]
+    client = MlflowClient(state["tracking_uri"])
+    info = client.get_run(state["run_id"])
+    got = {key: {m.step: m.value for m in client.get_metric_history(state["run_id"], key)}
+           for key in info.data.metrics}
+    same(got, expected(run))
+    assert info.info.status == "FINISHED" and info.info.run_name == "run"
+    assert info.data.params["group_size"] == "2" and info.data.params["rewards.format"] == "0.5"
+    artifacts = {a.path for a in client.list_artifacts(state["run_id"])}
+    plots = {a.path for a in client.list_artifacts(state["run_id"], "plots")}
+    assert {"report.md", "summary.json", "config.yaml"} <= artifacts and "plots/reward.png" in plots
+
+
+def read_trackio(project: str, name: str) -> dict[str, dict[int, float]]:
+    from trackio.sqlite_storage import SQLiteStorage
+
+    got: dict[str, dict[int, float]] = {}
+    for row in SQLiteStorage.get_logs(project, name):
+        for key, value in row.items():
+            if key not in ("step", "timestamp") and isinstance(value, (int, float)):
+                got.setdefault(key, {})[row["step"]] = float(value)
+    return got
+
+
+def test_trackio_local_database_holds_the_metrics_and_config(tiny_path, tmp_path):
+    from trackio.sqlite_storage import SQLiteStorage
+
+    run = tmp_path / "run"
+    assert main(zero(tiny_path, run, "trackio")) == 0
+    state = json.loads((run / "trackers.json").read_text())["trackio"]
+    assert (tmp_path / "trackio" / f"{state['project']}.db").is_file()  # the local database, under TRACKIO_DIR
+    got = read_trackio(state["project"], state["name"])
+    same({k: v for k, v in got.items() if k in train_keys(got)}, expected(run))
+    assert SQLiteStorage.get_run_config(state["project"], state["name"])["group_size"] == 2
+
+
+# ------------------------------------------------------------------------------------ resume, groups, errors
+@contextlib.contextmanager
+def ctrl_c_in_step(step, monkeypatch):
+    """Within the block, Ctrl-C arrives during the update of ``step``."""
+    real_update, calls = grpo.update_policy, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise KeyboardInterrupt
+        return real_update(*args, **kwargs)
+
+    monkeypatch.setattr(grpo, "update_policy", interrupted)
+    yield
+    monkeypatch.setattr(grpo, "update_policy", real_update)
+
+
+def test_a_resumed_run_goes_on_in_the_same_tracker_runs(tiny_path, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    with ctrl_c_in_step(3, monkeypatch):
+        assert main(zero(tiny_path, run, "tensorboard,mlflow", steps=3, extra=["--save-every", "1"])) == 130
+    first = json.loads((run / "trackers.json").read_text())
+    assert main(["zero", "--out", str(run), "--resume", "true"]) == 0
+    assert json.loads((run / "trackers.json").read_text()) == first  # the same runs, not new ones
+    want = expected(run)
+    assert sorted(want["train/reward"]) == [1, 2, 3]
+    client = MlflowClient(first["mlflow"]["tracking_uri"])
+    assert len(client.search_runs([client.get_run(first["mlflow"]["run_id"]).info.experiment_id])) == 1
+    got = {k: {m.step: m.value for m in client.get_metric_history(first["mlflow"]["run_id"], k)} for k in want}
+    same(got, want)
+    assert client.get_run(first["mlflow"]["run_id"]).info.status == "FINISHED"
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0}).Reload()
+    same({tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}, want)
+
+
+def test_a_run_on_several_trackers_names_each_in_trackers_json(tiny_path, tmp_path):
+    run = tmp_path / "run"
+    assert main(zero(tiny_path, run, "tensorboard,mlflow,trackio", extra=["--report-group", "sweep"])) == 0
+    assert set(json.loads((run / "trackers.json").read_text())) == {"tensorboard", "mlflow", "trackio"}
+
+
+def test_a_tracker_that_cannot_start_is_one_error_before_anything_trains(tiny_path, tmp_path, monkeypatch,
+                                                                         capsys):
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))  # no `wandb login` here
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    run = tmp_path / "run"
+    assert main(zero(tiny_path, run, "wandb")) == 2
+    err = capsys.readouterr().err
+    assert "not logged in to W&B" in err and "WANDB_MODE=offline" in err and "Traceback" not in err
+    assert not run.exists()  # refused before anything was written
+    assert main(zero(tiny_path, run, "tensorbored")) == 2
+    assert "not a tracker" in capsys.readouterr().err
+
+
+def test_a_tracker_failing_mid_run_is_a_warning_and_the_run_goes_on(tiny_path, tmp_path, monkeypatch, capsys):
+    def broken(self, values, step):
+        raise ConnectionError("the tracking server went away")
+
+    monkeypatch.setattr(tracking.MLflow, "log", broken)
+    run = tmp_path / "run"
+    assert main(zero(tiny_path, run, "mlflow,tensorboard")) == 0
+    err = capsys.readouterr().err
+    assert err.count("mlflow stopped logging") == 1 and "the run goes on" in err
+    assert (run / "summary.json").is_file() and len(read_log(run / "metrics.jsonl")) == 2
+
+
+def test_tracker_names_follow_the_trackers_conventions():
+    assert tracking.scalars({"step": 5, "reward": 0.25, "eval_accuracy": 0.5, "memory/peak_mb": 10}) == {
+        "train/reward": 0.25, "eval/accuracy": 0.5, "train/memory/peak_mb": 10.0}
+    assert tracking.mlflow_key("eval/math500/pass@1") == "eval/math500/pass_at_1"
+
+
+# ------------------------------------------------------------------------------ the other commands that log
+def tensorboard_scalars(folder: Path) -> dict[str, dict[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0}).Reload()
+    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+
+
+def logged_rows(run: Path) -> dict[str, dict[int, float]]:
+    want: dict[str, dict[int, float]] = {}
+    for row in read_log(run / "metrics.jsonl"):
+        for key, value in tracking.scalars(row).items():
+            want.setdefault(key, {})[row["step"]] = value
+    return want
+
+
+def test_sft_rm_and_eval_log_what_they_write(tmp_path):
+    from conftest import tiny_sft_run
+
+    model, data = tiny_sft_run(tmp_path)
+    sft = tmp_path / "sft"
+    assert main(["sft", "--model", model, "--data", data, "--max-steps", "3", "--tokens-per-step", "64",
+                 "--eval-size", "4", "--threads", "1", "--out", str(sft), "--report-to", "tensorboard"]) == 0
+    want = logged_rows(sft)
+    want["eval/loss"][0] = json.loads((sft / "summary.json").read_text())["eval_loss_before"]
+    same(tensorboard_scalars(sft), want)
+
+    rm = tmp_path / "rm"
+    assert main(["rm", "--model", model, "--data", "helpful-procedural", "--limit", "12", "--test-size", "4",
+                 "--max-length", "48", "--batch-size", "4", "--threads", "1", "--out", str(rm),
+                 "--report-to", "tensorboard"]) == 0
+    same(tensorboard_scalars(rm), logged_rows(rm))
+    assert "eval/accuracy" in logged_rows(rm)
+
+    ev = tmp_path / "eval"
+    assert main(["eval", "--model", model, "--benchmarks", "task:arithmetic", "--limit", "3", "--k", "2",
+                 "--max-new-tokens", "6", "--threads", "1", "--out", str(ev), "--report-to", "tensorboard"]) == 0
+    summary = json.loads((ev / "summary.json").read_text())
+    pass1 = summary["benchmarks"]["task:arithmetic"]["metrics"]["pass@1"]
+    got = tensorboard_scalars(ev)
+    assert got["eval/task:arithmetic/pass@1"] == {0: pytest.approx(pass1["value"])}
+    assert got["eval/task:arithmetic/pass@1/ci_high"] == {0: pytest.approx(pass1["ci_high"])}
+
+
+@pytest.fixture
+def rejection_keeps_something(monkeypatch):
+    """A random model never closes a think block, so rejection sampling keeps nothing and the pipeline would stop
+    at stage 3 (tests/test_pipeline.py does the same): a few rows stand in for what a trained model keeps."""
+    import r1lab.pipeline as pipeline
+
+    real = pipeline.run_sample
+
+    def run_sample(cfg, progress=True):
+        summary = real(cfg, progress)
+        rows = [{"prompt": f"What is {i} + 1?", "response": f"<think>\n{i} + 1 = {i + 1}\n</think>\n"
+                                                             f"<answer>{i + 1}</answer>"} for i in range(6)]
+        (Path(cfg.out) / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return {**summary, "kept_reasoning": len(rows)}
+
+    monkeypatch.setattr(pipeline, "run_sample", run_sample)
+
+
+def test_each_pipeline_stage_is_its_own_run_in_the_pipelines_group(tiny_path, tmp_path, rejection_keeps_something):
+    import yaml
+    from mlflow import MlflowClient
+
+    out = tmp_path / "r1"
+    recipe = {
+        "model": tiny_path, "task": "arithmetic", "task_args": {"n_train": 30, "n_test": 6}, "template": "native",
+        "coldstart": {"examples": 12}, "sft": {"epochs": 1, "max_steps": 2, "eval_size": 0},
+        "reasoning_rl": {"steps": 2, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 6, "warmup_steps": 0},
+        "rejection": {"limit": 6, "n": 2, "max_new_tokens": 6, "drop_truncated": False, "min_language_share": 0,
+                      "max_paragraph_chars": 0, "near_duplicate": 1.0},
+        "rejection_sft": {"epochs": 1, "max_steps": 2, "eval_size": 0},
+        "rl_all": {"steps": 1, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 6, "warmup_steps": 0},
+        "eval": {"limit": 2, "k": 1, "max_new_tokens": 6},
+        "rm_helpful": {"data": "helpful-procedural", "limit": 12, "test_size": 4, "max_length": 48, "batch_size": 4},
+        "rm_harmless": {"data": "harmless-sample", "limit": 12, "test_size": 4, "max_length": 48, "batch_size": 4},
+        "general_eval_prompts": 2, "threads": 1, "out": str(out), "report_to": ["mlflow"]}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["pipeline", "--config", str(tmp_path / "recipe.yaml")]) == 0
+    state = json.loads((out / "2-reasoning-rl" / "zero" / "trackers.json").read_text())["mlflow"]
+    client = MlflowClient(state["tracking_uri"])
+    runs = client.search_runs([client.get_run(state["run_id"]).info.experiment_id],
+                              filter_string="tags.`r1lab.group` = 'r1'")
+    names = {r.info.run_name for r in runs}
+    assert {"r1/1-coldstart/sft", "r1/2-reasoning-rl/zero", "r1/3-rejection-sft/sft", "r1/4-rl-all/zero",
+            "r1/rm/helpful", "r1/rm/harmless", "r1/2-reasoning-rl/eval/reasoning"} <= names
+    assert all(r.info.status == "FINISHED" for r in runs)
