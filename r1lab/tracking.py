@@ -20,12 +20,14 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import importlib.util
+import json
 import math
 import os
 import re
 import secrets
 import shutil
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -91,6 +93,10 @@ def check(names: list[str] | tuple = ()) -> None:
                               f"'r1lab[tracking]' (or pip install {_pip_name(name)}), or drop --report-to {name}")
     if "wandb" in names:
         _check_wandb_login()
+    if "mlflow" in names:
+        _check_mlflow_store()
+    if "trackio" in names:
+        _check_trackio_remote()
 
 
 class Trackers:
@@ -187,8 +193,6 @@ def _read_state(folder: Path) -> dict:
     path = folder / STATE_FILE
     if not path.is_file():
         return {}
-    import json
-
     try:
         state = json.loads(path.read_text())
     except ValueError:
@@ -271,7 +275,8 @@ class WandB:
         self.id = (saved or {}).get("id") or secrets.token_hex(4)  # W&B's own ids are 8 characters too
         self.run = wandb.init(project=_project("WANDB_PROJECT"), name=name, group=group or None, config=params,
                               id=self.id, resume="allow", dir=str(folder), reinit="create_new",
-                              settings=wandb.Settings(silent=True, console="off"))
+                              settings=wandb.Settings(silent=True, console="off", disable_git=True,
+                                                      x_disable_stats=True))  # only what metrics.jsonl has
         self.last_step = resume_step
 
     def state(self) -> dict:
@@ -294,7 +299,10 @@ class WandB:
                 self.run.save(str(path), base_path=str(folder), policy="now")
 
     def finish(self, ok: bool) -> None:
+        import wandb
+
         self.run.finish(exit_code=0 if ok else 1)
+        wandb.teardown()  # its service process ends with the run (the next run starts another)
 
 
 class Trackio:
@@ -337,6 +345,9 @@ class MLflow:
         import mlflow
         from mlflow import MlflowClient
 
+        # a server that stops answering mid-run costs at most about a minute before the run goes on without it
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         self.uri = (saved or {}).get("tracking_uri") or mlflow.get_tracking_uri()  # MLFLOW_TRACKING_URI, or its own
         self.client = MlflowClient(self.uri)
         if saved and saved.get("run_id"):
@@ -378,28 +389,75 @@ class MLflow:
 
 
 def mlflow_key(key: str) -> str:
-    """MLflow's metric names take letters, digits and ``_-. /`` only: ``@`` is spelled ``_at_``.
+    """MLflow's name of a metric: letters, digits and ``_-. /:`` only (``@`` is spelled ``_at_``), and below its
+    section (``train/``, ``eval/``) dots for slashes, since a file store keeps each metric in a file of that path and
+    ``train/reward`` would leave no folder for ``train/reward/accuracy``.
 
-    >>> mlflow_key("eval/gsm8k/pass@1")
-    'eval/gsm8k/pass_at_1'
+    >>> mlflow_key("eval/gsm8k/pass@1"), mlflow_key("train/reward/accuracy"), mlflow_key("train/reward")
+    ('eval/gsm8k.pass_at_1', 'train/reward.accuracy', 'train/reward')
     """
-    return re.sub(r"[^\w\-. /]", "_", key.replace("@", "_at_"))
+    section, _, rest = key.replace("@", "_at_").partition("/")
+    return re.sub(r"[^\w\-. /:]", "_", f"{section}/{rest.replace('/', '.')}" if rest else section)
 
 
 def _check_wandb_login() -> None:
-    """W&B online with no key would stop to ask for one (or fail mid-start): refuse it first."""
+    """W&B online needs a login (with none it would stop to ask, or fail after starting) and its server."""
     mode = (os.environ.get("WANDB_MODE") or "").lower()
-    if mode in ("offline", "disabled", "dryrun") or os.environ.get("WANDB_API_KEY"):
+    if mode in ("offline", "disabled", "dryrun"):
         return
     import wandb
 
-    try:
-        key = wandb.api.api_key
-    except Exception:
-        key = None
-    if not key:
+    if not wandb.login(prompt=False, verify=False):
         raise ValueError("--report-to wandb: not logged in to W&B (no WANDB_API_KEY, no `wandb login`); log in, or "
                          "set WANDB_MODE=offline to keep the run on disk and `wandb sync` it later")
+    base_url = os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url
+    if problem := _unreachable(base_url):
+        raise ValueError(f"--report-to wandb: the W&B server {base_url} does not answer ({problem}); check the "
+                         "network, or set WANDB_MODE=offline to keep the run on disk and `wandb sync` it later")
+
+
+def _check_mlflow_store() -> None:
+    """MLflow's store must be one it can open: a file store only where MLflow is told to allow it (MLflow 3 refuses
+    it otherwise), a database with SQLAlchemy and Alembic installed, a server that answers. (A server out of reach
+    would otherwise cost minutes of MLflow's retries before its error.)"""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    scheme = urlsplit(uri).scheme
+    if scheme in ("", "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
+        raise ValueError(f"--report-to mlflow: MLflow 3 refuses a file store ({uri}); use a database "
+                         "(MLFLOW_TRACKING_URI=sqlite:///mlflow.db, the default) or set MLFLOW_ALLOW_FILE_STORE=true")
+    if scheme.split("+")[0] in ("sqlite", "postgresql", "mysql", "mssql"):
+        missing = [m for m in ("sqlalchemy", "alembic") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ImportError(f"--report-to mlflow: the store {uri} needs {' and '.join(missing)}; pip install "
+                              "'r1lab[mlflow]'")
+    if scheme in ("http", "https") and (problem := _unreachable(uri.rstrip("/") + "/health")):
+        raise ValueError(f"--report-to mlflow: the tracking server {uri} does not answer ({problem}); start it, "
+                         "or point MLFLOW_TRACKING_URI at a local store (sqlite:///mlflow.db)")
+
+
+def _check_trackio_remote() -> None:
+    """trackio logs to a Space or a server only where one is configured; that one must answer."""
+    target = os.environ.get("TRACKIO_SERVER_URL") or ("https://huggingface.co" if os.environ.get("TRACKIO_SPACE_ID")
+                                                       else None)
+    if target and (problem := _unreachable(target)):
+        raise ValueError(f"--report-to trackio: {target} does not answer ({problem}); unset TRACKIO_SPACE_ID / "
+                         "TRACKIO_SERVER_URL to log to trackio's local database")
+
+
+def _unreachable(url: str, timeout: float = 5.0) -> str | None:
+    """Why ``url`` gives no HTTP answer within ``timeout`` seconds (any HTTP status is an answer); None if it does."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(url, timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None
+    except Exception as e:
+        return f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+    return None
 
 
 OPENERS = {"tensorboard": TensorBoard, "wandb": WandB, "trackio": Trackio, "mlflow": MLflow}

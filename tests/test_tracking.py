@@ -28,14 +28,25 @@ def tiny_path(tmp_path_factory):
     return str(save_checkpoint(make_model(tok), tok, tmp_path_factory.mktemp("tiny") / "tiny"))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def trackio_dir(tmp_path_factory):
+    """trackio reads TRACKIO_DIR once, when it is imported: one folder for the module, set before that."""
+    folder = tmp_path_factory.mktemp("trackio")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRACKIO_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(autouse=True)
 def offline(tmp_path, monkeypatch):
-    """Every tracker local, in this test's folder; no network, no login."""
+    """Every tracker local, in this test's folder; no network, no login, nothing written to the home folder."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
+    for name in ("CONFIG", "CACHE", "DATA"):
+        monkeypatch.setenv(f"WANDB_{name}_DIR", str(tmp_path / f"wandb-{name.lower()}"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.chdir(tmp_path)  # MLflow's artifacts (./mlruns)
 
 
@@ -129,7 +140,8 @@ def test_mlflow_local_store_holds_the_metrics_params_and_artifacts(tiny_path, tm
     info = client.get_run(state["run_id"])
     got = {key: {m.step: m.value for m in client.get_metric_history(state["run_id"], key)}
            for key in info.data.metrics}
-    same(got, expected(run))
+    same(got, {tracking.mlflow_key(k): v for k, v in expected(run).items()})
+    assert "train/reward.tag_count" in got  # MLflow's spelling of train/reward/tag_count
     assert info.info.status == "FINISHED" and info.info.run_name == "run"
     assert info.data.params["group_size"] == "2" and info.data.params["rewards.format"] == "0.5"
     artifacts = {a.path for a in client.list_artifacts(state["run_id"])}
@@ -148,13 +160,13 @@ def read_trackio(project: str, name: str) -> dict[str, dict[int, float]]:
     return got
 
 
-def test_trackio_local_database_holds_the_metrics_and_config(tiny_path, tmp_path):
+def test_trackio_local_database_holds_the_metrics_and_config(tiny_path, tmp_path, trackio_dir):
     from trackio.sqlite_storage import SQLiteStorage
 
     run = tmp_path / "run"
     assert main(zero(tiny_path, run, "trackio")) == 0
     state = json.loads((run / "trackers.json").read_text())["trackio"]
-    assert (tmp_path / "trackio" / f"{state['project']}.db").is_file()  # the local database, under TRACKIO_DIR
+    assert (trackio_dir / f"{state['project']}.db").is_file()  # the local database, under TRACKIO_DIR
     got = read_trackio(state["project"], state["name"])
     same({k: v for k, v in got.items() if k in train_keys(got)}, expected(run))
     assert SQLiteStorage.get_run_config(state["project"], state["name"])["group_size"] == 2
@@ -191,7 +203,8 @@ def test_a_resumed_run_goes_on_in_the_same_tracker_runs(tiny_path, tmp_path, mon
     assert sorted(want["train/reward"]) == [1, 2, 3]
     client = MlflowClient(first["mlflow"]["tracking_uri"])
     assert len(client.search_runs([client.get_run(first["mlflow"]["run_id"]).info.experiment_id])) == 1
-    got = {k: {m.step: m.value for m in client.get_metric_history(first["mlflow"]["run_id"], k)} for k in want}
+    got = {k: {m.step: m.value for m in client.get_metric_history(first["mlflow"]["run_id"], tracking.mlflow_key(k))}
+           for k in want}
     same(got, want)
     assert client.get_run(first["mlflow"]["run_id"]).info.status == "FINISHED"
     events = EventAccumulator(str(run), size_guidance={"scalars": 0}).Reload()
@@ -216,6 +229,14 @@ def test_a_tracker_that_cannot_start_is_one_error_before_anything_trains(tiny_pa
     assert not run.exists()  # refused before anything was written
     assert main(zero(tiny_path, run, "tensorbored")) == 2
     assert "not a tracker" in capsys.readouterr().err
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
+    assert main(zero(tiny_path, run, "mlflow")) == 2
+    err = capsys.readouterr().err
+    assert "tracking server http://127.0.0.1:9 does not answer" in err and "Traceback" not in err
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file://{tmp_path / 'mlruns'}")
+    assert main(zero(tiny_path, run, "mlflow")) == 2
+    assert "MLFLOW_ALLOW_FILE_STORE=true" in capsys.readouterr().err
+    assert not run.exists()
 
 
 def test_a_tracker_failing_mid_run_is_a_warning_and_the_run_goes_on(tiny_path, tmp_path, monkeypatch, capsys):
@@ -233,7 +254,7 @@ def test_a_tracker_failing_mid_run_is_a_warning_and_the_run_goes_on(tiny_path, t
 def test_tracker_names_follow_the_trackers_conventions():
     assert tracking.scalars({"step": 5, "reward": 0.25, "eval_accuracy": 0.5, "memory/peak_mb": 10}) == {
         "train/reward": 0.25, "eval/accuracy": 0.5, "train/memory/peak_mb": 10.0}
-    assert tracking.mlflow_key("eval/math500/pass@1") == "eval/math500/pass_at_1"
+    assert tracking.mlflow_key("eval/math500/pass@1") == "eval/math500.pass_at_1"
 
 
 # ------------------------------------------------------------------------------ the other commands that log
