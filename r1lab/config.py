@@ -25,7 +25,6 @@ import yaml
 
 from r1lab.chat import TEMPLATES
 from r1lab.files import CHECKPOINT_MARKER, write_atomic
-from r1lab.tracking import TRACKERS
 
 # The names a setting may take. The functions behind them live in layers above this one, so the names are
 # written out here; tests/test_config.py checks each list against the registry that implements it.
@@ -37,6 +36,7 @@ COLDSTART_SOURCES = ("traces", "model", "jsonl")
 ENGINES = ("torch", "vllm", "openai")  # r1lab.engine.registry.ENGINES
 TRAINING_ENGINES = ("torch", "vllm")  # the registry's engines that can follow a trainer (trains=True)
 PARALLEL_MODES = ("replicate", "fsdp")  # r1lab.sharding
+TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")  # r1lab.tracking.OPENERS
 DTYPES = ("auto", "fp32", "bf16", "fp16")  # r1lab.models.DTYPES, and auto  # r1lab.sft.coldstart: _from_traces, _from_model, _from_jsonl
 
 

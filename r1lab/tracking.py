@@ -34,7 +34,7 @@ import yaml
 from r1lab.console import log
 from r1lab.files import to_json, write_json
 
-TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")
+TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")  # r1lab.config.TRACKERS (the names --report-to takes)
 #: the file in a run's folder that names its runs in each tracker (for resume)
 STATE_FILE = "trackers.json"
 #: what each tracker imports (a missing one is refused before anything runs)

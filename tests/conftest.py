@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import string
+import sys
+import warnings
 
 import pytest
 import torch
@@ -56,6 +59,52 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu"):  # not `in item.keywords`, which also holds folder names
             item.add_marker(skip)
+
+
+#: what a dependency says before it drops an API; pyproject.toml's filterwarnings makes any of them raised from an
+#: r1lab module an error, and :func:`pytest_runtest_call` fails a test that sees one anywhere below an r1lab call
+DEPRECATIONS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+#: deprecations a dependency raises inside itself whatever r1lab asks of it (the reason for each): no call of ours
+#: can avoid them, and they are the dependency's to fix
+RAISED_INSIDE_DEPENDENCIES: dict[str, str] = {}
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)  # innermost: inside pytest's own record of the test's warnings
+def pytest_runtest_call(item):
+    """Fail a test during which a dependency warns that an API is deprecated while r1lab code is on the stack,
+    wherever the warning points (a dependency often points it at its own caller, such as torch's module call, so
+    the filter by module alone would miss it). Warnings from other threads count too."""
+    seen = []
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DEPRECATIONS):
+            caller = r1lab_caller(sys._getframe(1))
+            known = any(re.search(pattern, str(message)) for pattern in RAISED_INSIDE_DEPENDENCIES)
+            if caller and not known:
+                seen.append(f"{category.__name__}: {str(message)[:300]} (at {filename}:{lineno}; called from "
+                            f"{caller})")
+        shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        result = yield
+    finally:
+        warnings.showwarning = shown
+    if seen:
+        pytest.fail("a deprecated API was used on r1lab's path:\n  " + "\n  ".join(dict.fromkeys(seen)),
+                    pytrace=False)
+    return result
+
+
+def r1lab_caller(frame) -> str | None:
+    """``file:line`` of the innermost r1lab frame on the stack from ``frame`` up, or None."""
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module == "r1lab" or module.startswith("r1lab."):
+            return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+        frame = frame.f_back
+    return None
 
 
 @pytest.fixture

@@ -159,7 +159,7 @@ def test_several_problems_are_named_together_and_make_config_checks():
 
 
 def test_the_names_a_setting_may_take_are_those_the_code_implements():
-    from r1lab import optim
+    from r1lab import optim, tracking
     from r1lab.evaluate.metrics import CI_METHODS
     from r1lab.rl.advantages import ADVANTAGES
     from r1lab.rl.losses import LOSS_AGGREGATIONS
@@ -170,6 +170,7 @@ def test_the_names_a_setting_may_take_are_those_the_code_implements():
     assert config.LR_SCHEDULES == tuple(optim.LR_SCHEDULES)
     assert [optim.lr_factor(5, 2, 10, s) for s in config.LR_SCHEDULES]  # each one runs
     assert config.INTERVALS == tuple(CI_METHODS)
+    assert config.TRACKERS == tracking.TRACKERS == tuple(tracking.OPENERS)
     assert config.PARALLEL_MODES == ("replicate", "fsdp")  # r1lab.sharding shards for "fsdp"; else replication
     assert all(callable(getattr(coldstart, f"_from_{source}", None)) for source in config.COLDSTART_SOURCES)
     helps = {**config.option_help(config.ZeroConfig), "interval": config.option_help(config.EvalConfig)["interval"],

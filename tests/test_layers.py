@@ -25,7 +25,7 @@ SAME_LAYER_OK = {
     "r1lab": set(), "r1lab.files": set(), "r1lab.console": set(), "r1lab.packing": set(),
     **dict.fromkeys(["r1lab.chat", "r1lab.plots", "r1lab.models"], {"r1lab.files", "r1lab.console"}),
     "r1lab.tracking": {"r1lab.files", "r1lab.console"},
-    "r1lab.config": {"r1lab.files", "r1lab.console", "r1lab.chat", "r1lab.tracking"},  # tracking: the trackers' names
+    "r1lab.config": {"r1lab.files", "r1lab.console", "r1lab.chat"},
     "r1lab.sandbox": set(),  # untrusted code runs here: it knows nothing about rewards or tasks
     "r1lab.rewards": {"r1lab.sandbox"}, "r1lab.tasks": {"r1lab.rewards", "r1lab.sandbox"},
 }
