@@ -19,9 +19,11 @@ from serving import running  # noqa: E402
 pytest.importorskip("openai")
 
 
-def fake_judge(failures=(), delay=0.0, reply=lambda text: "Looks fine.\nScore: 7"):
+def fake_judge(failures=(), delay=0.0, reply=lambda text: "Looks fine.\nScore: 7", gather=0):
     """Answers each new request first with the statuses in ``failures``, then with ``reply(request text)``; records
-    every request and the most requests it ever had in flight."""
+    every request and the most requests it ever had in flight. With ``gather``, a request is held until that many
+    have been in flight at once (a minute at most), then ``delay`` more: whether the client ever reaches
+    ``gather`` in flight then does not hang on how fast it sends them."""
     app = FastAPI()
     app.state.seen, app.state.asked, app.state.in_flight, app.state.peak = {}, [], 0, 0
 
@@ -36,6 +38,10 @@ def fake_judge(failures=(), delay=0.0, reply=lambda text: "Looks fine.\nScore: 7
                                 status_code=failures[n])
         app.state.in_flight += 1
         app.state.peak = max(app.state.peak, app.state.in_flight)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while app.state.peak < gather and loop.time() < deadline:
+            await asyncio.sleep(0.01)
         await asyncio.sleep(delay)
         app.state.in_flight -= 1
         return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
@@ -90,7 +96,7 @@ def test_verdicts_are_cached_on_disk_keyed_by_model_rubric_prompt_and_text(tmp_p
 
 
 def test_requests_in_flight_never_exceed_concurrency(tmp_path):
-    app = fake_judge(delay=0.2)
+    app = fake_judge(delay=0.2, gather=3)
     with running(app) as url:
         reward = JudgeReward(make(url, tmp_path, concurrency=3), part="whole")
         assert len(reward.batch([f"reply {i}" for i in range(9)], [{"prompt": "q"}] * 9)) == 9

@@ -106,19 +106,21 @@ def test_a_hanging_item_is_killed_at_the_deadline_even_off_the_main_thread():
 
     def run():
         start = time.monotonic()
-        outcome["single"] = verify_math("1", HANG, timeout=2.0)
+        outcome["single"] = verify_math("1", HANG, timeout=1.0)
         outcome["single_s"] = time.monotonic() - start
         start = time.monotonic()
-        outcome["batch"] = verify_math_many([("\\sqrt{9}", "3"), ("1", HANG), ("x+x", "2x")], timeout=2.0)
+        outcome["batch"] = verify_math_many([("\\sqrt{9}", "3"), ("1", HANG), ("x+x", "2x")], timeout=1.0)
         outcome["batch_s"] = time.monotonic() - start
 
     thread = threading.Thread(target=run)
     thread.start()
-    thread.join(timeout=30)
+    thread.join(timeout=120)
     assert not thread.is_alive()
-    assert outcome["single"] is False and outcome["single_s"] < 3.0
-    # the batch: the item before the hang kept its verdict, the one after ran on a fresh worker
-    assert outcome["batch"] == [True, False, True] and outcome["batch_s"] < 6.0
+    # the 1 s deadline, not the 5 s default nor the hang (for ever): room for a loaded machine to kill the worker
+    assert outcome["single"] is False and outcome["single_s"] < 4.0
+    # the batch: the item before the hang kept its verdict, the one after ran on a fresh worker. Its time holds two
+    # worker starts (sympy's import, seconds on a busy machine), so it is bounded only against a hang
+    assert outcome["batch"] == [True, False, True] and outcome["batch_s"] < 60
     assert worker_restarts() == restarts + 2
     # and the worker still works afterwards, although the thread that started it has ended
     assert verify_math("\\frac{2}{4}", "\\sqrt{1/4}")

@@ -31,6 +31,19 @@ def command(model, out):
             "--keep-checkpoints", "2", "--threads", "1", "--out", str(out)]
 
 
+def slow_digit_reward_env(folder) -> dict:
+    """``digit_reward_env`` whose reward also sleeps 50 ms a completion: a training step (8 completions) then lasts
+    over 0.4 s on any machine, longer than the random wait (under 0.3 s) between seeing a step logged and the kill,
+    so the kill lands inside the next step by construction, not because this machine's steps happen to be slow.
+    The reward's values are those of ``digit_reward_env``."""
+    env = digit_reward_env(folder)
+    (folder / "sitecustomize.py").write_text(
+        "import time\nfrom r1lab.rewards import register\n\n\n@register('test_digit_share')\n"
+        "def _digit_share(completion, **_):\n    time.sleep(0.05)\n"
+        "    return sum(c.isdigit() for c in completion) / max(1, len(completion))\n")
+    return env
+
+
 def logged_steps(out) -> int:
     try:
         return len((out / "metrics.jsonl").read_text().splitlines())
@@ -41,7 +54,7 @@ def logged_steps(out) -> int:
 def test_five_kills_at_random_moments_change_nothing(tmp_path):
     tok = make_tokenizer()
     model = str(save_checkpoint(make_model(tok, layers=2, hidden=32), tok, tmp_path / "tiny"))
-    env = digit_reward_env(tmp_path / "plugin")  # a reward a random model gets signal from: every step trains
+    env = slow_digit_reward_env(tmp_path / "plugin")  # a reward a random model gets signal from: every step trains
 
     straight = tmp_path / "straight"
     subprocess.run(command(model, straight), check=True, env=env, capture_output=True, timeout=300)
@@ -94,7 +107,7 @@ def test_a_kill_under_torchrun_changes_nothing(tmp_path):
     run never stopped, bit for bit, reading each rank's shards of the weights and AdamW state back."""
     tok = make_tokenizer()
     model = str(save_checkpoint(make_model(tok, layers=2, hidden=32), tok, tmp_path / "tiny"))
-    env = digit_reward_env(tmp_path / "plugin")  # a reward a random model gets signal from: every step trains
+    env = slow_digit_reward_env(tmp_path / "plugin")  # a reward a random model gets signal from: every step trains
     flags = ["--steps", "6", "--nproc", "2", "--parallel", "fsdp"]
 
     straight = tmp_path / "straight"

@@ -16,21 +16,34 @@ pytestmark = pytest.mark.skipif(isolation_level() != "namespaces", reason="needs
 
 TESTS = [CallTest([1, 2], 3), CallTest([10, -4], 6), CallTest([0, 0], 0)]
 GOLD = "def add(a, b):\n    return a + b\n"
-FAST = Limits(wall=3, cpu=2)
+FAST = Limits(wall=3, cpu=2)  # for programs that must be cut off: short, so a hang costs little
+ROOMY = Limits(wall=30, cpu=30)  # for programs that must pass: room for a slow or busy machine
 
 
 def sandbox_processes() -> list[int]:
-    """Processes of the sandbox users (uid 200000-249999) still alive on the host."""
-    found = []
+    """Processes of the sandbox users (uid 200000-249999) still alive on the host, left by this test session's runs:
+    below this process, or adopted by init (escaped). Runs of another session on the same machine (a busy machine
+    runs several) are below that session's own judge, and are not counted."""
+    uid, parent = {}, {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                uid = int((entry / "status").read_text().split("\nUid:")[1].split()[0])
+                status = (entry / "status").read_text()
+                uid[int(entry.name)] = int(status.split("\nUid:")[1].split()[0])
+                parent[int(entry.name)] = int(status.split("\nPPid:")[1].split()[0])
             except (OSError, IndexError, ValueError):
                 continue
-            if 200_000 <= uid < 250_000:
-                found.append(int(entry.name))
-    return found
+
+    def ours(pid: int) -> bool:
+        while 200_000 <= uid.get(pid, 0) < 250_000:  # up to the first process outside the sandbox users
+            pid = parent.get(pid, 0)
+        if pid in (0, 1):  # adopted by init (or its parent just ended): nobody's, so counted
+            return True
+        while pid not in (0, 1, os.getpid()):
+            pid = parent.get(pid, 0)
+        return pid == os.getpid()
+
+    return [pid for pid in uid if 200_000 <= uid[pid] < 250_000 and ours(pid)]
 
 
 @pytest.fixture
@@ -39,11 +52,12 @@ def canary(tmp_path):
     path.write_text("untouched")
     os.chmod(tmp_path, 0o777)  # even a world-writable folder outside the sandbox must stay untouched
     yield path
-    assert path.read_text() == "untouched" and sorted(p.name for p in tmp_path.iterdir()) == ["canary.txt"]
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 10  # generous: a loaded machine may take a while to reap a killed tree
     while sandbox_processes() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert sandbox_processes() == []
+    # read only now: whatever a surviving process would have written, it has written by the time it is gone
+    assert path.read_text() == "untouched" and sorted(p.name for p in tmp_path.iterdir()) == ["canary.txt"]
 
 
 def score(solution: str, limits: Limits = FAST) -> float | None:
@@ -51,7 +65,7 @@ def score(solution: str, limits: Limits = FAST) -> float | None:
 
 
 def test_gold_solution_passes(canary):
-    assert score(GOLD) == 1.0
+    assert score(GOLD, ROOMY) == 1.0
 
 
 @pytest.mark.parametrize("method", ["__eq__", "__ne__", "__bool__"])
@@ -146,20 +160,21 @@ def add(a, b): return 0
 def test_resource_exhaustion_is_cut_off(canary, greedy):
     t0 = time.monotonic()
     assert score(greedy + GOLD) == 0.0
-    assert time.monotonic() - t0 < FAST.wall + 3
+    assert time.monotonic() - t0 < FAST.wall + 10  # cut off at the deadline: uncut, each would run 60 s or more
 
 
 @pytest.fixture
 def listener():
+    """A host port, and ``done()``: every connection it got, read once the test is over with it (after the run,
+    so a connection the program made is complete and waiting in the backlog if it was not accepted already)."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen()
     server.settimeout(0.2)
-    hits = []
+    hits, stop = [], threading.Event()
 
     def accept():
-        end = time.monotonic() + 6
-        while time.monotonic() < end:
+        while not stop.is_set():
             try:
                 hits.append(server.accept())
             except OSError:
@@ -167,14 +182,25 @@ def listener():
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
-    yield server.getsockname()[1], hits
-    thread.join()
+
+    def done():
+        stop.set()
+        thread.join()
+        server.setblocking(False)
+        while True:
+            try:
+                hits.append(server.accept())
+            except OSError:  # BlockingIOError: the backlog is empty
+                return hits
+
+    yield server.getsockname()[1], done
+    done()
     server.close()
 
 
 @pytest.mark.parametrize("host", ["1.1.1.1", "169.254.169.254", "127.0.0.1", "localhost"])
 def test_no_network_outside_loopback_or_metadata(canary, listener, host):
-    port, hits = listener
+    port, done = listener
     target_port = port if host in ("127.0.0.1", "localhost") else 80
     reach = f"""
 import socket
@@ -186,8 +212,7 @@ def add(a, b):
         return -1
 """
     assert score(reach) == 0.0
-    time.sleep(0.3)
-    assert hits == []
+    assert done() == []
 
 
 def test_secrets_in_the_environment_stay_outside(canary, monkeypatch):
@@ -208,12 +233,12 @@ def test_killing_the_parent_and_everyone_else(canary):
     killer = "import os, signal\nfor pid in (os.getppid(), 1, -1):\n    try: os.kill(pid, signal.SIGKILL)\n    except OSError: pass\n"
     # the launcher (PID 1 of the namespace) ignores it, the host's judge is out of reach: judging goes on
     assert score(killer + "def add(a, b): return 0") == 0.0
-    assert score(killer + GOLD) == 1.0
+    assert score(killer + GOLD, ROOMY) == 1.0
 
 
 def test_stdin_stdout_problem_gold_and_wrong(canary):
     tests = [IOTest("3 4\n", "7\n"), IOTest("10 -2\n", "8")]
-    assert judge_io("a, b = map(int, input().split())\nprint(a + b)", tests, limits=FAST).score() == 1.0
+    assert judge_io("a, b = map(int, input().split())\nprint(a + b)", tests, limits=ROOMY).score() == 1.0
     assert judge_io("print(7)", tests, limits=FAST).score() == 0.0
     assert judge_io("print(7)", tests, limits=FAST).score(partial=True) == 0.5
 
@@ -250,14 +275,14 @@ def test_a_huge_stdin_that_the_program_never_reads_cannot_hang_the_judge(canary)
     t0 = time.monotonic()
     verdict = judge_io("import time\ntime.sleep(60)", [IOTest("7\n" * 2_000_000, "7")], limits=Limits(wall=2, cpu=2))
     assert verdict.score() == 0.0 and verdict.details == ["test 0: timeout"]
-    assert time.monotonic() - t0 < 2 + 5  # the deadline, plus room for a loaded machine
+    assert time.monotonic() - t0 < 2 + 15  # the deadline, plus room for a loaded machine (a hang: 60 s)
 
 
 def test_an_answer_after_the_deadline_gets_no_credit_even_when_stdin_was_slow_to_feed(canary):
     late = "import sys, time\ntime.sleep(1.5)\ndata = sys.stdin.read()\nprint(len(data.split()))"
     verdict = judge_io(late, [IOTest("1\n" * 1_000_000, "1000000")], limits=Limits(wall=1, cpu=5))
     assert verdict.score() == 0.0 and verdict.details == ["test 0: timeout"]
-    assert judge_io(late, [IOTest("1\n" * 1_000_000, "1000000")], limits=Limits(wall=10, cpu=5)).score() == 1.0
+    assert judge_io(late, [IOTest("1\n" * 1_000_000, "1000000")], limits=ROOMY).score() == 1.0
 
 
 @pytest.mark.parametrize("reply", [
@@ -269,10 +294,10 @@ def test_extract_code_is_linear_in_the_reply(reply):
 
     t0 = time.monotonic()
     extract_code(reply)
-    assert time.monotonic() - t0 < 5  # about 0.01 to 0.4 s here for a megabyte; the old regex took minutes
+    assert time.monotonic() - t0 < 20  # about 0.01 to 0.4 s here for a megabyte; the old regex took minutes
 
 
-def _run_and_read(program: str, limits: Limits = FAST) -> str:
+def _run_and_read(program: str, limits: Limits = ROOMY) -> str:
     from r1lab.sandbox.run import run
 
     result = run(program, limits=limits)
@@ -384,31 +409,52 @@ def test_memory_is_bounded_for_the_whole_run_not_per_process(canary):
 
     if not cgroups_available():
         pytest.skip("no cgroup can be made here: memory is bounded per process only (the documented fallback)")
+    # the three hold their 200 MB at the same time by construction: each keeps it until all three have it (or
+    # one of them is gone, killed for memory), however slowly the machine forks and fills pages
     forks = """
-import os, time
+import os, select
 def add(a, b):
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
     kids = []
     for _ in range(3):
         pid = os.fork()
         if pid == 0:
+            os.close(go_w)
             block = bytearray(200 << 20)
             for i in range(0, len(block), 4096):
                 block[i] = 1
-            time.sleep(1)
+            os.write(ready_w, b"1")
+            os.read(go_r, 1)  # until the parent closes go_w
             os._exit(0)
         kids.append(pid)
-    ok = all(os.waitpid(k, 0)[1] == 0 for k in kids)
-    return a + b if ok else -1
+    os.close(ready_w)
+    ready, gone = 0, {}
+    while ready < 3 and not gone:
+        if select.select([ready_r], [], [], 0.05)[0]:
+            ready += len(os.read(ready_r, 3))
+        for k in kids:
+            pid, status = os.waitpid(k, os.WNOHANG)
+            if pid:
+                gone[k] = status
+    os.close(go_w)
+    for k in kids:
+        if k not in gone:
+            gone[k] = os.waitpid(k, 0)[1]
+    return a + b if ready == 3 and all(status == 0 for status in gone.values()) else -1
 """
-    limits = Limits(wall=10, cpu=5, memory_mb=256)
+    limits = Limits(wall=30, cpu=30, memory_mb=256)
     assert judge_calls(forks, "add", TESTS[:1], limits=limits).score() == 0.0
-    assert judge_calls(forks, "add", TESTS[:1], limits=Limits(wall=10, cpu=5, memory_mb=1024)).score() == 1.0
+    assert judge_calls(forks, "add", TESTS[:1], limits=Limits(wall=30, cpu=30, memory_mb=1024)).score() == 1.0
 
 
 def test_processes_are_bounded_for_the_whole_run():
-    out = _run_and_read("import os, time\nmade = 0\nfor _ in range(100):\n    try:\n        if os.fork() == 0:\n"
-                        "            time.sleep(3)\n            os._exit(0)\n        made += 1\n    except OSError:\n"
-                        "        break\nprint(made)", Limits(wall=8, cpu=2, processes=16))
+    # each child lives as long as the parent by construction (it blocks on a pipe the parent holds open), not
+    # for a guessed 3 s that a slow machine could outlast while forking
+    out = _run_and_read("import os\nr, w = os.pipe()\nmade = 0\nfor _ in range(100):\n    try:\n"
+                        "        if os.fork() == 0:\n            os.close(w)\n            os.read(r, 1)\n"
+                        "            os._exit(0)\n        made += 1\n    except OSError:\n        break\nprint(made)",
+                        Limits(wall=30, cpu=10, processes=16))
     assert int(out) < 16
 
 
@@ -416,12 +462,18 @@ def test_uids_are_unique_across_processes_on_the_machine(tmp_path):
     import subprocess
     import sys
 
-    claim = ("import secrets, sys, time\nsecrets.randbelow = lambda n: 0\nfrom r1lab.sandbox.run import claim_uid\n"
-             "with claim_uid() as uid:\n    print(uid, flush=True)\n    time.sleep(3)\n")
-    procs = [subprocess.Popen([sys.executable, "-c", claim], stdout=subprocess.PIPE, text=True) for _ in range(3)]
-    uids = [int(p.stdout.readline()) for p in procs]
-    for p in procs:
-        p.wait()
+    # each holds its uid until its stdin closes, which is after all three have claimed one: they overlap by
+    # construction, however slowly each one starts
+    claim = ("import secrets, sys\nsecrets.randbelow = lambda n: 0\nfrom r1lab.sandbox.run import claim_uid\n"
+             "with claim_uid() as uid:\n    print(uid, flush=True)\n    sys.stdin.read()\n")
+    procs = [subprocess.Popen([sys.executable, "-c", claim], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    try:
+        uids = [int(p.stdout.readline()) for p in procs]
+    finally:
+        for p in procs:
+            p.stdin.close()
+            p.wait(timeout=60)
     assert len(set(uids)) == 3 and all(200_000 <= u < 250_000 for u in uids)
 
 
@@ -438,7 +490,7 @@ def test_numbers_compare_exactly_where_exactness_matters(canary):
     big = 10 ** 12
     assert judge_calls("def f(): return 10 ** 12 + 500_000", "f", [CallTest([], big)], limits=FAST).score() == 0.0
     assert judge_calls("def f(): return float('inf')", "f", [CallTest([], 10 ** 400)], limits=FAST).score() == 0.0
-    assert judge_calls("def f(): return 10 ** 400", "f", [CallTest([], 10 ** 400)], limits=FAST).score() == 1.0
+    assert judge_calls("def f(): return 10 ** 400", "f", [CallTest([], 10 ** 400)], limits=ROOMY).score() == 1.0
     for got, want in [("1000000500000", "1000000000000"), ("inf", str(10 ** 400)), ("\uff17", "7"), ("\u0667", "7"),
                       ("1_00", "100"), ("+7", "7"), ("3e0", "3"), ("7.0", "7"), ("0x7", "7"), ("nan", "nan0")]:
         assert not outputs_match(got, want, tolerance=1e-6), (got, want)
@@ -469,7 +521,7 @@ def test_numbers_compare_exactly_where_exactness_matters(canary):
 def test_dataset_asserts_follow_python_semantics(solution, test, expected):
     from r1lab.sandbox.judge import AssertTest, judge_asserts
 
-    assert judge_asserts(solution, [AssertTest(test)], limits=FAST).score() == expected
+    assert judge_asserts(solution, [AssertTest(test)], limits=ROOMY).score() == expected
 
 
 def test_the_expected_side_of_an_assert_never_enters_the_solutions_sandbox(canary):
@@ -548,7 +600,7 @@ def test_whole_expression_asserts_still_pass_honest_solutions():
     tests = [AssertTest("assert abs(mad([1.0, 2.0, 3.0]) - 2.0/3.0) < 1e-6"),
              AssertTest("assert mad([1.0]) == 0 and mad([2.0, 2.0]) == 0.0"), AssertTest("assert 0 <= mad([5.0, 1.0])")]
     honest = "def mad(xs):\n    m = sum(xs) / len(xs)\n    return sum(abs(x - m) for x in xs) / len(xs)\n"
-    assert judge_asserts(honest, tests, limits=FAST).score() == 1.0
+    assert judge_asserts(honest, tests, limits=ROOMY).score() == 1.0
 
 
 def test_a_result_crafted_for_hash_collisions_is_refused_in_linear_time(canary):
@@ -556,7 +608,7 @@ def test_a_result_crafted_for_hash_collisions_is_refused_in_linear_time(canary):
     body = ",".join('["int","%x"]' % (k * P) for k in range(1, 30_000))
     t0 = time.monotonic()
     assert score(_forge('["ok",["set",[' + body + ']]]') + GOLD) == 0.0
-    assert time.monotonic() - t0 < 5  # about 0.7 s here; building that set took 13 s
+    assert time.monotonic() - t0 < 10  # 0.2 to 1.2 s here, loaded or not; building that set took 13 s
 
 
 def test_a_run_that_forks_spinners_cannot_starve_the_run_beside_it(canary):
@@ -567,8 +619,14 @@ def test_a_run_that_forks_spinners_cannot_starve_the_run_beside_it(canary):
         pytest.skip("no cgroup can be made here: CPU is not bounded per run")
     hog = ("import os\nfor _ in range(60):\n    if os.fork() == 0:\n        os.setsid()\n        while True: pass\n"
            "import time\ntime.sleep(30)\n")
-    honest = "def add(a, b):\n    n = 0\n    for i in range(6_000_000):\n        n += i\n    return a + b\n"
-    limits = Limits(wall=12, cpu=12)
+    # the honest run measures the share of a core it gets while the spinners run (a second of wall time), rather
+    # than doing a fixed amount of work in a fixed time: a fixed loop passes starved on a fast machine and times out
+    # unstarved on a slow one. Starved among 60 spinners it would get a thirtieth of a core or less
+    honest = ("import time\ndef add(a, b):\n    wall, cpu = time.monotonic(), time.process_time()\n"
+              "    while time.monotonic() - wall < 1.0:\n        pass\n"
+              "    share = (time.process_time() - cpu) / (time.monotonic() - wall)\n"
+              "    return a + b if share > 0.1 else -1\n")
+    limits = Limits(wall=30, cpu=30)
     hogged, verdict = run_many([lambda: judge_calls(hog + GOLD, "add", TESTS[:1], limits=Limits(wall=8, cpu=8)),
                                 lambda: (time.sleep(0.5), judge_calls(honest, "add", TESTS[:1], limits=limits))[1]],
                                workers=2)
@@ -580,7 +638,7 @@ def test_a_run_that_forks_spinners_cannot_starve_the_run_beside_it(canary):
     "def inc(x):\n    print('debug', x, end=' ')\n    return x + 1\n",  # printing without a newline
 ])
 def test_honest_solutions_with_main_guards_or_stray_prints_pass(solution):
-    assert judge_calls(solution, "inc", [CallTest([1], 2), CallTest([5], 6)], limits=FAST).score() == 1.0
+    assert judge_calls(solution, "inc", [CallTest([1], 2), CallTest([5], 6)], limits=ROOMY).score() == 1.0
 
 
 def _decimal(n: int) -> str:
@@ -595,7 +653,7 @@ def test_big_integers_print_and_lone_surrogates_do_not_raise():
     from r1lab.rewards.code import code_reward
 
     big = format(2 ** 20000, "x")  # this (host) Python may keep the 4300-digit limit on str(int)
-    assert judge_io(f"print(str(0x{big}))", [IOTest("", _decimal(2 ** 20000))], limits=FAST).score() == 1.0
+    assert judge_io(f"print(str(0x{big}))", [IOTest("", _decimal(2 ** 20000))], limits=ROOMY).score() == 1.0
     assert code_reward("```python\nprint('\ud800')\n```", tests=[{"input": "\udcff", "output": "x"}]) == 0.0
     assert code_reward("```python\ndef f(): return '\ud800'\n```", tests=[{"args": [], "expected": "x"}],
                        func="f") == 0.0
@@ -634,7 +692,7 @@ def test_names_the_setup_imports_belong_to_the_test():
     cheat = "def sqrt(x):\n    return -1\ndef hypot_len(a, b):\n    return -1\n"
     assert judge_asserts(cheat, tests, setup="from math import sqrt", limits=FAST).score() == 0.0
     honest = "def hypot_len(a, b):\n    return (a * a + b * b) ** 0.5\n"
-    assert judge_asserts(honest, tests, setup="from math import sqrt", limits=FAST).score() == 1.0
+    assert judge_asserts(honest, tests, setup="from math import sqrt", limits=ROOMY).score() == 1.0
 
 
 @pytest.mark.parametrize("solution, test, expected", [
@@ -650,7 +708,7 @@ def test_names_the_setup_imports_belong_to_the_test():
 def test_iterables_and_library_numbers_keep_pythons_meaning(solution, test, expected):
     from r1lab.sandbox.judge import AssertTest, judge_asserts
 
-    assert judge_asserts(solution, [AssertTest(test)], limits=FAST).score() == expected
+    assert judge_asserts(solution, [AssertTest(test)], limits=ROOMY).score() == expected
 
 
 def test_a_failed_expected_side_is_tried_again_not_remembered():

@@ -43,7 +43,7 @@ def test_attacks_are_rejected_quickly(text):
     start = time.perf_counter()
     with pytest.raises(UnsafeExpression):
         evaluate(text)
-    assert time.perf_counter() - start < 0.1
+    assert time.perf_counter() - start < 2  # microseconds here; evaluated, 9**9**9 would run for minutes
 
 
 def test_values_are_exact_fractions():
