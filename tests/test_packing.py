@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import r1lab.packing as packing
+from r1lab.models import checkpoint_activations
 from r1lab.packing import LinearLogSoftmax, SelectiveLogSoftmax, pack, segment_block_mask, token_logprobs
 
 from conftest import make_model
@@ -264,7 +265,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(model64):
     packed = pack(GROUPS, pad_id=0)
     weights = torch.randn(len(packed.targets), generator=torch.Generator().manual_seed(1))
     plain = grads(model64, lambda: token_logprobs(model64, packed, 0.7), weights)
-    model64.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpoint_activations(model64)  # r1lab's way in: the API transformers documents now
     checkpointed = grads(model64, lambda: token_logprobs(model64, packed, 0.7, logits_budget=1), weights)
     assert_same_grads(checkpointed, plain)
 
@@ -280,7 +281,7 @@ def test_lora_logprobs_and_gradients_equal_separate_forwards(model64, checkpoint
             if "lora_B" in name:
                 p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpoint_activations(model)
     model.train()
     packed = pack(GROUPS, pad_id=0)
     weights = torch.randn(len(packed.targets), generator=torch.Generator().manual_seed(1))
