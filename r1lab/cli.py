@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 
-from r1lab import config
+from r1lab import config, tracking
 
 USAGE = """usage: r1lab COMMAND [options]
 
@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"r1lab {command}: {message}", file=sys.stderr)
         return 2
+    finally:  # a command cut off: its tracker runs closed as failed now, before the trackers' own exit handlers
+        tracking.finish_open(ok=False)
 
 
 def zero(argv: list[str]) -> int:

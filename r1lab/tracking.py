@@ -34,6 +34,11 @@ import yaml
 from r1lab.console import log
 from r1lab.files import to_json, write_json
 
+
+class TrackerError(ValueError):
+    """A tracker that cannot start, said in one line that names it and what to do."""
+
+
 TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")  # r1lab.config.TRACKERS (the names --report-to takes)
 #: the file in a run's folder that names its runs in each tracker (for resume)
 STATE_FILE = "trackers.json"
@@ -87,7 +92,7 @@ def check(names: list[str] | tuple = ()) -> None:
     names = chosen(names)
     for name in names:
         if name not in TRACKERS:
-            raise ValueError(f"--report-to {name}: not a tracker r1lab knows; use {', '.join(TRACKERS)} or none")
+            raise TrackerError(f"--report-to {name}: not a tracker r1lab knows; use {', '.join(TRACKERS)} or none")
         if importlib.util.find_spec(PACKAGES[name]) is None:
             raise ImportError(f"--report-to {name}: the {PACKAGES[name]} package is not installed; pip install "
                               f"'r1lab[tracking]' (or pip install {_pip_name(name)}), or drop --report-to {name}")
@@ -136,6 +141,8 @@ class Trackers:
                 log(f"r1lab: warning: {name} stopped logging ({type(e).__name__}: {_first_line(e)}); the run goes "
                     f"on without it (metrics.jsonl has every step)")
                 del self.runs[name]
+                if method != "finish":
+                    _quietly(tracker.finish, False)  # its run marked failed where it still can be
 
 
 NONE = Trackers({}, Path("."))  #: no tracker (also what every process but rank 0 holds)
@@ -148,16 +155,17 @@ def start(names: list[str] | tuple, folder: Path, cfg, *, name: str = "", group:
     dataclass), named ``name`` (default: the folder's name) and grouped under ``group``; a resumed run
     (``resume_step``: the last step it keeps) continues the tracker runs ``trackers.json`` names. Any tracker that
     cannot start is an error (ValueError) before anything trains; none is opened off the main process."""
-    names = chosen(names)
+    folder = Path(folder)
+    saved = _read_state(folder) if resume_step is not None else {}
+    names = chosen([*names, *saved])  # a resumed run goes on in the trackers it logged to, and any added now
     if not names or not main:
         return NONE
     check(names)
-    folder = Path(folder)
     for earlier in [t for t in _OPEN if t.folder.resolve() == folder.resolve()]:
         earlier.finish(ok=False)  # the same run, cut off earlier in this process (a resume after Ctrl-C)
+    made_folder = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     before = set(folder.iterdir())
-    saved = _read_state(folder) if resume_step is not None else {}
     name = name or folder.resolve().name
     params = parameters(cfg)
     runs = {}
@@ -168,25 +176,41 @@ def start(names: list[str] | tuple, folder: Path, cfg, *, name: str = "", group:
             write_json(folder / STATE_FILE, saved)
     except Exception as e:
         for opened in runs.values():
-            try:
-                opened.finish(False)
-            except Exception:
-                pass
+            _quietly(opened.finish, False)
         for made in set(folder.iterdir()) - before:  # what the trackers wrote just now, so the same command can
             shutil.rmtree(made) if made.is_dir() else made.unlink()  # start again once the problem is fixed
-        if isinstance(e, (ValueError, ImportError)):
+        if made_folder and not any(folder.iterdir()):
+            folder.rmdir()
+        if isinstance(e, TrackerError) or isinstance(e, ImportError) and str(e).startswith("--report-to"):
             raise
-        raise ValueError(f"--report-to {tracker}: it could not start a run ({type(e).__name__}: {_first_line(e)}); "
-                         f"fix that, or drop --report-to {tracker}") from e
+        raise TrackerError(f"--report-to {tracker}: it could not start a run ({type(e).__name__}: "
+                           f"{_first_line(e)}); fix that, or drop --report-to {tracker}") from e
     log(f"tracking: {', '.join(f'{t} ({r.where()})' for t, r in runs.items())}")
     return Trackers(runs, folder)
 
 
-@atexit.register
-def _close_open() -> None:
-    """A run that ended in an error: its tracker runs are closed as failed, not left running."""
+def is_tracker_file(path: Path) -> bool:
+    """A file or folder the trackers write in a run's folder (a run that stopped before its first step may hold
+    these beside its ``config.yaml`` and still be started again)."""
+    name = Path(path).name
+    return name in (STATE_FILE, "wandb") or name.startswith("events.out.tfevents.")
+
+
+def finish_open(ok: bool = False) -> None:
+    """Close every tracker run still open in this process (a command that ended in an error or Ctrl-C: marked
+    failed). The command line calls it before the trackers' own exit handlers run."""
     for trackers in list(_OPEN):
-        trackers.finish(ok=False)
+        trackers.finish(ok=ok)
+
+
+def _quietly(call, *args) -> None:
+    try:
+        call(*args)
+    except Exception:
+        pass
+
+
+atexit.register(finish_open)  # a run that ended in an error: its tracker runs closed as failed, not left running
 
 
 def _read_state(folder: Path) -> dict:
@@ -301,8 +325,11 @@ class WandB:
     def finish(self, ok: bool) -> None:
         import wandb
 
-        self.run.finish(exit_code=0 if ok else 1)
-        wandb.teardown()  # its service process ends with the run (the next run starts another)
+        try:
+            self.run.finish(exit_code=0 if ok else 1)
+        finally:
+            if getattr(wandb, "run", None) is None:  # no other W&B run in this process (a user's own)
+                _quietly(wandb.teardown)  # its service process ends with the run (the next run starts another)
 
 
 class Trackio:
@@ -312,7 +339,8 @@ class Trackio:
         import trackio
 
         self.project = (saved or {}).get("project") or _project("TRACKIO_PROJECT")
-        self.name = (saved or {}).get("name") or name
+        # trackio resumes a run by its name: a new run takes a name no run of the project has yet
+        self.name = (saved or {}).get("name") or _unused_name(name, _trackio_runs(self.project))
         self.run = trackio.init(project=self.project, name=self.name, group=group or None, config=params,
                                 resume="allow" if saved else "never", auto_log_cpu=False, auto_log_gpu=False)
 
@@ -333,7 +361,31 @@ class Trackio:
             self.run.log(images)
 
     def finish(self, ok: bool) -> None:
-        self.run.finish()
+        import trackio
+
+        trackio.finish()
+
+
+def _trackio_runs(project: str) -> set[str]:
+    import trackio
+
+    try:
+        return {run.name for run in trackio.Api().runs(project)}
+    except Exception:  # no such project yet
+        return set()
+
+
+def _unused_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name-2``, ``name-3``... if it is taken.
+
+    >>> _unused_name("zero", {"zero", "zero-2"}), _unused_name("sft", set())
+    ('zero-3', 'sft')
+    """
+    n = 2
+    candidate = name
+    while candidate in taken:
+        candidate, n = f"{name}-{n}", n + 1
+    return candidate
 
 
 class MLflow:
@@ -348,7 +400,8 @@ class MLflow:
         # a server that stops answering mid-run costs at most about a minute before the run goes on without it
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-        self.uri = (saved or {}).get("tracking_uri") or mlflow.get_tracking_uri()  # MLFLOW_TRACKING_URI, or its own
+        # MLFLOW_TRACKING_URI, or MLflow's own default; kept absolute, so a resume from another folder finds it
+        self.uri = (saved or {}).get("tracking_uri") or absolute_uri(mlflow.get_tracking_uri())
         self.client = MlflowClient(self.uri)
         if saved and saved.get("run_id"):
             self.run_id = saved["run_id"]
@@ -388,6 +441,24 @@ class MLflow:
         self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
 
 
+def absolute_uri(uri: str) -> str:
+    """A local MLflow store's address with its path made absolute (other addresses as they are).
+
+    >>> absolute_uri("sqlite:////tmp/m.db"), absolute_uri("http://h:5000")
+    ('sqlite:////tmp/m.db', 'http://h:5000')
+    >>> absolute_uri("sqlite:///m.db") == "sqlite:///" + str(Path("m.db").resolve())
+    True
+    """
+    scheme = urlsplit(uri).scheme
+    if scheme == "sqlite" and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    if scheme == "":
+        return Path(uri).resolve().as_uri()
+    if scheme == "file" and not uri.startswith("file:///"):
+        return Path(uri[len("file:"):]).resolve().as_uri()  # file:./mlruns
+    return uri
+
+
 def mlflow_key(key: str) -> str:
     """MLflow's name of a metric: letters, digits and ``_-. /:`` only (``@`` is spelled ``_at_``), and below its
     section (``train/``, ``eval/``) dots for slashes, since a file store keeps each metric in a file of that path and
@@ -408,11 +479,11 @@ def _check_wandb_login() -> None:
     import wandb
 
     if not wandb.login(prompt=False, verify=False):
-        raise ValueError("--report-to wandb: not logged in to W&B (no WANDB_API_KEY, no `wandb login`); log in, or "
+        raise TrackerError("--report-to wandb: not logged in to W&B (no WANDB_API_KEY, no `wandb login`); log in, or "
                          "set WANDB_MODE=offline to keep the run on disk and `wandb sync` it later")
     base_url = os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url
     if problem := _unreachable(base_url):
-        raise ValueError(f"--report-to wandb: the W&B server {base_url} does not answer ({problem}); check the "
+        raise TrackerError(f"--report-to wandb: the W&B server {base_url} does not answer ({problem}); check the "
                          "network, or set WANDB_MODE=offline to keep the run on disk and `wandb sync` it later")
 
 
@@ -425,7 +496,7 @@ def _check_mlflow_store() -> None:
     uri = mlflow.get_tracking_uri()
     scheme = urlsplit(uri).scheme
     if scheme in ("", "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
-        raise ValueError(f"--report-to mlflow: MLflow 3 refuses a file store ({uri}); use a database "
+        raise TrackerError(f"--report-to mlflow: MLflow 3 refuses a file store ({uri}); use a database "
                          "(MLFLOW_TRACKING_URI=sqlite:///mlflow.db, the default) or set MLFLOW_ALLOW_FILE_STORE=true")
     if scheme.split("+")[0] in ("sqlite", "postgresql", "mysql", "mssql"):
         missing = [m for m in ("sqlalchemy", "alembic") if importlib.util.find_spec(m) is None]
@@ -433,7 +504,7 @@ def _check_mlflow_store() -> None:
             raise ImportError(f"--report-to mlflow: the store {uri} needs {' and '.join(missing)}; pip install "
                               "'r1lab[mlflow]'")
     if scheme in ("http", "https") and (problem := _unreachable(uri.rstrip("/") + "/health")):
-        raise ValueError(f"--report-to mlflow: the tracking server {uri} does not answer ({problem}); start it, "
+        raise TrackerError(f"--report-to mlflow: the tracking server {uri} does not answer ({problem}); start it, "
                          "or point MLFLOW_TRACKING_URI at a local store (sqlite:///mlflow.db)")
 
 
@@ -442,7 +513,7 @@ def _check_trackio_remote() -> None:
     target = os.environ.get("TRACKIO_SERVER_URL") or ("https://huggingface.co" if os.environ.get("TRACKIO_SPACE_ID")
                                                        else None)
     if target and (problem := _unreachable(target)):
-        raise ValueError(f"--report-to trackio: {target} does not answer ({problem}); unset TRACKIO_SPACE_ID / "
+        raise TrackerError(f"--report-to trackio: {target} does not answer ({problem}); unset TRACKIO_SPACE_ID / "
                          "TRACKIO_SERVER_URL to log to trackio's local database")
 
 

@@ -98,9 +98,9 @@ def test_tensorboard_event_files_hold_the_metrics(tiny_path, tmp_path):
 
 
 def read_wandb(run: Path) -> tuple[dict, dict]:
-    """The offline run through W&B's own reader of its transaction log (``wandb leet inspect --json``): the
-    values per step, and the summary (config, exit code)."""
-    [log] = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    """The (last) offline run through W&B's own reader of its transaction log (``wandb leet inspect --json``):
+    the values per step, and the summary (config, exit code)."""
+    log = sorted((run / "wandb").glob("offline-run-*/run-*.wandb"))[-1]
     records = subprocess.run(["wandb", "leet", "inspect", "--json", str(log)], capture_output=True, text=True,
                              timeout=120, check=True).stdout
     got: dict[str, dict[int, float]] = {}
@@ -195,13 +195,16 @@ def test_a_resumed_run_goes_on_in_the_same_tracker_runs(tiny_path, tmp_path, mon
 
     run = tmp_path / "run"
     with ctrl_c_in_step(3, monkeypatch):
-        assert main(zero(tiny_path, run, "tensorboard,mlflow", steps=3, extra=["--save-every", "1"])) == 130
+        assert main(zero(tiny_path, run, "tensorboard,mlflow,wandb", steps=3, extra=["--save-every", "1"])) == 130
     first = json.loads((run / "trackers.json").read_text())
+    client = MlflowClient(first["mlflow"]["tracking_uri"])
+    assert client.get_run(first["mlflow"]["run_id"]).info.status == "FAILED"  # cut off, not left running
+    if shutil.which("wandb"):
+        assert read_wandb(run)[1]["exit_code"] == 1
     assert main(["zero", "--out", str(run), "--resume", "true"]) == 0
     assert json.loads((run / "trackers.json").read_text()) == first  # the same runs, not new ones
     want = expected(run)
     assert sorted(want["train/reward"]) == [1, 2, 3]
-    client = MlflowClient(first["mlflow"]["tracking_uri"])
     assert len(client.search_runs([client.get_run(first["mlflow"]["run_id"]).info.experiment_id])) == 1
     got = {k: {m.step: m.value for m in client.get_metric_history(first["mlflow"]["run_id"], tracking.mlflow_key(k))}
            for k in want}
@@ -214,7 +217,30 @@ def test_a_resumed_run_goes_on_in_the_same_tracker_runs(tiny_path, tmp_path, mon
 def test_a_run_on_several_trackers_names_each_in_trackers_json(tiny_path, tmp_path):
     run = tmp_path / "run"
     assert main(zero(tiny_path, run, "tensorboard,mlflow,trackio", extra=["--report-group", "sweep"])) == 0
-    assert set(json.loads((run / "trackers.json").read_text())) == {"tensorboard", "mlflow", "trackio"}
+    state = json.loads((run / "trackers.json").read_text())
+    assert set(state) == {"tensorboard", "mlflow", "trackio"}
+    other = tmp_path / "elsewhere" / "run"  # a run of the same name: trackio, which resumes by name, gets another
+    assert main(zero(tiny_path, other, "trackio")) == 0
+    assert json.loads((other / "trackers.json").read_text())["trackio"]["name"] != state["trackio"]["name"]
+
+
+def test_a_tracker_that_fails_to_start_leaves_the_folder_as_it_was(tiny_path, tmp_path, monkeypatch, capsys):
+    from conftest import tiny_sft_run
+
+    model, data = tiny_sft_run(tmp_path)
+
+    def unreachable(self, *args):
+        raise ConnectionError("the tracking server went away")
+
+    command = ["sft", "--model", model, "--data", data, "--max-steps", "1", "--threads", "1",
+               "--out", str(tmp_path / "sft"), "--report-to", "tensorboard,mlflow"]
+    with monkeypatch.context() as m:
+        m.setattr(tracking.MLflow, "__init__", unreachable)
+        assert main(command) == 2
+    err = capsys.readouterr().err
+    assert "--report-to mlflow: it could not start a run (ConnectionError" in err and "Traceback" not in err
+    assert not (tmp_path / "sft").exists()  # nothing left behind: the same command runs once the server is back
+    assert main(command) == 0
 
 
 def test_a_tracker_that_cannot_start_is_one_error_before_anything_trains(tiny_path, tmp_path, monkeypatch,

@@ -84,10 +84,10 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
 
     start_step, checkpoint = run_folder.resume_point(run, cfg)
     world.barrier()  # every process has read the folder as it was before rank 0 writes
-    if world.main:
-        run_folder.start_logs(run, cfg, start_step)
     trackers = tracking.start(cfg.report_to, run, cfg, name=cfg.run_name, group=cfg.report_group,
                               resume_step=start_step if cfg.resume else None, main=world.main)
+    if world.main:
+        run_folder.start_logs(run, cfg, start_step)
     threads = world.threads(cfg.threads)
     use_threads(threads)
     model, tokenizer = load_trainable(*load_policy(cfg, checkpoint), resolve_device(cfg.device))

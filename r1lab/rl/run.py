@@ -19,6 +19,7 @@ from r1lab.files import append_jsonl, read_log, write_jsonl
 from r1lab.models import SHARDED_STATE, is_complete_checkpoint, save_checkpoint, save_checkpoint_together
 from r1lab.plots import plot_curves
 from r1lab.runs import RESUME_MAY_CHANGE, check_run_folder, check_same_config
+from r1lab.tracking import is_tracker_file
 
 
 def check_run(run: Path, cfg: ZeroConfig) -> None:
@@ -31,7 +32,7 @@ def check_run(run: Path, cfg: ZeroConfig) -> None:
                          "it from a backup, or start a new run in another --out")
     if cfg.resume and saved.is_file():
         check_same_config(cfg, saved, ignore=RESUME_MAY_CHANGE)
-    if not cfg.resume and run.exists() and {p.name for p in run.iterdir()} == {"config.yaml"}:
+    if not cfg.resume and run.exists() and {p.name for p in run.iterdir() if not is_tracker_file(p)} == {"config.yaml"}:
         check_same_config(cfg, saved)  # a run that died before its first step: the same command may start again
     elif not cfg.resume and run.exists() and any(run.iterdir()):
         what = "a run. Pass --resume true to continue it, or" if saved.exists() else "files. Move them, or"

@@ -181,9 +181,10 @@ def train_rm(cfg: RmConfig, progress: bool = True) -> dict:
     total = steps_per_epoch * cfg.epochs
     optimizer, scheduler = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.warmup_steps, total, cfg.lr_schedule)
     scaler = loss_scaler(device, dtype)
+    # the trackers first: one that cannot start leaves the folder as it was, so the same command can run again
+    trackers = tracking.start(cfg.report_to, run, cfg, name=cfg.run_name, group=cfg.report_group)
     run.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run / "config.yaml")
-    trackers = tracking.start(cfg.report_to, run, cfg, name=cfg.run_name, group=cfg.report_group)
     log(f"rm: {len(train)} training pairs ({cut} cut to max_length={cfg.max_length}), {len(test)} held out; "
         f"{total} steps of {cfg.batch_size} pairs; {trainable / 1e6:.1f}M trainable parameters")
     history: list[dict] = []

@@ -86,10 +86,11 @@ def train_sft(cfg: SftConfig, progress: bool = True) -> dict:
     optimizer, scheduler = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.warmup_steps, total, cfg.lr_schedule)
     scaler = loss_scaler(device, dtype)
     world.barrier()  # every process has checked the folder before rank 0 writes into it
+    # the trackers first: one that cannot start leaves the folder as it was, so the same command can run again
+    trackers = tracking.start(cfg.report_to, run, cfg, name=cfg.run_name, group=cfg.report_group, main=world.main)
     if world.main:
         run.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run / "config.yaml")
-    trackers = tracking.start(cfg.report_to, run, cfg, name=cfg.run_name, group=cfg.report_group, main=world.main)
     metrics_path = run / "metrics.jsonl"
     history = []
     evaluates = world.main or cfg.parallel == "fsdp"  # a sharded model's forward needs every process, in step
