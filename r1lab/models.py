@@ -423,7 +423,7 @@ def save_checkpoint(model, tokenizer, folder: str | Path, meta: dict | None = No
     partial = _fresh_partial(folder)
     try:
         to_save = _merged_copy(model) if _is_peft(model) else model
-        to_save.save_pretrained(partial, safe_serialization=True)
+        to_save.save_pretrained(partial)  # safetensors, the only format transformers 5 writes
         tokenizer.save_pretrained(partial)
         if write_extra is not None:
             write_extra(partial)  # e.g. optimizer state, adapters: inside the same atomic folder
