@@ -46,9 +46,13 @@ def pytest_configure(config):
     ignoring is inherited through exec: the tests that send SIGINT to this process or to a child would then see
     nothing happen. Installing Python's handler here also gives every child started from here SIGINT's default
     again (handlers, unlike ignoring, are reset by exec).
+
+    It also starts noting deprecation warnings met below an r1lab call (:func:`_recording`).
     """
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if not getattr(warnings._showwarnmsg, "recording", False):
+        warnings._showwarnmsg = _recording(warnings._showwarnmsg)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -62,7 +66,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 #: what a dependency says before it drops an API; pyproject.toml's filterwarnings makes any of them raised from an
-#: r1lab module an error, and :func:`pytest_runtest_call` fails a test that sees one anywhere below an r1lab call
+#: r1lab module an error, and :func:`pytest_runtest_teardown` fails a test that saw one anywhere below an r1lab call
 DEPRECATIONS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
 #: deprecations a dependency raises inside itself whatever r1lab asks of it (the reason for each): no call of ours
 #: can avoid them, and they are the dependency's to fix
@@ -73,31 +77,41 @@ RAISED_INSIDE_DEPENDENCIES: dict[str, str] = {
 }
 
 
-@pytest.hookimpl(wrapper=True, trylast=True)  # innermost: inside pytest's own record of the test's warnings
-def pytest_runtest_call(item):
-    """Fail a test during which a dependency warns that an API is deprecated while r1lab code is on the stack,
-    wherever the warning points (a dependency often points it at its own caller, such as torch's module call, so
-    the filter by module alone would miss it). Warnings from other threads count too."""
-    seen = []
-    shown = warnings.showwarning
+_SEEN: list[str] = []  # this test's deprecations below an r1lab call (setup, call and teardown)
 
-    def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, DEPRECATIONS):
+
+def _recording(show):
+    """``warnings._showwarnmsg`` (what every warning that gets through the filters is shown by, also inside
+    ``catch_warnings(record=True)``, ``pytest.warns`` and other threads) that first notes deprecations met below an
+    r1lab call, wherever the warning points: a dependency often points it at its own caller, such as torch's module
+    call, so the filter by module alone would miss it."""
+    def show_and_note(msg):
+        if issubclass(msg.category, DEPRECATIONS):
             caller = r1lab_caller(sys._getframe(1))
-            known = any(re.search(pattern, str(message)) for pattern in RAISED_INSIDE_DEPENDENCIES)
+            known = any(re.search(pattern, str(msg.message)) for pattern in RAISED_INSIDE_DEPENDENCIES)
             if caller and not known:
-                seen.append(f"{category.__name__}: {str(message)[:300]} (at {filename}:{lineno}; called from "
-                            f"{caller})")
-        shown(message, category, filename, lineno, file, line)
+                _SEEN.append(f"{msg.category.__name__}: {str(msg.message)[:300]} (at {msg.filename}:{msg.lineno}; "
+                             f"called from {caller})")
+        return show(msg)
 
-    warnings.showwarning = show
-    try:
-        result = yield
-    finally:
-        warnings.showwarning = shown
+    show_and_note.recording = True
+    return show_and_note
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _SEEN.clear()
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Fail a test during which (setup, call or teardown) a dependency warned that an API is deprecated while
+    r1lab code was on the stack."""
+    result = yield
+    seen = list(dict.fromkeys(_SEEN))
+    _SEEN.clear()
     if seen:
-        pytest.fail("a deprecated API was used on r1lab's path:\n  " + "\n  ".join(dict.fromkeys(seen)),
-                    pytrace=False)
+        pytest.fail("a deprecated API was used on r1lab's path:\n  " + "\n  ".join(seen), pytrace=False)
     return result
 
 
