@@ -74,6 +74,10 @@ RAISED_INSIDE_DEPENDENCIES: dict[str, str] = {
     r"``noload`` loader strategy is deprecated": "MLflow 3.18 maps its SQLAlchemy store with a loader SQLAlchemy 2.1 "
                                                 "deprecates (mlflow/store/tracking/sqlalchemy_store.py) when it opens "
                                                 "any database store; no call of r1lab's can avoid it",
+    r"`torch\.distributed\.reduce_op` is deprecated": "vLLM 0.32 (vllm/triton_utils/dispatcher.py) reads it while "
+                                                     "vllm.LLM starts, whatever r1lab asks of it",
+    r"`torch\.jit\.script_method` is deprecated": "torch 2.13 warns when a module vllm.LLM imports as it starts "
+                                                  "touches torch.jit.script_method; not a call of r1lab's",
 }
 
 
