@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from r1lab.console import log
-from r1lab.files import to_json, write_json
+from r1lab.files import to_json, write_atomic, write_json
 
 
 class TrackerError(ValueError):
@@ -96,12 +96,18 @@ def check(names: list[str] | tuple = ()) -> None:
         if importlib.util.find_spec(PACKAGES[name]) is None:
             raise ImportError(f"--report-to {name}: the {PACKAGES[name]} package is not installed; pip install "
                               f"'r1lab[tracking]' (or pip install {_pip_name(name)}), or drop --report-to {name}")
-    if "wandb" in names:
-        _check_wandb_login()
-    if "mlflow" in names:
-        _check_mlflow_store()
-    if "trackio" in names:
-        _check_trackio_remote()
+    for name, ready in (("wandb", _check_wandb_login), ("mlflow", _check_mlflow_store),
+                        ("trackio", _check_trackio_remote)):
+        if name not in names:
+            continue
+        try:
+            ready()
+        except (TrackerError, ImportError):
+            raise
+        except Exception as e:  # the library's own refusal (a setting it cannot take): one line that names it
+            raise TrackerError(f"--report-to {name}: {name} refuses its settings ({type(e).__name__}: "
+                               f"{_first_line(e)}); check its environment variables, or drop --report-to {name}") \
+                from e
 
 
 class Trackers:
@@ -163,9 +169,10 @@ def start(names: list[str] | tuple, folder: Path, cfg, *, name: str = "", group:
     check(names)
     for earlier in [t for t in _OPEN if t.folder.resolve() == folder.resolve()]:
         earlier.finish(ok=False)  # the same run, cut off earlier in this process (a resume after Ctrl-C)
-    made_folder = not folder.exists()
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # the folders this call creates
     folder.mkdir(parents=True, exist_ok=True)
     before = set(folder.iterdir())
+    state_before = (folder / STATE_FILE).read_text() if (folder / STATE_FILE).is_file() else None
     name = name or folder.resolve().name
     params = parameters(cfg)
     runs = {}
@@ -177,10 +184,13 @@ def start(names: list[str] | tuple, folder: Path, cfg, *, name: str = "", group:
     except Exception as e:
         for opened in runs.values():
             _quietly(opened.finish, False)
-        for made in set(folder.iterdir()) - before:  # what the trackers wrote just now, so the same command can
-            shutil.rmtree(made) if made.is_dir() else made.unlink()  # start again once the problem is fixed
-        if made_folder and not any(folder.iterdir()):
-            folder.rmdir()
+        for new in set(folder.iterdir()) - before:  # what the trackers wrote just now, so the same command can
+            shutil.rmtree(new) if new.is_dir() else new.unlink()  # start again once the problem is fixed
+        if state_before is not None:
+            write_atomic(folder / STATE_FILE, state_before)  # the runs a resume continues, as they were
+        for empty in made:  # innermost first; a folder that holds anything is kept
+            if empty.is_dir() and not any(empty.iterdir()):
+                empty.rmdir()
         if isinstance(e, TrackerError) or isinstance(e, ImportError) and str(e).startswith("--report-to"):
             raise
         raise TrackerError(f"--report-to {tracker}: it could not start a run ({type(e).__name__}: "
@@ -471,9 +481,16 @@ def mlflow_key(key: str) -> str:
     return re.sub(r"[^\w\-. /:]", "_", f"{section}/{rest.replace('/', '.')}" if rest else section)
 
 
+#: the values W&B takes for WANDB_MODE (it refuses any other spelling)
+WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
+
+
 def _check_wandb_login() -> None:
     """W&B online needs a login (with none it would stop to ask, or fail after starting) and its server."""
-    mode = (os.environ.get("WANDB_MODE") or "").lower()
+    mode = os.environ.get("WANDB_MODE")
+    if mode is not None and mode not in WANDB_MODES:
+        raise TrackerError(f"--report-to wandb: WANDB_MODE={mode!r} is not a mode W&B takes; use one of "
+                           f"{', '.join(WANDB_MODES)} (lower case), e.g. WANDB_MODE=offline")
     if mode in ("offline", "disabled", "dryrun"):
         return
     import wandb

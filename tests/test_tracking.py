@@ -242,6 +242,15 @@ def test_a_tracker_that_fails_to_start_leaves_the_folder_as_it_was(tiny_path, tm
     assert not (tmp_path / "sft").exists()  # nothing left behind: the same command runs once the server is back
     assert main(command) == 0
 
+    run = tmp_path / "zero"  # a resume that adds a tracker which cannot start keeps trackers.json as it was
+    with ctrl_c_in_step(2, monkeypatch):
+        assert main(zero(model, run, "tensorboard", steps=2, extra=["--save-every", "1"])) == 130
+    before = (run / "trackers.json").read_text()
+    with monkeypatch.context() as m:
+        m.setattr(tracking.MLflow, "__init__", unreachable)
+        assert main(["zero", "--out", str(run), "--resume", "true", "--report-to", "wandb,mlflow"]) == 2
+    assert (run / "trackers.json").read_text() == before and not (run / "wandb").exists()
+
 
 def test_a_tracker_that_cannot_start_is_one_error_before_anything_trains(tiny_path, tmp_path, monkeypatch,
                                                                          capsys):
@@ -253,6 +262,11 @@ def test_a_tracker_that_cannot_start_is_one_error_before_anything_trains(tiny_pa
     err = capsys.readouterr().err
     assert "not logged in to W&B" in err and "WANDB_MODE=offline" in err and "Traceback" not in err
     assert not run.exists()  # refused before anything was written
+    monkeypatch.setenv("WANDB_MODE", "OFFLINE")  # W&B takes lower case only
+    assert main(zero(tiny_path, run, "wandb")) == 2
+    err = capsys.readouterr().err
+    assert "--report-to wandb: WANDB_MODE='OFFLINE' is not a mode W&B takes" in err and err.count("\n") == 1
+    monkeypatch.delenv("WANDB_MODE")
     assert main(zero(tiny_path, run, "tensorbored")) == 2
     assert "not a tracker" in capsys.readouterr().err
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there

@@ -85,10 +85,11 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
     tracking.check(cfg.report_to)
     benches = {name: get_benchmark(name, cfg) for name in cfg.benchmarks}  # bad names fail before the model loads
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    # a rerun (the way an evaluation resumes) goes on in the tracker runs of the first; its values replace theirs
+    # a rerun (the way an evaluation resumes) goes on in the tracker runs of the first, logging at step 0 again
+    # (TensorBoard drops the earlier values; MLflow and trackio keep both)
     trackers = tracking.start(cfg.report_to, out, cfg, name=cfg.run_name, group=cfg.report_group,
                               resume_step=0 if (out / tracking.STATE_FILE).is_file() else None)
+    out.mkdir(parents=True, exist_ok=True)
     if name == "torch":  # continuous batching: a long row holds one slot, not a whole batch
         args = {"max_rows": cfg.max_rows, **args}
     # rows per batch, the unit a resume keeps: an endpoint's requests in flight four times over, else four times
