@@ -299,6 +299,11 @@ class TensorBoard:
         self.writer.close()
 
 
+def plot_images(paths: list[Path], image) -> dict:
+    """The run's PNG plots as a tracker's images (``image``: its Image class), named ``plots/NAME``."""
+    return {f"plots/{p.stem}": image(str(p)) for p in paths if p.suffix == ".png"}
+
+
 class WandB:
     """A W&B run (offline with ``WANDB_MODE=offline``: ``wandb sync`` uploads it later), its files under the run
     folder's ``wandb/``."""
@@ -311,7 +316,6 @@ class WandB:
                               id=self.id, resume="allow", dir=str(folder), reinit="create_new",
                               settings=wandb.Settings(silent=True, console="off", disable_git=True,
                                                       x_disable_stats=True))  # only what metrics.jsonl has
-        self.last_step = resume_step
 
     def state(self) -> dict:
         return {"id": self.id, "project": self.run.project}
@@ -325,8 +329,7 @@ class WandB:
     def files(self, paths: list[Path], folder: Path) -> None:
         import wandb
 
-        images = {f"plots/{p.stem}": wandb.Image(str(p)) for p in paths if p.suffix == ".png"}
-        if images:
+        if images := plot_images(paths, wandb.Image):
             self.run.log(images)
         for path in paths:
             if path.suffix != ".png":
@@ -366,8 +369,7 @@ class Trackio:
     def files(self, paths: list[Path], folder: Path) -> None:
         import trackio
 
-        images = {f"plots/{p.stem}": trackio.Image(str(p)) for p in paths if p.suffix == ".png"}
-        if images:
+        if images := plot_images(paths, trackio.Image):
             self.run.log(images)
 
     def finish(self, ok: bool) -> None:

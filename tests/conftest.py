@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import signal
@@ -193,3 +195,42 @@ def digit_reward_env(folder) -> dict:
         "max(1, len(completion)))\n")
     return {**os.environ, "OMP_NUM_THREADS": "1",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
+
+
+@contextlib.contextmanager
+def ctrl_c_in_step(step, monkeypatch):
+    """Within the block, the user presses Ctrl-C during the update of ``step`` (as a KeyboardInterrupt there)."""
+    import r1lab.rl.grpo as grpo
+
+    real_update, calls = grpo.update_policy, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise KeyboardInterrupt
+        return real_update(*args, **kwargs)
+
+    monkeypatch.setattr(grpo, "update_policy", interrupted)
+    yield
+    monkeypatch.setattr(grpo, "update_policy", real_update)
+
+
+def rejection_keeps_something(monkeypatch) -> None:
+    """A random model never closes a think block, so rejection sampling keeps nothing and a pipeline stops at stage
+    3 (as it should). From here on the real sampler runs, then a few rows stand in for what a trained model keeps."""
+    from pathlib import Path
+
+    import r1lab.pipeline as pipeline
+
+    real = pipeline.run_sample
+
+    def run_sample(cfg, progress=True):
+        summary = real(cfg, progress)
+        if not summary["kept_reasoning"]:
+            rows = [{"prompt": f"What is {i} + 1?", "response": f"<think>\n{i} + 1 = {i + 1}\n</think>\n"
+                                                                 f"<answer>{i + 1}</answer>"} for i in range(6)]
+            (Path(cfg.out) / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            summary["kept_reasoning"] = len(rows)
+        return summary
+
+    monkeypatch.setattr(pipeline, "run_sample", run_sample)

@@ -3,7 +3,6 @@ an interrupted stage resumes without redoing the ones before it, and a changed s
 
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
 import yaml
@@ -15,7 +14,7 @@ from r1lab.config import PipelineConfig, read_recipe
 from r1lab.models import save_checkpoint
 from r1lab.tasks import ArithmeticTask, register_task
 
-from conftest import make_model, make_tokenizer
+from conftest import make_model, make_tokenizer, rejection_keeps_something
 
 
 @register_task("lenient_arithmetic")
@@ -58,21 +57,8 @@ def snapshot(folder):
 
 
 @pytest.fixture(autouse=True)
-def rejection_keeps_something(monkeypatch):
-    """A random model never closes a think block, so rejection sampling keeps nothing and stage 3 would stop there
-    (as it should). Here the real sampler runs, then a few rows stand in for the samples a trained model keeps."""
-    real = pipeline.run_sample
-
-    def run_sample(cfg, progress=True):
-        summary = real(cfg, progress)
-        if not summary["kept_reasoning"]:
-            rows = [{"prompt": f"What is {i} + 1?", "response": f"<think>\n{i} + 1 = {i + 1}\n</think>\n"
-                                                                 f"<answer>{i + 1}</answer>"} for i in range(6)]
-            (Path(cfg.out) / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-            summary["kept_reasoning"] = len(rows)
-        return summary
-
-    monkeypatch.setattr(pipeline, "run_sample", run_sample)
+def keeps_something(monkeypatch):
+    rejection_keeps_something(monkeypatch)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ offline run file, MLflow's client on its local store, trackio's local database) 
 at the same steps; a resumed run goes on in the same tracker run; a tracker that cannot start is one error before
 anything trains."""
 
-import contextlib
 import json
 import math
 import shutil
@@ -13,13 +12,12 @@ from pathlib import Path
 
 import pytest
 
-import r1lab.rl.grpo as grpo
 from r1lab import tracking
 from r1lab.cli import main
 from r1lab.files import read_log
 from r1lab.models import save_checkpoint
 
-from conftest import make_model, make_tokenizer
+from conftest import ctrl_c_in_step, make_model, make_tokenizer, rejection_keeps_something
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +58,28 @@ def zero(tiny_path, out, tracker, steps=2, extra=()):
 def expected(run: Path) -> dict[str, dict[int, float]]:
     """What the trackers must hold: every number of every ``metrics.jsonl`` row under its tracker name, at the
     row's step, and the held-out accuracy before (step 0) and after training (the last step)."""
-    want: dict[str, dict[int, float]] = {}
-    for row in read_log(run / "metrics.jsonl"):
-        for key, value in tracking.scalars(row).items():
-            want.setdefault(key, {})[row["step"]] = value
+    want = logged_rows(run)
     summary = json.loads((run / "summary.json").read_text())
     want.setdefault("eval/accuracy", {}).update({0: summary["eval_before"]["accuracy"],
                                                  summary["steps"]: summary["eval_after"]["accuracy"]})
     return want
+
+
+def logged_rows(run: Path) -> dict[str, dict[int, float]]:
+    """Every number of every ``metrics.jsonl`` row under its tracker name, at the row's step."""
+    want: dict[str, dict[int, float]] = {}
+    for row in read_log(run / "metrics.jsonl"):
+        for key, value in tracking.scalars(row).items():
+            want.setdefault(key, {})[row["step"]] = value
+    return want
+
+
+def tensorboard_scalars(folder: Path) -> dict[str, dict[int, float]]:
+    """The scalars of the event files in ``folder``, through TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0}).Reload()
+    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
 
 
 def same(got: dict[str, dict[int, float]], want: dict[str, dict[int, float]]) -> None:
@@ -89,9 +101,8 @@ def test_tensorboard_event_files_hold_the_metrics(tiny_path, tmp_path):
 
     run = tmp_path / "run"
     assert main(zero(tiny_path, run, "tensorboard")) == 0
-    events = EventAccumulator(str(run), size_guidance={"scalars": 0, "images": 0, "tensors": 0}).Reload()
-    got = {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
-    same(got, expected(run))
+    same(tensorboard_scalars(run), expected(run))
+    events = EventAccumulator(str(run), size_guidance={"images": 0, "tensors": 0}).Reload()
     assert {"plots/reward", "plots/length"} <= set(events.Tags()["images"])
     texts = set(events.Tags()["tensors"])  # add_text is stored as a text tensor
     assert {"config/text_summary", "report/text_summary"} <= texts
@@ -173,25 +184,8 @@ def test_trackio_local_database_holds_the_metrics_and_config(tiny_path, tmp_path
 
 
 # ------------------------------------------------------------------------------------ resume, groups, errors
-@contextlib.contextmanager
-def ctrl_c_in_step(step, monkeypatch):
-    """Within the block, Ctrl-C arrives during the update of ``step``."""
-    real_update, calls = grpo.update_policy, {"n": 0}
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == step:
-            raise KeyboardInterrupt
-        return real_update(*args, **kwargs)
-
-    monkeypatch.setattr(grpo, "update_policy", interrupted)
-    yield
-    monkeypatch.setattr(grpo, "update_policy", real_update)
-
-
 def test_a_resumed_run_goes_on_in_the_same_tracker_runs(tiny_path, tmp_path, monkeypatch):
     from mlflow import MlflowClient
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "run"
     with ctrl_c_in_step(3, monkeypatch):
@@ -210,8 +204,7 @@ def test_a_resumed_run_goes_on_in_the_same_tracker_runs(tiny_path, tmp_path, mon
            for k in want}
     same(got, want)
     assert client.get_run(first["mlflow"]["run_id"]).info.status == "FINISHED"
-    events = EventAccumulator(str(run), size_guidance={"scalars": 0}).Reload()
-    same({tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}, want)
+    same(tensorboard_scalars(run), want)
 
 
 def test_a_run_on_several_trackers_names_each_in_trackers_json(tiny_path, tmp_path):
@@ -298,21 +291,6 @@ def test_tracker_names_follow_the_trackers_conventions():
 
 
 # ------------------------------------------------------------------------------ the other commands that log
-def tensorboard_scalars(folder: Path) -> dict[str, dict[int, float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(folder), size_guidance={"scalars": 0}).Reload()
-    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
-
-
-def logged_rows(run: Path) -> dict[str, dict[int, float]]:
-    want: dict[str, dict[int, float]] = {}
-    for row in read_log(run / "metrics.jsonl"):
-        for key, value in tracking.scalars(row).items():
-            want.setdefault(key, {})[row["step"]] = value
-    return want
-
-
 def test_sft_rm_and_eval_log_what_they_write(tmp_path):
     from conftest import tiny_sft_run
 
@@ -342,24 +320,11 @@ def test_sft_rm_and_eval_log_what_they_write(tmp_path):
 
 
 @pytest.fixture
-def rejection_keeps_something(monkeypatch):
-    """A random model never closes a think block, so rejection sampling keeps nothing and the pipeline would stop
-    at stage 3 (tests/test_pipeline.py does the same): a few rows stand in for what a trained model keeps."""
-    import r1lab.pipeline as pipeline
-
-    real = pipeline.run_sample
-
-    def run_sample(cfg, progress=True):
-        summary = real(cfg, progress)
-        rows = [{"prompt": f"What is {i} + 1?", "response": f"<think>\n{i} + 1 = {i + 1}\n</think>\n"
-                                                             f"<answer>{i + 1}</answer>"} for i in range(6)]
-        (Path(cfg.out) / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        return {**summary, "kept_reasoning": len(rows)}
-
-    monkeypatch.setattr(pipeline, "run_sample", run_sample)
+def keeps_something(monkeypatch):
+    rejection_keeps_something(monkeypatch)
 
 
-def test_each_pipeline_stage_is_its_own_run_in_the_pipelines_group(tiny_path, tmp_path, rejection_keeps_something):
+def test_each_pipeline_stage_is_its_own_run_in_the_pipelines_group(tiny_path, tmp_path, keeps_something):
     import yaml
     from mlflow import MlflowClient
 

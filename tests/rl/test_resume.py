@@ -2,7 +2,6 @@
 continues with its own settings (other flags are refused), and the trained policy is on disk before the final
 evaluation starts."""
 
-import contextlib
 import hashlib
 import json
 import os
@@ -13,7 +12,7 @@ import r1lab.rl.grpo as grpo
 from r1lab.cli import main
 from r1lab.models import is_complete_checkpoint, save_checkpoint
 
-from conftest import make_model, make_tokenizer
+from conftest import ctrl_c_in_step, make_model, make_tokenizer
 
 
 @pytest.fixture
@@ -27,22 +26,6 @@ def flags(tiny_path, out, steps=2):
             "--rewards", "{format: 0.5, tag_count: 0.5}", "--steps", str(steps), "--prompts-per-step", "2",
             "--group-size", "2", "--max-new-tokens", "6", "--eval-examples", "2", "--eval-max-new-tokens", "4",
             "--warmup-steps", "0", "--threads", "1", "--out", str(out)]
-
-
-@contextlib.contextmanager
-def ctrl_c_in_step(step, monkeypatch):
-    """Within the block, the user presses Ctrl-C during the update of ``step`` (as a KeyboardInterrupt there)."""
-    real_update, calls = grpo.update_policy, {"n": 0}
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == step:
-            raise KeyboardInterrupt
-        return real_update(*args, **kwargs)
-
-    monkeypatch.setattr(grpo, "update_policy", interrupted)
-    yield
-    monkeypatch.setattr(grpo, "update_policy", real_update)
 
 
 def snapshot(folder):
