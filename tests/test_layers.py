@@ -15,7 +15,9 @@ LAYERS = {
     # reward models; tracking: experiment trackers (--report-to), used by every command that trains or evaluates
     1: ["r1lab.sandbox", "r1lab.rewards", "r1lab.tasks"],
     2: ["r1lab.engine"],
-    3: ["r1lab.rollout", "r1lab.optim", "r1lab.runs", "r1lab.distributed", "r1lab.sharding"],
+    3: ["r1lab.rollout", "r1lab.optim", "r1lab.runs", "r1lab.distributed", "r1lab.sharding", "r1lab.options",
+        "r1lab.policy"],  # options: the command line (argparse, help from field metadata and the registries);
+    # policy: what the GRPO loop trains (one process, replicated or FSDP2)
     4: ["r1lab.rl", "r1lab.sft", "r1lab.evaluate", "r1lab.serve", "r1lab.rm", "r1lab.export"],
     5: ["r1lab.cli", "r1lab.__main__", "r1lab.pipeline"],
 }
@@ -25,10 +27,14 @@ SAME_LAYER_OK = {
     "r1lab": set(), "r1lab.files": set(), "r1lab.console": set(), "r1lab.packing": set(),
     **dict.fromkeys(["r1lab.chat", "r1lab.plots", "r1lab.models"], {"r1lab.files", "r1lab.console"}),
     "r1lab.tracking": {"r1lab.files", "r1lab.console"},
-    "r1lab.config": {"r1lab.files", "r1lab.console", "r1lab.chat"},
+    "r1lab.config": {"r1lab.files", "r1lab.console", "r1lab.chat", "r1lab.tracking"},
     "r1lab.sandbox": set(),  # untrusted code runs here: it knows nothing about rewards or tasks
     "r1lab.rewards": {"r1lab.sandbox"}, "r1lab.tasks": {"r1lab.rewards", "r1lab.sandbox"},
 }
+
+# Beyond the layers: who may not import what. The GRPO stage sees how training is laid out (one process, replicas,
+# FSDP shards) only through r1lab.policy (STYLE.md, principle 9: a narrow interface between control and compute).
+FORBIDDEN = {"r1lab.rl": ("r1lab.sharding", "r1lab.distributed")}
 
 
 def unit_of(module: str) -> str | None:
@@ -99,6 +105,9 @@ def problems(pkg: Path) -> list[str]:
         module_graph[src].add(dst)
         first_at.setdefault((src, dst), where)
         a, b = unit_of(src), unit_of(dst)
+        found += [f"{said}: {owner} may not import {dst}; it sees how training is laid out only through r1lab.policy"
+                  for owner, banned in FORBIDDEN.items() if src == owner or src.startswith(owner + ".")
+                  if any(dst == x or dst.startswith(x + ".") for x in banned)]
         if a is None or b is None or a == b:
             continue
         unit_graph.setdefault(a, set()).add(b)
@@ -142,6 +151,7 @@ def test_the_checker_catches_what_it_should(tmp_path):  # a clean tree passes; e
         "r1lab/rewards/__init__.py": "import r1lab.gone\n", "r1lab/mystery.py": "",
         "r1lab/tasks/__init__.py": "from r1lab.sandbox import run\nfrom r1lab.rl import loop\n",
         "r1lab/rl/__init__.py": "", "r1lab/rl/loop.py": "from r1lab import tasks\n",  # with tasks: a package cycle
+        "r1lab/sharding.py": "", "r1lab/rl/grpo.py": "def train():\n    from r1lab import sharding\n",  # the loop
     }))
     assert "r1lab/files.py:2: r1lab.files imports r1lab.cli: upward import, r1lab.files is in layer 0" in found
     assert "r1lab/chat.py:1: r1lab.chat imports r1lab.config: in layer 0, r1lab.chat may import only" in found
@@ -150,3 +160,4 @@ def test_the_checker_catches_what_it_should(tmp_path):  # a clean tree passes; e
     assert "module r1lab.mystery is in no layer: add it to LAYERS" in found
     assert "module import cycle: r1lab.cli (r1lab/cli.py:3) -> r1lab.config (r1lab/config.py:1) -> r1lab.f" in found
     assert "package import cycle: r1lab.rl (r1lab/rl/loop.py:1) -> r1lab.tasks (r1lab/tasks/__init__.py:2)" in found
+    assert "r1lab/rl/grpo.py:2: r1lab.rl.grpo imports r1lab.sharding: r1lab.rl may not import r1lab.sharding" in found

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from r1lab.config import PipelineConfig, ZeroConfig, load_config
+from r1lab.config import PipelineConfig, ZeroConfig
+from r1lab.options import load_config
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 

@@ -30,8 +30,8 @@ What it does that a plain ``model.generate`` loop does not:
   prompts before it; and where all rows fit ``max_rows`` (no refill), rows draw from the one shared generator,
   so their tokens depend on ``max_rows`` and on the other rows of the call. ``stream_ids`` (one key per prompt,
   e.g. a problem's index in a benchmark) makes sample j of a prompt a function of (seed, key, j) alone, on both
-  decode paths: what :func:`r1lab.rollout.sample_in_batches` uses so that batching, ``max_rows`` and ``--limit``
-  do not change a problem's samples.
+  decode paths: what :func:`r1lab.evaluate.batches.sample_in_batches` uses so that batching, ``max_rows`` and
+  ``--limit`` do not change a problem's samples.
 
 Every tensor the engine makes is made on the model's device.
 """

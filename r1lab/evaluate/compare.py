@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from r1lab.evaluate.batches import read_complete_batches
 from r1lab.evaluate.metrics import bootstrap_ci
 from r1lab.evaluate.report import folder_name
-from r1lab.rollout import read_complete_batches
 
 
 def per_problem_pass1(run: Path, benchmark: str, result: dict) -> dict[str, float]:

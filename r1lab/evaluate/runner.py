@@ -30,12 +30,13 @@ from r1lab.config import EvalConfig, engine_choice, engine_label, save_config
 from r1lab.console import log, progress
 from r1lab.engine import SamplingParams, check_engine, open_engine, sampling_precision
 from r1lab.engine.openai_engine import DEFAULT_CONCURRENCY
+from r1lab.evaluate.batches import batch_settings, sample_in_batches
 from r1lab.evaluate.benchmarks import default_k, load_benchmark, task_benchmark
 from r1lab.evaluate.metrics import summarize
 from r1lab.evaluate.report import folder_name, write_eval_report
 from r1lab.files import write_json
 from r1lab.rewards.format import format_reward
-from r1lab.rollout import batch_settings, context_room, sample_in_batches, sample_problems
+from r1lab.rollout import context_room, sample_problems
 from r1lab.runs import check_run_folder
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from r1lab.rewards.registry import register
 
 
-@register("overlong")
+@register("overlong", needs=("max_length",))
 def overlong(
     completion: str,
     *,

@@ -25,15 +25,25 @@ from dataclasses import dataclass, field
 RewardFn = Callable[..., "float | None"]
 
 REWARDS: dict[str, RewardFn] = {}
+#: per reward, the settings of the run it takes as keyword arguments (:func:`register`)
+NEEDS: dict[str, tuple[str, ...]] = {}
+#: what a reward may need, with the value it gets when the run does not say: the target ``language`` of the
+#: reasoning, ``max_length`` (the completion budget in tokens), ``verify`` (the task's verifier), ``device`` (the
+#: policy's, for a reward that runs a model)
+SETTINGS = {"language": "en", "max_length": None, "verify": None, "device": "auto"}
 
 
-def register(name: str) -> Callable[[RewardFn], RewardFn]:
-    """Decorator: make ``fn`` available as ``name`` in recipes and on the command line."""
+def register(name: str, needs: Sequence[str] = ()) -> Callable[[RewardFn], RewardFn]:
+    """Decorator: make ``fn`` available as ``name`` in recipes and on the command line. ``needs`` names the run's
+    settings (:data:`SETTINGS`) it takes as keyword arguments, given to it when the rewards are built
+    (:func:`r1lab.rewards.build.build_rewards`) rather than by every caller."""
+    if not set(needs) <= set(SETTINGS):
+        raise ValueError(f"reward {name!r}: needs={list(needs)}; a reward may need only {', '.join(SETTINGS)}")
 
     def wrap(fn: RewardFn) -> RewardFn:
         if name in REWARDS and REWARDS[name] is not fn:
             raise ValueError(f"reward {name!r} is registered twice")
-        REWARDS[name] = fn
+        REWARDS[name], NEEDS[name] = fn, tuple(needs)
         return fn
 
     return wrap

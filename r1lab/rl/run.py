@@ -8,16 +8,16 @@ import dataclasses
 import json
 import math
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from r1lab import distributed, sharding
 from r1lab.config import ZeroConfig, save_config
 from r1lab.console import say
 from r1lab.files import append_jsonl, read_log, write_jsonl
-from r1lab.models import SHARDED_STATE, is_complete_checkpoint, save_checkpoint, save_checkpoint_together
+from r1lab.models import is_complete_checkpoint
 from r1lab.plots import plot_curves
+from r1lab.rl.diagnostics import console_line
+from r1lab.rollout import Group
 from r1lab.runs import RESUME_MAY_CHANGE, check_run_folder, check_same_config
 from r1lab.tracking import is_tracker_file
 
@@ -53,6 +53,37 @@ def start_logs(run: Path, cfg: ZeroConfig, start_step: int) -> None:
             if redone:
                 append_jsonl(path.with_suffix(".discarded.jsonl"), *redone)
             write_jsonl(path, [r for r in rows if r["step"] <= start_step])
+
+
+@dataclass
+class StepRecord:
+    """What a step leaves in the run folder: its ``metrics`` (a line of ``metrics.jsonl``, printed as the console
+    line), its ``groups`` (lines of ``samples.jsonl``, each with the ``ranks`` that sampled it under torchrun, else
+    None) and the ``notes`` printed under the console line (the time estimate, warnings)."""
+
+    metrics: dict
+    groups: list[Group]
+    ranks: list[int] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def log_step(run: Path, record: StepRecord) -> None:
+    """Rank 0, after a step: its metrics appended to ``metrics.jsonl``, its samples to ``samples.jsonl`` (one synced
+    write each), its console line and notes."""
+    append_jsonl(run / "metrics.jsonl", record.metrics)
+    append_jsonl(run / "samples.jsonl", *sample_records(record.metrics["step"], record.groups, record.ranks))
+    say(console_line(record.metrics))
+    for note in record.notes:
+        say(note)
+
+
+def sample_records(step: int, groups: list[Group], ranks: list[int] | None = None):
+    """The rows of ``samples.jsonl``; under torchrun each says which ``rank`` sampled it."""
+    for i, g in enumerate(groups):
+        for response, reward, c, adv in zip(g.responses, g.rewards, g.completions, g.advantages):
+            yield {"step": step, "prompt": g.example["prompt"], "answer": g.example.get("answer"),
+                   "response": response, "reward": reward, "advantage": adv, "finish_reason": c.finish_reason,
+                   "tokens": len(c), **({"rank": ranks[i]} if ranks else {})}
 
 
 def is_finished(run: Path) -> bool:
@@ -111,49 +142,13 @@ def read_metrics(run: Path) -> list[dict]:
     return [{k: math.nan if v is None else v for k, v in row.items()} for row in rows]
 
 
-def load_trainer_state(checkpoint: Path | None, optimizer, scheduler, model=None) -> dict:
-    """Restore the optimizer and scheduler saved with ``checkpoint`` (and, for a sharded checkpoint, this process's
-    shards of the weights into the FSDP ``model``); returns the run state saved beside them (the held-out
-    evaluation before training), ``{}`` for a new run."""
-    if checkpoint is None:
-        return {}
-    saved = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
-    if sharding.is_sharded_checkpoint(checkpoint):
-        sharding.load_state(checkpoint / SHARDED_STATE, model, optimizer)
-    else:
-        optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    return saved["state"]
-
-
-def save(run: Path, model, tokenizer, optimizer, scheduler, state, step: int, cfg: ZeroConfig,
-         final: bool = False, world: distributed.World = distributed.SINGLE) -> Path:
-    """``checkpoints/step-N`` (with the trainer state, keeping the last ``keep_checkpoints``) or ``final/``. Every
-    process calls it for a step checkpoint: under FSDP each writes its shards (``sharded/``, through
-    torch.distributed.checkpoint), else rank 0 writes the whole model; ``final/`` is rank 0's alone."""
+def save(run: Path, policy, state: dict, step: int, cfg: ZeroConfig, final: bool = False) -> Path:
+    """``checkpoints/step-N`` (with what resuming needs, keeping the last ``keep_checkpoints``) or ``final/``: every
+    process calls it for a step checkpoint, rank 0 alone for ``final/`` (:meth:`r1lab.policy.Policy.save`)."""
     folder = run / ("final" if final else f"checkpoints/step-{step:06d}")
     meta = {"step": step, "model": cfg.model, "template": cfg.template, "prefill": cfg.prefill}
-    sharded = not final and sharding.is_sharded(model)
-
-    def extra(partial: Path) -> None:
-        torch.save({**({} if sharded else {"optimizer": optimizer.state_dict()}), "scheduler": scheduler.state_dict(),
-                    "state": state, "step": step}, partial / "trainer_state.pt")
-        if hasattr(model, "peft_config"):
-            model.save_pretrained(partial / "adapter")
-
-    if sharded:
-        def rest(partial: Path) -> None:
-            tokenizer.save_pretrained(partial)
-            model.config.save_pretrained(partial)  # with the shards: what r1lab.models.load_model needs
-            model.generation_config.save_pretrained(partial)
-            extra(partial)
-
-        save_checkpoint_together(folder, world, lambda partial: sharding.save_state(partial / SHARDED_STATE,
-                                                                                     model, optimizer),
-                                 rest, meta={**meta, "sharded": True})
-    elif world.main:
-        save_checkpoint(model, tokenizer, folder, meta=meta, write_extra=None if final else extra)
-    if not final and world.main:
+    policy.save(folder, meta, state, final=final)
+    if not final and policy.world.main:
         for old in _checkpoints(run)[:-cfg.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
     return folder

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from r1lab.config import SampleConfig, engine_choice, engine_label, save_config
 from r1lab.engine import SamplingParams, check_engine, open_engine, sampling_precision
+from r1lab.evaluate.batches import batch_settings, sample_in_batches
 from r1lab.evaluate.benchmarks import load_benchmark
 from r1lab.files import write_json, write_jsonl
-from r1lab.rollout import batch_settings, sample_in_batches
 from r1lab.runs import check_run_folder
 from r1lab.sft import filters
 from r1lab.tasks import build_task

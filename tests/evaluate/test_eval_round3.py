@@ -9,11 +9,10 @@ import pytest
 from test_eval_round2 import Scripted
 from test_runner import fake_run
 
-from r1lab import rollout
 from r1lab.config import EvalConfig
 from r1lab.engine import SamplingParams
 from r1lab.engine.base import Completion, Prompt
-from r1lab.evaluate import runner
+from r1lab.evaluate import batches, runner
 from r1lab.evaluate.benchmarks import Benchmark, load_benchmark, task_benchmark
 from r1lab.evaluate.compare import compare_runs
 from r1lab.models import save_checkpoint
@@ -183,9 +182,9 @@ def test_a_rerun_with_other_batching_or_limit_reuses_samples_and_reports_only_it
                                                                                            monkeypatch):
     whole = runner.run_eval(config(tiny_path, tmp_path / "run"), progress=False)
     calls, plotted = [], []
-    real_sample, real_plot = rollout.sample_problems, runner.write_eval_report
+    real_sample, real_plot = batches.sample_problems, runner.write_eval_report
 
-    monkeypatch.setattr(rollout, "sample_problems", lambda *a, **k: calls.append(1) or real_sample(*a, **k))
+    monkeypatch.setattr(batches, "sample_problems", lambda *a, **k: calls.append(1) or real_sample(*a, **k))
     monkeypatch.setattr(runner, "write_eval_report",
                         lambda out, summary, records: plotted.append(records) or real_plot(out, summary, records))
     again = runner.run_eval(config(tiny_path, tmp_path / "run", problems_per_batch=3, max_rows=4), progress=False)

@@ -4,10 +4,9 @@ import json
 
 import pytest
 
-from r1lab import rollout
 from r1lab.cli import main
 from r1lab.config import EvalConfig
-from r1lab.evaluate import runner
+from r1lab.evaluate import batches, runner
 from r1lab.evaluate.compare import compare_runs
 from r1lab.models import save_checkpoint
 
@@ -56,7 +55,7 @@ def test_writes_samples_summary_report_and_plots(tiny_path, tmp_path):
 def test_resume_after_interruption_gives_the_same_summary(tiny_path, tmp_path, monkeypatch):
     whole = runner.run_eval(config(tiny_path, tmp_path / "whole"), progress=False)
 
-    real = rollout.sample_problems
+    real = batches.sample_problems
     calls = []
 
     def dies_in_third_batch(*args, **kwargs):
@@ -65,7 +64,7 @@ def test_resume_after_interruption_gives_the_same_summary(tiny_path, tmp_path, m
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(rollout, "sample_problems", dies_in_third_batch)
+    monkeypatch.setattr(batches, "sample_problems", dies_in_third_batch)
     with pytest.raises(KeyboardInterrupt):
         runner.run_eval(config(tiny_path, tmp_path / "cut"), progress=False)
     assert len(samples(tmp_path / "cut")) == 2 * 2 * 3  # the two finished batches were kept
@@ -79,7 +78,7 @@ def test_resume_after_interruption_gives_the_same_summary(tiny_path, tmp_path, m
         counted.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(rollout, "sample_problems", counting)
+    monkeypatch.setattr(batches, "sample_problems", counting)
     resumed = runner.run_eval(config(tiny_path, tmp_path / "cut"), progress=False)
     assert len(counted) == 2  # batches 2 and 3 only (7 problems in batches of 2)
     assert samples(tmp_path / "cut") == samples(tmp_path / "whole")
@@ -91,7 +90,7 @@ def test_an_incomplete_batch_is_redone_and_a_larger_earlier_run_is_reused(tiny_p
     path = tmp_path / "run" / "task-arithmetic" / "samples.jsonl"
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[:-2]))  # the last batch lost two samples
-    done = rollout.read_complete_batches(path, 7, 2, 3)
+    done = batches.read_complete_batches(path, 7, 2, 3)
     assert sorted(done) == [0, 1, 2] and len(path.read_text().splitlines()) == 18
     # a smaller limit reuses the first batches without touching the file
     summary = runner.run_eval(config(tiny_path, tmp_path / "run", limit=4), progress=False)

@@ -14,9 +14,10 @@ from r1lab.config import EvalConfig, SftConfig, ZeroConfig
 from r1lab.engine import SamplingParams, TorchEngine
 from r1lab.evaluate.runner import run_eval
 from r1lab.models import save_checkpoint
-from r1lab.optim import make_optimizer
+from r1lab.policy import Policy
 from r1lab.rewards import register
-from r1lab.rollout import build_rewards, generate_groups, score_group
+from r1lab.rewards.build import build_rewards
+from r1lab.rollout import generate_groups, score_group
 from r1lab.serve.app import create_app
 from r1lab.sft.trainer import train_sft
 from r1lab.tasks import get_task
@@ -51,7 +52,8 @@ def test_grpo_update_on_groups_sampled_on_the_gpu(dtype, beta, updates):
     engine = TorchEngine(model, tok, dtype=torch.bfloat16 if dtype == "bf16" else None)
     task = get_task("arithmetic", n_train=20, n_test=4)
     cfg = ZeroConfig(device="cuda", dtype=dtype, beta=beta, updates_per_batch=updates, group_size=4, lr=1e-2,
-                     temperature=1.0, template="native", rewards={"gpu_test_digit_share": 1.0, "format": 0.5})
+                     temperature=1.0, template="native", rewards={"gpu_test_digit_share": 1.0, "format": 0.5},
+                     warmup_steps=0, steps=10, lr_schedule="constant")
     groups = generate_groups(engine, task.examples("train")[:3], cfg.template, None,
                              SamplingParams(n=cfg.group_size, temperature=cfg.temperature, max_new_tokens=12, seed=0),
                              task)
@@ -60,10 +62,10 @@ def test_grpo_update_on_groups_sampled_on_the_gpu(dtype, beta, updates):
         score_group(g, rewards)
     grpo.set_advantages(groups, cfg.advantage)
     assert any(g.has_signal for g in groups)
-    optimizer, _ = make_optimizer(model, cfg.lr, cfg.weight_decay, 0, 10, "constant")
+    policy = Policy(model, tok, cfg, reference)
     before = {k: v.clone() for k, v in model.state_dict().items()}
 
-    stats = grpo.update_policy(model, reference, optimizer, groups, cfg, tok.pad_token_id)
+    stats = grpo.update_policy(policy, groups, cfg)
 
     assert finite(stats["loss"], stats["grad_norm"], stats["kl"], stats["logprob_gap_mean"], stats["logprob_gap_max"])
     assert stats["trained_groups"] > 0 and stats["grad_norm"] > 0

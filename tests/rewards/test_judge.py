@@ -9,8 +9,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from r1lab.rewards.build import build_rewards
 from r1lab.rewards.judge import Judge, JudgeReward, judge_reward, parse_score
-from r1lab.rollout import build_rewards
 from r1lab.tasks import get_task
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "serve"))

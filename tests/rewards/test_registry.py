@@ -7,7 +7,7 @@ import pytest
 import r1lab.rewards as rewards
 from r1lab.rewards import REWARDS, get_reward, register, score
 
-BUILT_IN = {"format", "tag_count", "language_consistency", "overlong"}
+BUILT_IN = {"accuracy", "format", "tag_count", "language_consistency", "overlong", "code"}
 
 
 def test_built_in_rewards_register_on_import():
@@ -64,3 +64,35 @@ def test_score_passes_completion_length_and_example_fields():
     assert s.totals == [0.0] and math.isnan(s.means()["spy"])
     with pytest.raises(ValueError, match="2 completions but 1 examples"):
         score(["a", "b"], [{}], {"spy": (spy, 1.0)})
+
+
+def test_a_reward_gets_the_settings_it_declares_and_only_those():
+    from r1lab.rewards.build import build_rewards
+    from r1lab.tasks import get_task
+
+    seen = []
+
+    def spy(completion, **given):
+        seen.append(given)
+        return 1.0
+
+    task = get_task("arithmetic", n_train=4, n_test=1)
+    try:
+        register("test_needs_language", needs=("language", "max_length"))(spy)
+        built = build_rewards({"test_needs_language": 2.0, "overlong": 1.0, "accuracy": 1.0}, task, language="zh",
+                              max_length=50, device="cpu")
+        fn, weight = built["test_needs_language"]
+        assert weight == 2.0 and fn("x", answer="1") == 1.0
+        assert seen == [{"language": "zh", "max_length": 50, "answer": "1"}]  # not device, not the verifier
+        assert built["overlong"][0]("...", completion_length=45) == pytest.approx(-7 / 12)  # max_length 50 given
+        example = task.examples("train")[0]
+        good = f"<think>\nok</think><answer>{example['answer']}</answer>"
+        assert built["accuracy"][0](good, **example) == task.verify(good, **example) == 1.0  # the task's verifier
+        with pytest.raises(ValueError, match="needs=.*'gpu'.*may need only language, max_length"):
+            register("test_needs_gpu", needs=("gpu",))
+        with pytest.raises(TypeError, match="give only language, max_length, device"):
+            build_rewards({"format": 1.0}, task, languages="en")
+        with pytest.raises(ValueError, match="'nope' is unknown; use one of accuracy, code, format"):
+            build_rewards({"nope": 1.0}, task)
+    finally:
+        REWARDS.pop("test_needs_language", None)

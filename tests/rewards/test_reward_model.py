@@ -8,9 +8,9 @@ import pytest
 from r1lab.config import ZeroConfig, reward_spec_problems
 from r1lab.models import save_checkpoint
 from r1lab.rewards import score
+from r1lab.rewards.build import build_rewards
 from r1lab.rewards.reward_model import ModelReward, judged_part, load_reward_model
 from r1lab.rm.train import value_head_model
-from r1lab.rollout import build_rewards
 from r1lab.tasks import get_task
 
 from conftest import make_model, make_tokenizer

@@ -1,9 +1,9 @@
 from r1lab.config import ZeroConfig
 from r1lab.engine import TorchEngine
 from r1lab.rewards import register
+from r1lab.rewards.build import build_rewards
 from r1lab.rl import grpo
 from r1lab.rl.diagnostics import check_step
-from r1lab.rollout import build_rewards
 from r1lab.tasks import get_task
 
 

@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+import r1lab.policy as policy_module
 import r1lab.rl.grpo as grpo
 from r1lab.cli import main
 from r1lab.models import is_complete_checkpoint, save_checkpoint
@@ -64,7 +65,8 @@ def test_an_interrupted_run_resumes_with_its_saved_settings_and_refuses_others(t
 def test_a_resumed_library_call_with_other_settings_is_refused(tiny_path, tmp_path):
     run = tmp_path / "run"
     assert main(flags(tiny_path, run)) == 0
-    from r1lab.config import ZeroConfig, load_config
+    from r1lab.config import ZeroConfig
+    from r1lab.options import load_config
 
     cfg = load_config(ZeroConfig, flags(tiny_path, run)[1:] + ["--resume", "true", "--seed", "7"])
     with pytest.raises(ValueError, match="seed: 0 there, 7 now"):
@@ -116,7 +118,8 @@ def test_checkpoints_record_their_template_and_are_readable_by_others(tiny_path,
     modes = {p.name: p.stat().st_mode & 0o777 for p in (run / "final").iterdir() if p.is_file()}
     assert set(modes.values()) == {0o666 & ~umask}, modes  # 0644 under the usual umask, as other files
 
-    from r1lab.config import ChatConfig, ServeConfig, ZeroConfig, load_config
+    from r1lab.config import ChatConfig, ServeConfig, ZeroConfig
+    from r1lab.options import load_config
 
     assert load_config(ServeConfig, ["--model", str(run / "final")]).template == "native-zero"
     assert load_config(ChatConfig, ["--model", str(run / "checkpoints" / "step-000002")]).template == "native-zero"
@@ -188,7 +191,7 @@ def test_a_torn_last_log_line_is_dropped_on_resume_and_the_folder_may_be_named_a
 
 def test_a_run_that_died_before_its_first_step_may_be_started_again(tiny_path, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    monkeypatch.setattr(grpo, "load_policy", lambda *a: (_ for _ in ()).throw(FileNotFoundError("no model")))
+    monkeypatch.setattr(policy_module, "load_policy", lambda *a: (_ for _ in ()).throw(FileNotFoundError("no model")))
     assert main(flags(tiny_path, run)) == 2 and sorted(p.name for p in run.iterdir()) == ["config.yaml"]
     monkeypatch.undo()
     assert main(flags(tiny_path, run) + ["--seed", "3"]) == 2  # other settings: refused, named

@@ -1,6 +1,6 @@
 """The general task: helpful and harmless prompts with kind general, judged by no rule."""
 
-from r1lab.rollout import build_rewards
+from r1lab.rewards.build import build_rewards
 from r1lab.tasks import TASKS, get_task
 from r1lab.tasks.general import harmless_prompts, helpful_requests
 

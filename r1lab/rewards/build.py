@@ -1,0 +1,43 @@
+"""A run's rewards from their names and weights (``--rewards '{accuracy: 1.0, format: 0.5}'``): each registered
+reward given the settings it declared it needs (:func:`r1lab.rewards.registry.register`), and each reward given as
+a spec (``{reward_model: PATH, ...}``, ``{judge: {...}, ...}``) built by the kind its key names (:data:`SPEC_KINDS`).
+
+Apart from :mod:`r1lab.rewards` itself because a spec may load a reward model (torch, transformers): importing the
+registry stays light for what only scores (the sandbox's and the verifier's worker processes)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from r1lab.config import reward_spec_problems
+from r1lab.rewards.judge import judge_reward
+from r1lab.rewards.registry import NEEDS, REWARDS, SETTINGS
+from r1lab.rewards.reward_model import model_reward
+
+#: a spec's kind (the key that names it) -> how it is built, and what of the run it needs (``loaded``: the reward
+#: models loaded so far, so that specs naming one checkpoint share it)
+SPEC_KINDS = {"reward_model": (model_reward, ("device", "loaded")), "judge": (judge_reward, ())}
+
+
+def build_rewards(weights: dict, task, **settings) -> dict:
+    """``name -> (fn, weight)`` for the named rewards, each given what it needs of ``settings`` (:data:`SETTINGS`:
+    ``language``, ``max_length``, ``device``) and of ``task`` (its verifier, for ``accuracy``); a reward given as a
+    spec is built by its kind, each reward model loaded once, on ``device`` (the policy's)."""
+    problems = [p for name, spec in weights.items() if isinstance(spec, dict) for p in reward_spec_problems(name, spec)]
+    if problems:
+        raise ValueError("\n  ".join(["bad reward specs:", *problems]) if len(problems) > 1 else problems[0])
+    if not set(settings) <= set(SETTINGS) - {"verify"}:
+        raise TypeError(f"build_rewards: settings {sorted(settings)}; give only language, max_length, device")
+    given = {**SETTINGS, **settings, "verify": task.verify, "loaded": {}}
+    out = {}
+    for name, weight in weights.items():
+        if isinstance(weight, dict):
+            make, needs = next(SPEC_KINDS[kind] for kind in SPEC_KINDS if kind in weight)
+            out[name] = (make(weight, **{need: given[need] for need in needs}), float(weight.get("weight", 1.0)))
+        elif name not in REWARDS:
+            raise ValueError(f"rewards: {name!r} is unknown; use one of {', '.join(sorted(REWARDS))}, or register "
+                             "your own with r1lab.rewards.register")
+        else:
+            needs = {need: given[need] for need in NEEDS[name]}
+            out[name] = (partial(REWARDS[name], **needs) if needs else REWARDS[name], float(weight))
+    return out

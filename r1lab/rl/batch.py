@@ -1,0 +1,54 @@
+"""How a step's scored groups become the update's tensors: every completion token of every group in one flat order
+(N tokens), with its advantage, its loss weight and the log-prob the sampler gave it, and the groups that train
+packed a few at a time (:func:`r1lab.packing.pack`), each pack knowing where its tokens sit in that order."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+from r1lab.packing import Packed, pack
+from r1lab.rl.losses import token_weights
+from r1lab.rollout import Group
+
+
+@dataclass
+class TrainBatch:
+    advantages: torch.Tensor  # (N,) each token's completion's advantage
+    weights: torch.Tensor  # (N,) each token's share of the loss, over every process's batch
+    sampler_logprobs: torch.Tensor  # (N,) as the engine computed them while sampling
+    active: list[int]  # the groups that train: all with beta > 0, else those whose advantages are not all zero
+    packs: list[Packed]  # the active groups, a few per forward/backward pass
+    index: list[torch.Tensor]  # per pack, the positions of its completion tokens among the N
+
+
+def train_batch(groups: list[Group], with_reference: bool, aggregation: str, groups_per_pack: int, pad_id: int,
+                world, device) -> TrainBatch:
+    """The update's view of ``groups`` (this process's share under torchrun: ``world`` gives the whole batch's
+    token weights). Groups whose advantages are all zero add nothing to the gradient without a KL term
+    (``with_reference`` false), so they are not packed; their tokens still count in the weights."""
+    lengths = [len(c) for g in groups for c in g.completions]
+    weights = _my_weights(lengths, aggregation, world).to(device)  # (N,)
+    advantages = torch.tensor([a for g in groups for a, c in zip(g.advantages, g.completions) for _ in c.token_ids],
+                              device=device)  # (N,)
+    sampler_logprobs = torch.tensor([lp for g in groups for c in g.completions for lp in c.logprobs],
+                                    device=device)  # (N,)
+    active = [i for i, g in enumerate(groups) if with_reference or any(abs(a) > 0 for a in g.advantages)]
+    offsets = [0, *itertools.accumulate(sum(len(c) for c in g.completions) for g in groups)]  # group token spans
+    chunks = [active[i:i + groups_per_pack] for i in range(0, len(active), groups_per_pack)]
+    packs = [pack([(groups[i].prompt_ids, [c.token_ids for c in groups[i].completions]) for i in mb], pad_id)
+             for mb in chunks]
+    index = [torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in mb]).to(device) for mb in chunks]
+    return TrainBatch(advantages, weights, sampler_logprobs, active, packs, index)
+
+
+def _my_weights(lengths: list[int], aggregation: str, world) -> torch.Tensor:
+    """This process's slice of the whole batch's token weights (:func:`token_weights` over every process's
+    completions, taken in rank order)."""
+    if world.size == 1:
+        return token_weights(lengths, aggregation)
+    every = world.gather(lengths)
+    start = sum(sum(part) for part in every[:world.rank])
+    return token_weights([n for part in every for n in part], aggregation)[start:start + sum(lengths)]
