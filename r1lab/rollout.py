@@ -24,7 +24,7 @@ class Group:
     example: dict
     prompt: Prompt
     completions: list[Completion]
-    rewards: list[float] = field(default_factory=list)  # weighted total per completion
+    rewards: list[float | None] = field(default_factory=list)  # weighted total per completion; None: unjudged
     per_reward: dict[str, list[float | None]] = field(default_factory=dict)
     advantages: list[float] = field(default_factory=list)
 
@@ -49,7 +49,9 @@ class Group:
 
     @property
     def has_signal(self) -> bool:
-        return max(self.rewards) - min(self.rewards) > 1e-6
+        """At least two judged completions with different rewards (an unjudged one, None, compares with none)."""
+        judged = [r for r in self.rewards if r is not None]
+        return len(judged) > 1 and max(judged) - min(judged) > 1e-6
 
 
 def generate_groups(engine, examples: list[dict], template: str, prefill: str | None, params: SamplingParams,
@@ -79,7 +81,8 @@ def score_group(group: Group, rewards: dict) -> None:
         for i, (text, value) in enumerate(zip(judged, accuracy)):
             if text is None and value is not None:  # an unfinished reply's accuracy is 0, as in evaluation
                 accuracy[i] = value = 0.0
-            scores.totals[i] += weight * value if value is not None else 0.0
+            if value is not None:
+                scores.totals[i] = (scores.totals[i] or 0.0) + weight * value
         scores.per_reward = {name: accuracy if name == "accuracy" else scores.per_reward[name] for name in rewards}
     group.rewards, group.per_reward = scores.totals, scores.per_reward
 

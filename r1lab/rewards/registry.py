@@ -59,9 +59,10 @@ def get_reward(name: str) -> RewardFn:
 
 @dataclass
 class RewardScores:
-    """Scores of a batch: the weighted total per completion and each reward on its own."""
+    """Scores of a batch: the weighted total per completion (None where no reward could judge it) and each reward on
+    its own."""
 
-    totals: list[float]
+    totals: list[float | None]
     per_reward: dict[str, list[float | None]] = field(default_factory=dict)
 
     def means(self) -> dict[str, float]:
@@ -76,17 +77,21 @@ def score(
     rewards: Mapping[str, tuple[RewardFn, float]],
     completion_lengths: Sequence[int] | None = None,
 ) -> RewardScores:
-    """Score each completion with every ``name -> (fn, weight)``; ``None`` scores add nothing.
+    """Score each completion with every ``name -> (fn, weight)``; ``None`` scores add nothing, and a completion that
+    no reward could judge has the total None (skipped, not counted as 0: training leaves it out of its group's
+    statistics and of the loss).
 
     >>> r = {"len": (lambda c, **_: float(len(c)), 0.5), "skip": (lambda c, **_: None, 1.0)}
     >>> s = score(["ab", "abcd"], [{}, {}], r)
     >>> s.totals, s.per_reward["skip"]
     ([1.0, 2.0], [None, None])
+    >>> score(["ab"], [{}], {"skip": r["skip"]}).totals
+    [None]
     """
     if len(completions) != len(examples):
         raise ValueError(f"{len(completions)} completions but {len(examples)} examples")
     lengths = completion_lengths if completion_lengths is not None else [len(c) for c in completions]
-    totals = [0.0] * len(completions)
+    totals: list[float | None] = [None] * len(completions)
     per_reward: dict[str, list[float | None]] = {}
     for name, (fn, weight) in rewards.items():
         if hasattr(fn, "batch"):  # one call for the whole batch (see the module docstring)
@@ -101,7 +106,7 @@ def score(
         for i, value in enumerate(raw):
             if value is not None:
                 value = float(value)
-                totals[i] += weight * value
+                totals[i] = (totals[i] or 0.0) + weight * value
             values.append(value)
         per_reward[name] = values
     return RewardScores(totals=totals, per_reward=per_reward)

@@ -17,7 +17,7 @@ from r1lab.rollout import Group
 @dataclass
 class TrainBatch:
     advantages: torch.Tensor  # (N,) each token's completion's advantage
-    weights: torch.Tensor  # (N,) each token's share of the loss, over every process's batch
+    weights: torch.Tensor  # (N,) each token's share of the loss, over every process's batch (0: unjudged)
     sampler_logprobs: torch.Tensor  # (N,) as the engine computed them while sampling
     active: list[int]  # the groups that train: all with beta > 0, else those whose advantages are not all zero
     packs: list[Packed]  # the active groups, a few per forward/backward pass
@@ -28,9 +28,15 @@ def train_batch(groups: list[Group], with_reference: bool, aggregation: str, gro
                 world, device) -> TrainBatch:
     """The update's view of ``groups`` (this process's share under torchrun: ``world`` gives the whole batch's
     token weights). Groups whose advantages are all zero add nothing to the gradient without a KL term
-    (``with_reference`` false), so they are not packed; their tokens still count in the weights."""
+    (``with_reference`` false), so they are not packed; their tokens still count in the weights. A completion no
+    reward could judge (reward None) is out of the loss: its tokens weigh 0 and count in no average."""
     lengths = [len(c) for g in groups for c in g.completions]
-    weights = _my_weights(lengths, aggregation, world).to(device)  # (N,)
+    judged = [r is not None for g in groups for r in g.rewards]
+    weights = _my_weights([n for n, j in zip(lengths, judged) if j], aggregation, world)
+    if not all(judged):  # the judged completions' weights, and zeros for the tokens of the others
+        parts = iter(weights.split([n for n, j in zip(lengths, judged) if j]))
+        weights = torch.cat([next(parts) if j else torch.zeros(n) for n, j in zip(lengths, judged)])
+    weights = weights.to(device)  # (N,)
     advantages = torch.tensor([a for g in groups for a, c in zip(g.advantages, g.completions) for _ in c.token_ids],
                               device=device)  # (N,)
     sampler_logprobs = torch.tensor([lp for g in groups for c in g.completions for lp in c.logprobs],

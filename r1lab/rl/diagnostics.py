@@ -30,12 +30,16 @@ def held_out_metrics(result: dict) -> dict:
 
 
 def step_metrics(step: int, groups: list[Group], stats: dict, t_gen: float, t_total: float, cfg: ZeroConfig) -> dict:
+    """A step's line of ``metrics.jsonl``. Means over what was judged: a completion no reward could judge is out of
+    ``reward`` (``unjudged_frac`` says how many), one the accuracy reward could not judge out of ``accuracy``
+    (``accuracy_unjudged`` counts them)."""
     completions = [c for g in groups for c in g.completions]
     responses = [r for g in groups for r in g.responses]
-    rewards = [r for g in groups for r in g.rewards]
+    rewards = [r for g in groups for r in g.rewards if r is not None]
     metrics = {
         "step": step,
-        "reward": sum(rewards) / len(rewards),
+        "reward": sum(rewards) / len(rewards) if rewards else math.nan,
+        "unjudged_frac": 1 - len(rewards) / len(completions),
         "format_rate": sum(format_reward(r) for r in responses) / len(responses),
         "mean_length": sum(len(c) for c in completions) / len(completions),
         "truncated_frac": sum(c.finish_reason == "length" for c in completions) / len(completions),
@@ -46,6 +50,8 @@ def step_metrics(step: int, groups: list[Group], stats: dict, t_gen: float, t_to
         values = [v for g in groups for v in g.per_reward[name] if v is not None]
         metrics[f"reward/{name}"] = sum(values) / len(values) if values else math.nan
     metrics["accuracy"] = metrics.get("reward/accuracy", math.nan)
+    if "accuracy" in groups[0].per_reward:
+        metrics["accuracy_unjudged"] = sum(v is None for g in groups for v in g.per_reward["accuracy"])
     metrics.update({k: v for k, v in stats.items() if k != "kl" or cfg.beta > 0})
     metrics["seconds"] = t_total
     metrics["seconds_generate"] = t_gen
@@ -66,9 +72,10 @@ def time_estimate(step_seconds: float, steps_left: int, eval_seconds: float | No
 def console_line(m: dict) -> str:
     kl = f" kl {m['kl']:.4f}" if "kl" in m else ""
     ev = f" eval_acc {m['eval_accuracy']:.1%}" if "eval_accuracy" in m else ""
-    return (f"step {m['step']:4d} | reward {m['reward']:.3f} acc {m['accuracy']:.3f} format {m['format_rate']:.2f} "
-            f"len {m['mean_length']:5.1f}{kl} clip {m['clip_frac']:.3f} | {m['seconds']:.1f}s"
-            f" (gen {m['seconds_generate']:.1f}s){ev}")
+    skipped = f" ({m['unjudged_frac']:.0%} unjudged)" if m.get("unjudged_frac") else ""
+    return (f"step {m['step']:4d} | reward {m['reward']:.3f}{skipped} acc {m['accuracy']:.3f} "
+            f"format {m['format_rate']:.2f} len {m['mean_length']:5.1f}{kl} clip {m['clip_frac']:.3f} | "
+            f"{m['seconds']:.1f}s (gen {m['seconds_generate']:.1f}s){ev}")
 
 
 def step_notes(metrics: dict, history: list[dict], cfg: ZeroConfig, first: bool, eval_seconds: float | None,

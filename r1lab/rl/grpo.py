@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -179,7 +180,8 @@ def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
 def set_advantages(groups: list[Group], estimator: str) -> None:
     if not groups:  # a process with no prompt this step (fewer prompts than processes)
         return
-    rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float32)  # (P, G)
+    rewards = torch.tensor([[math.nan if r is None else r for r in g.rewards] for g in groups],
+                           dtype=torch.float32)  # (P, G); NaN: no reward judged it
     advantages = get_advantage(estimator)(rewards)
     for g, a in zip(groups, advantages.tolist()):
         g.advantages = a

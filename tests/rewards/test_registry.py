@@ -61,7 +61,7 @@ def test_score_passes_completion_length_and_example_fields():
 
     s = score(["ab"], [{"answer": "1", "language": "en"}], {"spy": (spy, 1.0)})
     assert seen == [{"completion_length": 2, "answer": "1", "language": "en"}]
-    assert s.totals == [0.0] and math.isnan(s.means()["spy"])
+    assert s.totals == [None] and math.isnan(s.means()["spy"])  # judged by no reward: skipped, not 0
     with pytest.raises(ValueError, match="2 completions but 1 examples"):
         score(["a", "b"], [{}], {"spy": (spy, 1.0)})
 
