@@ -47,8 +47,16 @@ _MAX_NUMBER_CHARS = 60
 _INT = r"(?:\d{1,3}(?:,\d{3})+|\d+)"
 _DECIMAL = rf"(?:{_INT}\.\d*|\.\d+)"
 _PLAIN_NUMBER = re.compile(rf"(?P<sign>[+-]?)(?:(?P<decimal>{_DECIMAL})|(?P<num>{_INT})(?:\s*/\s*(?P<den>\d+))?)")
-_LATEX_FRACTION = re.compile(r"(?P<sign>[+-]?)\\[dt]?frac\{\s*(?P<num>\d+)\s*\}\{\s*(?P<den>\d+)\s*\}")
+_LATEX_FRACTION = re.compile(r"(?P<sign>[+-]?)\\[dtc]?frac\{\s*(?P<num>\d+)\s*\}\{\s*(?P<den>\d+)\s*\}")
 _LATEX_DELIMITERS = ("$", "\\(", "\\[", "\\boxed", "\\fbox")
+#: a thousands separator between digit groups as LaTeX and typography write it: {,} ,\! \, \; \  and thin,
+#: narrow and no-break spaces (a plain comma stays: _INT reads it)
+_SEPARATOR = re.compile(r"(?<=\d)(?:\{,\}|,\\!|\\[,;:! ]|[\u2009\u202f\u00a0])(?=\d{3}(?!\d))")
+#: a number written in groups of three with plain spaces, "1 000 000" (not "3 100" inside a longer run of digits)
+_SPACED = re.compile(r"(?<![\d.,])\d{1,3}(?: \d{3})+(?![\d.,]\d|\d)")
+#: a LaTeX fraction of two whole numbers: \frac{1}{9}, \dfrac{12}{5}, \cfrac{1}{3}, \frac12, \frac3{4} (an unbraced
+#: part is one digit)
+_LATEX_NUMBER_FRACTION = re.compile(r"\\[dtc]?frac\s*(?:\{\s*(\d+)\s*\}|(\d))\s*(?:\{\s*(\d+)\s*\}|(\d))")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -56,9 +64,26 @@ _LATEX_DELIMITERS = ("$", "\\(", "\\[", "\\boxed", "\\fbox")
 # ---------------------------------------------------------------------------------------------------
 
 
+def plain_numbers(text: str) -> str:
+    """``text`` with its numbers written plainly: LaTeX and typographic thousands separators dropped, digits grouped
+    by plain spaces joined, and LaTeX fractions of whole numbers as ``a/b``, so that no reader takes a piece of a
+    number for the number.
+
+    >>> plain_numbers("$14{,}916$ or 10,\\\\!455 or 1\\\\,000 or 1 000 000")
+    '$14916$ or 10455 or 1000 or 1000000'
+    >>> plain_numbers("$-\\\\dfrac{10}{9}$, \\\\frac12")
+    '$-10/9$, 1/2'
+    >>> plain_numbers("pages 3 100 and 12 345 678, x = 1 2")
+    'pages 3100 and 12345678, x = 1 2'
+    """
+    text = _SEPARATOR.sub("", text)
+    text = _SPACED.sub(lambda m: m[0].replace(" ", ""), text)
+    return _LATEX_NUMBER_FRACTION.sub(lambda m: f"{m[1] or m[2]}/{m[3] or m[4]}", text)
+
+
 def _strip_wrappers(text: str) -> str:
-    """Remove what surrounds a bare number: whitespace, ``$…$``, a currency ``$``, a final period."""
-    text = text.strip().replace("\u2212", "-")
+    """Remove what surrounds a bare number: whitespace, ``$…$``, a currency ``$``, a final period; separators."""
+    text = plain_numbers(text.strip().replace("\u2212", "-"))
     if len(text) >= 2 and text[0] == "$" and text[-1] == "$":
         text = text.strip("$").strip()
     text = re.sub(r"^([+-]?)\\?\$\s*", r"\1", text)  # $18, -$5, \$18

@@ -14,13 +14,13 @@ from __future__ import annotations
 import re
 
 from r1lab.chat import final_span
-from r1lab.rewards.math import verify_math
+from r1lab.rewards.math import plain_numbers, verify_math
 
 _BOX_OPENERS = ("\\boxed{", "\\fbox{")
 _NUMBER = re.compile(
     r"(?:(?<![\w)\]}.\-\u2212])[-\u2212])?"  # a minus that is a sign, not "pages 10-12" or "x-3"
     r"(?<![\w./])"  # not the tail of a word or of a longer number
-    r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?![.\d]))?"
+    r"(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?!\d|\.\d))?|\.\d+)"  # a/b. ends a sentence; .5 is 0.5
 )
 _LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
 _WORD = re.compile(r"[A-Za-z]{2,}")
@@ -70,15 +70,39 @@ def _last_box(text: str, nonempty: bool = False) -> tuple[str, int] | None:
 
 
 def last_number(text: str) -> str | None:
-    """The last number in ``text``, thousands commas removed: ``-3``, ``1234``, ``2.5``, ``3/4``.
+    """The last whole number in ``text``, never a piece of one: thousands separators removed (``1,234``, ``14{,}916``,
+    ``1\\,000``, ``1 000``), a LaTeX fraction of whole numbers read as ``a/b``: ``-3``, ``1234``, ``2.5``, ``3/4``.
 
     >>> last_number("It costs $1,234.50."), last_number("not 5 but -3."), last_number("so x-3 = 4/5")
     ('1234.50', '-3', '4/5')
     >>> last_number("Pages 10-12 of 3,2"), last_number("no digits")
     ('2', None)
+    >>> last_number("so $\\\\frac{1}{9}$"), last_number("it is 2/3."), last_number("$10,\\\\!455$")
+    ('1/9', '2/3', '10455')
+    >>> last_number("p = .75"), last_number("p = -.75")
+    ('0.75', '-0.75')
+    >>> last_number("x = $\\\\frac{1+\\\\sqrt5}{2}$"), last_number("3 or \\\\frac{a}{2}")  # no piece of a formula
+    (None, '3')
     """
-    numbers = _NUMBER.findall(text)
-    return numbers[-1].replace(",", "").replace("\u2212", "-") if numbers else None
+    numbers = _NUMBER.findall(_without_fractions(plain_numbers(text)))
+    if not numbers:
+        return None
+    number = numbers[-1].replace(",", "").replace("\u2212", "-")
+    return number.replace(".", "0.", 1) if number.lstrip("-").startswith(".") else number
+
+
+def _without_fractions(text: str) -> str:
+    """``text`` with each LaTeX fraction that is not a plain ``a/b`` (one with a formula in it) blanked out: a number
+    inside one is a piece of it, never the answer."""
+    kept, i = [], 0
+    for match in re.finditer(r"\\[dtc]?frac(?=\{)", text):
+        numerator = _box_content(text, match.end()) if match.start() >= i else None
+        after = match.end() + len(numerator) + 2 if numerator is not None else -1
+        denominator = _box_content(text, after) if 0 < after < len(text) and text[after] == "{" else None
+        if denominator is not None:
+            kept.append(text[i:match.start()] + " ")
+            i = after + len(denominator) + 2
+    return "".join(kept) + text[i:]
 
 
 def _bare_formula(text: str) -> str | None:
