@@ -126,8 +126,8 @@ class Benchmark(Task):
             raise ValueError(f"benchmark {self.name} has only a test split")
         return [dict(e) for e in self._examples]
 
-    def verify(self, completion: str, answer: str = "", **_) -> float | None:
-        return score_answer(completion, answer)
+    def verify(self, completion: str, answer: str = "", id: str | None = None, **_) -> float | None:  # noqa: A002
+        return score_answer(completion, answer, problem=id)
 
     def extract(self, completion: str) -> str | None:
         return extract_answer(completion)

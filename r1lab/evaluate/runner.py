@@ -58,15 +58,19 @@ def heldout_accuracy(engine, task, examples: list[dict], params: SamplingParams,
 
 
 def summarize_records(problems: list[list[dict]], task, interval: str = "bootstrap") -> dict:
-    """Metrics of judged samples (a verdict of None, "cannot judge", counts as wrong and is counted)."""
-    correct = [[float(r["correct"] or 0.0) for r in recs] for recs in problems]
-    answers = [[r["answer"] for r in recs] for recs in problems]
+    """Metrics of the problems that could be judged: a problem none of whose samples could be judged (its reference
+    cannot be read) is left out and counted (``unjudged_problems``); in a judged problem, a sample that could not be
+    (a verdict of None) counts as wrong and is counted (``unjudged``). When no problem can be judged, all count."""
+    judged = [recs for recs in problems if any(r["correct"] is not None for r in recs)] or problems
+    correct = [[float(r["correct"] or 0.0) for r in recs] for recs in judged]
+    answers = [[r["answer"] for r in recs] for recs in judged]
     equivalent = getattr(task, "equivalent", None)
     summary = summarize(correct, answers, equivalent, method=interval)
     samples = [r for recs in problems for r in recs]
     summary.update({
         "n_samples": len(samples),
         "unjudged": sum(r["correct"] is None for r in samples),
+        "unjudged_problems": len(problems) - len(judged) if judged is not problems else len(problems),
         "mean_tokens": sum(r["tokens"] for r in samples) / len(samples),
         "length_capped": sum(r["finish_reason"] == "length" for r in samples) / len(samples),
         "answered": sum(r["answer"] is not None for r in samples) / len(samples),  # finished answers only

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 
 from r1lab.chat import final_span
+from r1lab.console import log
 from r1lab.rewards.math import plain_numbers, verify_math
 
 _BOX_OPENERS = ("\\boxed{", "\\fbox{")
@@ -190,17 +191,45 @@ def extract_answer(completion: str) -> str | None:
     return formula if formula is not None else last_number(span)
 
 
-def score_answer(completion: str, reference: str, timeout: float = 5.0) -> float | None:
-    """1.0 if the response's final answer equals ``reference`` mathematically, 0.0 if not, None if
-    there is no reference to judge against. Numbers compare in-process; the rest goes to math-verify.
+#: a word of prose: two or more letters outside LaTeX commands and their \text{...}-like groups
+_TEXT_GROUP = re.compile(r"\\(?:text\w*|mbox|mathrm|operatorname|begin|end)\s*\{[^{}]*\}")
+_UNREADABLE_SAID: set[str] = set()  # the references already logged as unreadable (each is said once)
+
+
+def unreadable_reference(reference: str) -> bool:
+    """Whether ``reference`` cannot be read as a math answer, so that nothing can be judged against it: empty, no
+    letter or digit at all (``???``), or prose of two or more words (``forty two``, ``see the solution``). A
+    number, a formula, a word in ``\\text{}`` or a single word (``odd``, ``Evelyn``) can be judged.
+
+    >>> [unreadable_reference(r) for r in ("forty two", "???", "", "see the worked solution", "The answer is unknown.")]
+    [True, True, True, True, True]
+    >>> [unreadable_reference(r) for r in ("42", "\\\\frac{1}{2}", "x = 3", "odd", "\\\\text{(C)}")]
+    [False, False, False, False, False]
+    >>> unreadable_reference("\\\\text{no solution}"), unreadable_reference("N/A")  # N/A reads as a formula
+    (False, False)
+    """
+    text = _TEXT_GROUP.sub(" ", plain_numbers(str(reference)))
+    return not re.search(r"[^\W_]", text) and not _TEXT_GROUP.search(str(reference)) \
+        or len(_WORD.findall(_LATEX_COMMAND.sub(" ", text))) >= 2
+
+
+def score_answer(completion: str, reference: str, timeout: float = 5.0, problem: str | None = None) -> float | None:
+    """1.0 if the response's final answer equals ``reference`` mathematically, 0.0 if not, None if there is no
+    reference to judge against or it cannot be read as a math answer (:func:`unreadable_reference`; logged once,
+    with the ``problem``'s id). Numbers compare in-process; the rest goes to math-verify.
 
     >>> score_answer("<think>…</think><answer>1,000</answer>", "1000"), score_answer("\\\\boxed{0.5}", "\\\\frac12")
     (1.0, 1.0)
-    >>> score_answer("The answer is 7", "8"), score_answer("7", "  ")
-    (0.0, None)
+    >>> score_answer("The answer is 7", "8"), score_answer("7", "  "), score_answer("42", "forty two")
+    (0.0, None, None)
     """
     reference = str(reference).strip()
-    if not reference:
+    if unreadable_reference(reference):
+        if reference and reference not in _UNREADABLE_SAID:
+            _UNREADABLE_SAID.add(reference)
+            where = f" of problem {problem}" if problem is not None else ""
+            log(f"r1lab: the reference answer{where}, {reference[:80]!r}, cannot be read as a math answer; its "
+                "samples are not judged (not counted as wrong)")
         return None
     predicted = extract_answer(completion)
     if predicted is None:

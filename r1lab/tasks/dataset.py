@@ -146,9 +146,11 @@ class DatasetTask(Task):
                              "pick one, and it is cut into train and test with test_size=")
         return examples(loaded["train"], f"{hf_name}[train]"), examples(loaded["test"], f"{hf_name}[test]")
 
-    def verify(self, completion: str, answer: str = "", **_) -> float | None:
-        """1.0 if the final answer equals the reference, 0.0 if not, None without a reference."""
-        return score_answer(completion, answer)
+    def verify(self, completion: str, answer: str = "", id: str | None = None, prompt: str = "",  # noqa: A002
+               **_) -> float | None:
+        """1.0 if the final answer equals the reference, 0.0 if not, None without a readable reference (said once,
+        naming the problem by its id, or the start of its question)."""
+        return score_answer(completion, answer, problem=id if id is not None else repr(prompt[:60]))
 
 
 def shared_data(relative: str) -> list[Path]:
