@@ -780,7 +780,7 @@ def engine_choice(cfg) -> tuple[str, dict]:
 def engine_label(name: str, args: dict) -> str:
     """What samples record of the engine that made them, so that a rerun does not mix in samples made otherwise:
     its name; for an endpoint, its address and the options that change what it samples (``api``, ``extra_body``).
-    (A local engine's precision is recorded beside it: :func:`r1lab.rollout.batch_settings`.)
+    (A local engine's precision is recorded beside it: :func:`r1lab.evaluate.batches.batch_settings`.)
 
     >>> engine_label("torch", {}), engine_label("openai", {"base_url": "http://127.0.0.1:8080/v1"})
     ('torch', 'openai http://127.0.0.1:8080/v1')

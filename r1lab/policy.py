@@ -130,7 +130,9 @@ class Policy:
         self.scheduler.step()
 
     def push_weights(self, engine) -> None:
-        """The engine samples the weights trained so far (the torch engine samples :attr:`model` itself)."""
+        """The engine samples the weights trained so far: it is woken up (vLLM takes its memory back) and given them
+        (the torch engine samples :attr:`model` itself)."""
+        engine.wake_up()
         engine.load_weights(policy_weights(self.model))
 
     def memory(self) -> tuple[float, int]:
@@ -187,7 +189,7 @@ class ShardedPolicy(Policy):
         return [pack([([self.pad_id], [[self.pad_id]])], self.pad_id)] * (self.world.max(count) - count)
 
     def push_weights(self, engine) -> None:
-        sharding.push_weights(self.trainer, self.model)  # one parameter all-gathered at a time
+        sharding.push_weights(self.trainer, self.model)  # one parameter all-gathered at a time, before vLLM wakes
         super().push_weights(engine)
 
     def save(self, folder: Path, meta: dict, state: dict, final: bool = False) -> None:

@@ -39,5 +39,23 @@ def build_rewards(weights: dict, task, **settings) -> dict:
                              "your own with r1lab.rewards.register")
         else:
             needs = {need: given[need] for need in NEEDS[name]}
-            out[name] = (partial(REWARDS[name], **needs) if needs else REWARDS[name], float(weight))
+            out[name] = (_given(REWARDS[name], needs) if needs else REWARDS[name], float(weight))
     return out
+
+
+def _given(fn, needs: dict):
+    """``fn`` with ``needs`` given as keyword arguments (an example's own field of the same name wins, as a call's
+    does over :func:`functools.partial`'s), its ``batch`` (one call for many responses) kept and given them too."""
+    bound = partial(fn, **needs)
+    if hasattr(fn, "batch"):
+        bound = _Batched(bound, lambda completions, examples: fn.batch(completions,
+                                                                       [{**needs, **ex} for ex in examples]))
+    return bound
+
+
+class _Batched:
+    def __init__(self, one, batch):
+        self._one, self.batch = one, batch
+
+    def __call__(self, completion, **example):
+        return self._one(completion, **example)

@@ -37,12 +37,14 @@ def register(name: str, needs: Sequence[str] = ()) -> Callable[[RewardFn], Rewar
     """Decorator: make ``fn`` available as ``name`` in recipes and on the command line. ``needs`` names the run's
     settings (:data:`SETTINGS`) it takes as keyword arguments, given to it when the rewards are built
     (:func:`r1lab.rewards.build.build_rewards`) rather than by every caller."""
-    if not set(needs) <= set(SETTINGS):
+    if isinstance(needs, str) or not set(needs) <= set(SETTINGS):
         raise ValueError(f"reward {name!r}: needs={list(needs)}; a reward may need only {', '.join(SETTINGS)}")
 
     def wrap(fn: RewardFn) -> RewardFn:
         if name in REWARDS and REWARDS[name] is not fn:
-            raise ValueError(f"reward {name!r} is registered twice")
+            first = REWARDS[name]
+            raise ValueError(f"reward {name!r} is registered twice: {getattr(first, '__module__', '?')}."
+                             f"{getattr(first, '__qualname__', first)} has that name; choose another")
         REWARDS[name], NEEDS[name] = fn, tuple(needs)
         return fn
 

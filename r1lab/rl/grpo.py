@@ -99,8 +99,7 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
         set_advantages(groups, cfg.advantage)
         engine.sleep()  # vLLM gives its memory to the update (where the platform can)
         stats = update_policy(policy, groups, cfg)
-        engine.wake_up()
-        policy.push_weights(engine)  # vLLM's copy follows (under FSDP the full copy first); torch samples the model
+        policy.push_weights(engine)  # vLLM wakes and takes the new weights (under FSDP gathered first); torch: as is
         policy.advance_schedule()
 
         groups, ranks = world.gather_shares(groups)  # every process's groups, for the logs (rank 0 writes them)

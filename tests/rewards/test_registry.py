@@ -96,3 +96,32 @@ def test_a_reward_gets_the_settings_it_declares_and_only_those():
             build_rewards({"nope": 1.0}, task)
     finally:
         REWARDS.pop("test_needs_language", None)
+
+
+def test_a_reward_that_needs_settings_keeps_its_batch_call():
+    from r1lab.rewards.build import build_rewards
+    from r1lab.tasks import get_task
+
+    calls = {"batch": 0, "one": 0}
+
+    def rm(completion, *, language, **_):
+        calls["one"] += 1
+        return 1.0
+
+    def batch(completions, examples):
+        calls["batch"] += 1
+        return [float(ex["language"] == "zh") for ex in examples]
+
+    rm.batch = batch
+    try:
+        register("test_batched_needs", needs=("language",))(rm)
+        fn, _ = build_rewards({"test_batched_needs": 1.0}, get_task("arithmetic", n_train=4, n_test=1),
+                              language="zh")["test_batched_needs"]
+        assert score(["a", "b", "c"], [{}] * 3, {"x": (fn, 1.0)}).totals == [1.0, 1.0, 1.0]
+        assert calls == {"batch": 1, "one": 0}
+        with pytest.raises(ValueError, match="registered twice: .*accuracy has that name; choose another"):
+            register("accuracy")(lambda c, **_: 1.0)
+        with pytest.raises(ValueError, match="needs="):
+            register("test_needs_str", needs="language")
+    finally:
+        REWARDS.pop("test_batched_needs", None)

@@ -133,3 +133,31 @@ def test_the_gap_between_sampler_and_trainer_logprobs_is_logged(tiny_path, tmp_p
         assert max(r["logprob_gap_max"] for r in rows) < 1e-3
     else:  # bf16 rollouts and bf16-autocast training take different kernels: a real, measured gap
         assert max(r["logprob_gap_max"] for r in rows) > 1e-4
+
+
+def test_the_logged_learning_rate_follows_the_schedule_step_by_step(tiny_path, tmp_path):
+    from r1lab.optim import lr_factor
+
+    cfg = config(tiny_path, tmp_path / "lr", steps=4, warmup_steps=2, lr_schedule="cosine", lr=1e-3)
+    grpo.train(cfg, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "lr" / "metrics.jsonl").read_text().splitlines()]
+    # after step s the scheduler has stepped s times: the logged lr is the next step's
+    assert [r["lr"] for r in rows] == pytest.approx([1e-3 * lr_factor(s, 2, 4, "cosine") for s in (1, 2, 3, 4)])
+
+
+def test_lora_old_policy_logprobs_have_the_adapters_on_and_the_reference_has_them_off(tiny_path):
+    import torch
+
+    from r1lab.packing import pack
+    from r1lab.policy import SINGLE, open_policy
+
+    cfg = config(tiny_path, "unused", lora_r=4, lora_alpha=8, beta=0.1, updates_per_batch=2)
+    policy, _ = open_policy(cfg, None, SINGLE)
+    with torch.no_grad():  # move the adapters off zero, so that the two policies differ
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.5)
+    packs = [pack([([1, 2, 3], [[4, 5, 6], [7, 8]])], 0)]
+    old, ref = policy.logprobs(packs, 1.0)[0], policy.logprobs(packs, 1.0, reference=True)[0]
+    trained = next(policy.train_passes(packs, 1.0)).detach()
+    assert torch.allclose(old, trained, atol=1e-5) and not torch.allclose(old, ref, atol=1e-3)
