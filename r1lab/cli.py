@@ -69,7 +69,7 @@ def zero(argv: list[str]) -> int:
     from r1lab.rl.grpo import train
     from r1lab.runs import values_for_resume
 
-    values = options.parse_values(config.ZeroConfig, argv, prog="r1lab zero")
+    values = options.parse_values(config.ZeroConfig, argv, prog="r1lab zero", epilog=zero_help())
     if values.get("resume"):  # continue with the run's own settings; refuse flags that change them
         values = values_for_resume(config.ZeroConfig, values)
     cfg = config.make_config(config.ZeroConfig, values)
@@ -85,6 +85,29 @@ def zero(argv: list[str]) -> int:
           f"{_format(summary['reward_first_steps'], '.3f')} -> {_format(summary['reward_last_steps'], '.3f')}; "
           f"report: {cfg.out}/report.md")
     return 0
+
+
+def zero_help() -> str:
+    """The algorithm family ``r1lab zero --help`` lists, one line each, read from the registries that implement it:
+    loss types, loss aggregations, advantage estimators, rewards (with the options ``--reward-args`` gives each)."""
+    from r1lab.rewards import REWARDS
+    from r1lab.rewards.build import options_of
+    from r1lab.rewards.registry import HELP
+    from r1lab.rl.advantages import ADVANTAGE_HELP
+    from r1lab.rl.losses import LOSS_AGGREGATION_HELP, LOSS_TYPE_HELP
+
+    def section(title: str, lines: dict[str, str]) -> list[str]:
+        return [title, *(f"  {name:<29} {text}" for name, text in lines.items()), ""]
+
+    def reward_line(name: str) -> str:  # its help, and the options it takes
+        takes = options_of(name)
+        return HELP[name] + (f" [{', '.join(takes)}]" if takes else "")
+
+    return "\n".join([*section("loss types (--loss-type):", LOSS_TYPE_HELP),
+                      *section("loss aggregations (--loss-aggregation):", LOSS_AGGREGATION_HELP),
+                      *section("advantage estimators (--advantage):", ADVANTAGE_HELP),
+                      *section("rewards (--rewards NAME: WEIGHT; [options]: --reward-args '{NAME: {OPTION: V}}'):",
+                               {name: reward_line(name) for name in sorted(REWARDS)})]).rstrip()
 
 
 COMPARE_HELP = """compare two runs:

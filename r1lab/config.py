@@ -35,8 +35,10 @@ from r1lab.tracking import TRACKERS
 
 # The names a setting may take, as the setting's type. The functions behind them live in layers above this one, so
 # the names are written out here, once; tests/test_config.py checks each against the registry that implements it.
-Advantage = Literal["grpo", "drgrpo", "batch_std"]  # r1lab.rl.advantages.ADVANTAGES
-LossAggregation = Literal["token", "sequence"]  # r1lab.rl.losses.LOSS_AGGREGATIONS
+Advantage = Literal["grpo", "drgrpo", "rloo", "batch_std", "reinforce_plus_plus",
+                    "reinforce_plus_plus_baseline"]  # r1lab.rl.advantages.ADVANTAGES
+LossType = Literal["grpo", "gspo", "cispo"]  # r1lab.rl.losses.LOSS_TYPES
+LossAggregation = Literal["token", "sequence", "constant", "micro_batch"]  # r1lab.rl.losses.LOSS_AGGREGATIONS
 LrSchedule = Literal["cosine", "linear", "constant"]  # r1lab.optim.LR_SCHEDULES
 Interval = Literal["bootstrap", "normal"]  # r1lab.evaluate.metrics.CI_METHODS
 ColdstartSource = Literal["traces", "model", "jsonl"]  # r1lab.sft.coldstart: _from_traces, _from_model, _from_jsonl
@@ -58,8 +60,8 @@ def opt(default, help: str = ""):
 def listed(names) -> str:
     """The values of a ``Literal`` as ``--help`` lists them.
 
-    >>> listed(LossAggregation)
-    'token | sequence'
+    >>> listed(LossType)
+    'grpo | gspo | cispo'
     """
     return " | ".join(typing.get_args(names))
 
@@ -87,6 +89,13 @@ class ZeroConfig:
     template: str = "native-zero"
     prefill: str | None = None
     rewards: dict = opt({"accuracy": 1.0, "format": 0.5})  # --help lists the rewards registry (r1lab.options)
+    reward_args: dict = opt({}, "each reward's own options as YAML, e.g. '{cosine: {max_value_correct: 2.0}, "
+                                "repetition: {ngram_size: 4}}' (the rewards' list below names them)")
+    normalize_rewards: bool = opt(False, "z-score each reward within its group before the weighted sum, so a reward "
+                                         "on another scale cannot drown the rest (GDPO; TRL's "
+                                         "multi_objective_aggregation=normalize_then_sum)")
+    tags: dict = opt({}, "the delimiters the format rewards look for, e.g. '{think: [<reasoning>, </reasoning>], "
+                         "answer: [<solution>, </solution>]}'; {} = <think></think> and <answer></answer>")
     language: str = opt("en", "target language for the language_consistency reward")
     lora_r: int = 0
     lora_alpha: int = 32
@@ -106,8 +115,17 @@ class ZeroConfig:
                                        "given the new weights after each update)")
     engine_args: dict = opt({}, _LOCAL_ENGINE_ARGS)
     # optimisation
-    advantage: Advantage = opt("grpo", listed(Advantage))
-    loss_aggregation: LossAggregation = opt("token", listed(LossAggregation))
+    advantage: Advantage = opt("grpo", f"{listed(Advantage)} (each is described below)")
+    loss_type: LossType = opt("grpo", f"the per-token objective: {listed(LossType)} (below)")
+    loss_aggregation: LossAggregation = opt("token", f"how token losses become one: {listed(LossAggregation)} (below)")
+    mask_truncated: bool = opt(False, "DAPO's overlong filtering: completions cut at max_new_tokens are out of the "
+                                      "loss")
+    off_policy_threshold: float = opt(0.0, "DeepSeek-V3.2's off-policy sequence mask: a completion with a negative "
+                                           "advantage whose mean log(pi_sampler / pi) exceeds this is out of the "
+                                           "loss; 0 = off (TRL suggests 0.5)")
+    top_entropy: float = opt(1.0, "only this share of each micro-batch's highest-entropy tokens get gradient "
+                                  "(Wang et al. 2025, 'beyond the 80/20 rule': 0.2); 1 = every token")
+    entropy_coef: float = opt(0.0, "entropy bonus: the loss minus this x each token's entropy; 0 = off")
     clip_low: float = 0.2
     clip_high: float = 0.28
     beta: float = opt(0.0, "KL weight; 0 skips the reference model entirely")
@@ -159,8 +177,13 @@ class ZeroConfig:
                       f"eval_temperature={self.eval_temperature!r}: sampled evaluation needs a value > 0 (0.6)"),
                 _need(not sampled_eval or 0 < self.eval_top_p <= 1,
                       f"eval_top_p={self.eval_top_p!r}: use a value in (0, 1] (0.95)"),
-                _at_least(self, 0, "beta", "clip_low", "clip_high", "tis_cap"), _device(self), _trackers(self),
-                _processes(self),
+                _at_least(self, 0, "beta", "clip_low", "clip_high", "tis_cap", "off_policy_threshold"),
+                _need(0 < self.top_entropy <= 1, f"top_entropy={self.top_entropy!r}: the share of tokens that get "
+                                                 "gradient, in (0, 1] (0.2 in the paper; 1 = every token)"),
+                _need(math.isfinite(self.entropy_coef), f"entropy_coef={self.entropy_coef!r}: use a finite number "
+                                                        "(0 = off; e.g. 0.001)"),
+                _reward_args(self.rewards, self.reward_args), _tags(self.tags),
+                _device(self), _trackers(self), _processes(self),
                 _need(self.lr > 0, f"lr={self.lr!r}: use a value > 0 (e.g. 2e-5)"),
                 _need(self.engine in local,
                       f"engine={self.engine!r}: GRPO samples from the policy it trains, so its engine must take the "
@@ -795,6 +818,40 @@ def engine_label(name: str, args: dict) -> str:
     if args.get("extra_body"):
         label += f" extra_body={json.dumps(args['extra_body'], sort_keys=True)}"
     return label
+
+
+def _reward_args(rewards: dict, args) -> list[str]:
+    """``reward_args`` is a mapping of rewards the run uses to mappings of options (which options each reward takes
+    is checked when the rewards are built, :func:`r1lab.rewards.build.build_rewards`)."""
+    if not isinstance(args, dict):
+        return [f"reward_args={args!r}: write a YAML mapping, e.g. '{{cosine: {{max_value_correct: 2.0}}}}'"]
+    return [f"reward_args: {name!r} is not one of the run's rewards ({', '.join(map(str, rewards))}); add it to "
+            f"--rewards or drop its options" if name not in rewards else
+            f"reward_args: {name}: {value!r}: write its options as a mapping, e.g. '{{{name}: {{option: value}}}}'"
+            for name, value in args.items() if name not in rewards or not isinstance(value, dict)]
+
+
+#: the delimiters ``tags`` may set, and their defaults (r1lab.rewards.registry.TAGS, checked equal in the tests)
+DEFAULT_TAGS = {"think": ("<think>", "</think>"), "answer": ("<answer>", "</answer>")}
+TAG_KINDS = tuple(DEFAULT_TAGS)
+
+
+def _tags(tags) -> list[str]:
+    """``tags`` maps think and/or answer to a pair of different non-empty strings, the opening and closing tag."""
+    example = "e.g. '{think: [<reasoning>, </reasoning>], answer: [<solution>, </solution>]}'"
+    if not isinstance(tags, dict):
+        return [f"tags={tags!r}: write a YAML mapping, {example}"]
+    problems = [f"tags: {kind!r}: use {' | '.join(TAG_KINDS)}" if kind not in TAG_KINDS else
+                f"tags: {kind}: {pair!r}: give [opening, closing], two different non-empty strings, {example}"
+                for kind, pair in tags.items()
+                if kind not in TAG_KINDS or not (isinstance(pair, list | tuple) and len(pair) == 2
+                                                 and all(isinstance(t, str) and t.strip() for t in pair)
+                                                 and pair[0] != pair[1])]
+    if not problems:
+        every = [t for pair in {**DEFAULT_TAGS, **tags}.values() for t in pair]
+        problems += _need(len(set(every)) == 4, f"tags: {' '.join(every)}: the four delimiters (think and answer, "
+                                                "opening and closing) must all differ")
+    return problems
 
 
 def _weights(rewards: dict) -> list[str]:

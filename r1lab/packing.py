@@ -162,24 +162,28 @@ def _shared_row_length(row: list[tuple[list[int], list[int]]]) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ log-probs
-def token_logprobs(model, packed: Packed, temperature: float = 1.0, logits_budget: int | None = None) -> torch.Tensor:
-    """Log-prob of each target token under ``model`` (logits divided by ``temperature``), shape ``(N,)``.
+def token_logprobs(model, packed: Packed, temperature: float = 1.0, logits_budget: int | None = None,
+                   entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob of each target token under ``model`` (logits divided by ``temperature``), shape ``(N,)``; with
+    ``entropy``, ``(log-probs, entropies)``: also the entropy of each position's whole next-token distribution,
+    ``(N,)``, computed from the same logits a chunk of rows at a time (never a second (N, V) tensor) and
+    differentiable (for an entropy bonus).
 
     ``logits_budget``: bytes of fp32 logits the LM head may hold at once (default: :data:`LOGITS_BUDGET` for the
     model's device type, else :data:`DEFAULT_LOGITS_BUDGET`). An FSDP model (:func:`r1lab.sharding.shard`) runs it
     as a forward method of its own, so that its embedding and head are gathered for it."""
     forward = getattr(model, SHARDED_FORWARD, None)
     if forward is not None:
-        return forward(packed, temperature, logits_budget)
-    return unsharded_token_logprobs(model, packed, temperature, logits_budget)
+        return forward(packed, temperature, logits_budget, entropy)
+    return unsharded_token_logprobs(model, packed, temperature, logits_budget, entropy)
 
 
 #: the method :func:`r1lab.sharding.shard` gives a sharded model: :func:`unsharded_token_logprobs` within its hooks
 SHARDED_FORWARD = "r1lab_token_logprobs"
 
 
-def unsharded_token_logprobs(model, packed: Packed, temperature: float = 1.0,
-                             logits_budget: int | None = None) -> torch.Tensor:
+def unsharded_token_logprobs(model, packed: Packed, temperature: float = 1.0, logits_budget: int | None = None,
+                             entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """:func:`token_logprobs`, reading the weights as they are: the whole computation for a plain model."""
     device = next(model.parameters()).device
     decoder = model.get_decoder()
@@ -196,12 +200,14 @@ def unsharded_token_logprobs(model, packed: Packed, temperature: float = 1.0,
         rows = max(1, budget // (4 * head.out_features))
         if temperature != 1.0:  # logits / T = (h / T) W^T + b / T; scaling (N, H) is cheaper than (N, V)
             h, bias = h / temperature, None if bias is None else bias / temperature
-        return LinearLogSoftmax.apply(h, head.weight, bias, targets, rows)
-    if bias is not None and temperature != 1.0:
-        logits = head(h).float() / temperature  # (N, V)
+        logprobs, entropies = LinearLogSoftmax.apply(h, head.weight, bias, targets, rows, entropy)
     else:
-        logits = head(h if temperature == 1.0 else h / temperature).float()  # (N, V)
-    return SelectiveLogSoftmax.apply(logits, targets)
+        if bias is not None and temperature != 1.0:
+            logits = head(h).float() / temperature  # (N, V)
+        else:
+            logits = head(h if temperature == 1.0 else h / temperature).float()  # (N, V)
+        logprobs, entropies = SelectiveLogSoftmax.apply(logits, targets, entropy)
+    return (logprobs, entropies) if entropy else logprobs
 
 
 # ------------------------------------------------------------------------------------------------ attention
@@ -368,51 +374,99 @@ def _autocast_off(device_type: str):
 # ------------------------------------------------------------------------------------------------ LM head
 class SelectiveLogSoftmax(torch.autograd.Function):
     """``log_softmax(logits)[i, targets[i]]`` with a backward pass that touches the (N, V) logits three times
-    (autograd's logsumexp + gather backward makes about seven full passes and a zero-filled buffer)."""
+    (autograd's logsumexp + gather backward makes about seven full passes and a zero-filled buffer).
+
+    Returns ``(logprobs, entropies)``, the entropies (``-sum p log p`` of each row) only when ``entropy`` is true,
+    else None; their gradient is ``dH/dz = -p (log p + H)``."""
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, entropy: bool = False):
+        ctx.set_materialize_grads(False)
         lse = torch.logsumexp(logits, dim=-1)  # (N,)
-        ctx.save_for_backward(logits, lse, targets)
-        return logits.gather(-1, targets[:, None])[:, 0] - lse
+        ent = _entropies(logits, lse) if entropy else None  # (N,)
+        ctx.save_for_backward(logits, lse, targets, ent)
+        return logits.gather(-1, targets[:, None])[:, 0] - lse, ent
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        logits, lse, targets = ctx.saved_tensors
-        grad_logits = torch.sub(logits, lse[:, None]).exp_().mul_(-grad[:, None])  # -g * softmax
-        grad_logits.scatter_add_(-1, targets[:, None], grad[:, None])  # + g * onehot
-        return grad_logits, None
+    def backward(ctx, grad: torch.Tensor | None, grad_entropy: torch.Tensor | None):
+        logits, lse, targets, ent = ctx.saved_tensors
+        if grad is None and grad_entropy is None:
+            return None, None, None
+        return _logits_grad(logits, lse, targets, grad, grad_entropy, ent), None, None
+
+
+#: rows of logits an entropy is computed over at once (its temporaries are this many rows of the vocabulary)
+ENTROPY_ROWS = 256
+
+
+def _entropies(logits: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """``-sum_v p log p`` of each row of ``logits`` (with log-sum-exp ``lse``): ``lse - sum_v p z``, a chunk of
+    :data:`ENTROPY_ROWS` rows at a time.
+
+    >>> z = torch.tensor([[0.0, 0.0], [0.0, -1e9]])
+    >>> [round(h, 4) for h in _entropies(z, torch.logsumexp(z, -1)).tolist()]   # uniform over 2, then certain
+    [0.6931, 0.0]
+    """
+    out = torch.empty_like(lse)
+    for i in range(0, logits.shape[0], ENTROPY_ROWS):
+        z, m = logits[i:i + ENTROPY_ROWS], lse[i:i + ENTROPY_ROWS, None]
+        out[i:i + ENTROPY_ROWS] = m[:, 0] - (torch.exp(z - m) * z).sum(-1)
+    return out
+
+
+def _logits_grad(logits, lse, targets, grad, grad_entropy, ent) -> torch.Tensor:
+    """The gradient on ``logits`` (n, V) of the log-probs, ``g (onehot - p)``, plus that of the entropies,
+    ``-g_H p (log p + H)``; ``grad`` or ``grad_entropy`` is None when that output was not used."""
+    acc = lse.dtype
+    out = torch.sub(logits, lse[:, None])  # log p, (n, V)
+    if grad_entropy is None:
+        out.exp_().mul_(-grad[:, None].to(acc))  # -g p
+    else:
+        p = out.exp()
+        out.add_(ent[:, None]).mul_(p).mul_(-grad_entropy[:, None].to(acc))  # -g_H p (log p + H)
+        if grad is not None:
+            out.sub_(p.mul_(grad[:, None].to(acc)))  # - g p
+    if grad is not None:
+        out.scatter_add_(-1, targets[:, None], grad[:, None].to(acc))  # + g onehot
+    return out
 
 
 class LinearLogSoftmax(torch.autograd.Function):
     """``log_softmax(h W^T + b)[i, targets[i]]``, ``rows`` rows of logits at a time: the forward pass keeps only
-    h, W, b and the (N,) log-sum-exp; the backward pass recomputes each chunk's logits and accumulates
-    ``dh = dl W`` and ``dW = dl^T h`` (``dl = g (onehot - softmax)``), dW in fp32.
+    h, W, b and the (N,) log-sum-exp (and entropies); the backward pass recomputes each chunk's logits and
+    accumulates ``dh = dl W`` and ``dW = dl^T h`` (``dl`` as :func:`_logits_grad`), dW in fp32. Returns
+    ``(logprobs, entropies or None)`` as :class:`SelectiveLogSoftmax` does.
 
     Under autocast the products run in the autocast dtype (fp32 master weights, bf16 matmuls), as ``nn.Linear``
     would; logits and log-sum-exp are fp32. A tied embedding gets this gradient added to its other one."""
 
     @staticmethod
-    def forward(ctx, h, weight, bias, targets, rows: int):
+    def forward(ctx, h, weight, bias, targets, rows: int, entropy: bool = False):
+        ctx.set_materialize_grads(False)
         device_type = h.device.type
         dtype = _autocast_dtype(device_type) or weight.dtype  # the products' dtype
         acc = torch.promote_types(dtype, torch.float32)  # logits, log-sum-exp and sums: fp32 at least
         N = h.shape[0]
         out = torch.empty(N, dtype=acc, device=h.device)  # (N,)
         lse = torch.empty(N, dtype=acc, device=h.device)  # (N,)
+        ent = torch.empty(N, dtype=acc, device=h.device) if entropy else None  # (N,)
         with _autocast_off(device_type):
             w, b = weight.to(dtype), None if bias is None else bias.to(dtype)  # (V, H), (V,)
             for i in range(0, N, rows):
                 logits = F.linear(h[i:i + rows].to(dtype), w, b).to(acc)  # (n, V)
                 lse[i:i + rows] = torch.logsumexp(logits, dim=-1)
                 out[i:i + rows] = logits.gather(-1, targets[i:i + rows, None])[:, 0] - lse[i:i + rows]
-        ctx.save_for_backward(h, weight, bias, targets, lse)
+                if entropy:
+                    ent[i:i + rows] = _entropies(logits, lse[i:i + rows])
+        ctx.save_for_backward(h, weight, bias, targets, lse, ent)
         ctx.dtype, ctx.rows = dtype, rows
-        return out
+        return out, ent
 
     @staticmethod
-    def backward(ctx, grad):
-        h, weight, bias, targets, lse = ctx.saved_tensors
+    def backward(ctx, grad, grad_entropy):
+        h, weight, bias, targets, lse, ent = ctx.saved_tensors
+        if grad is None and grad_entropy is None:
+            return None, None, None, None, None, None
         dtype, rows, acc = ctx.dtype, ctx.rows, lse.dtype
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         grad_h = torch.empty_like(h) if need_h else None  # (N, H)
@@ -421,19 +475,21 @@ class LinearLogSoftmax(torch.autograd.Function):
         with _autocast_off(h.device.type):
             w, b = weight.to(dtype), None if bias is None else bias.to(dtype)
             for i in range(0, h.shape[0], rows):
-                hc, g = h[i:i + rows].to(dtype), grad[i:i + rows, None].to(acc)  # (n, H), (n, 1)
+                part = slice(i, i + rows)
+                hc = h[part].to(dtype)  # (n, H)
                 logits = F.linear(hc, w, b).to(acc)  # (n, V)
-                dl = logits.sub_(lse[i:i + rows, None]).exp_().mul_(-g)  # -g * softmax
-                dl.scatter_add_(-1, targets[i:i + rows, None], g)  # + g * onehot
+                dl = _logits_grad(logits, lse[part], targets[part], None if grad is None else grad[part],
+                                  None if grad_entropy is None else grad_entropy[part],
+                                  None if ent is None else ent[part])
                 if need_b:
                     grad_b += dl.sum(0)
                 dl = dl.to(dtype)
                 if need_h:
-                    grad_h[i:i + rows] = dl @ w
+                    grad_h[part] = dl @ w
                 if need_w:
                     if dtype == acc:
                         grad_w.addmm_(dl.t(), hc)
                     else:
                         grad_w += dl.t() @ hc  # the product in the compute dtype, the sum in fp32
         return (grad_h, None if grad_w is None else grad_w.to(weight.dtype),
-                None if grad_b is None else grad_b.to(bias.dtype), None, None)
+                None if grad_b is None else grad_b.to(bias.dtype), None, None, None)

@@ -5,9 +5,9 @@
 The loop asks a :class:`Policy` for the few things verl's actor worker offers (``compute_log_prob``,
 ``compute_ref_log_prob``, ``update_actor``) and nothing about how it is built::
 
-    policy.logprobs(packs, T)                       # no grad: the old policy's (mu > 1), or pi_ref's (reference=True)
-    for logprobs in policy.train_passes(packs, T):  # with grad, in the training precision
-        policy.backward(loss(logprobs))
+    policy.logprobs(packs, T)                    # no grad: the old policy's (mu > 1), or pi_ref's (reference=True)
+    for logprobs, entropies in policy.train_passes(packs, T):  # with grad, in the training precision
+        policy.backward(loss(logprobs, entropies))
     grad_norm = policy.step(max_grad_norm)          # the whole batch's gradient, clipped; one AdamW step
     policy.push_weights(engine)                     # the engine samples the new weights
     policy.save(folder, meta, state), policy.load_state(checkpoint)
@@ -93,18 +93,21 @@ class Policy:
         return out[:len(packs)]
 
     def train_passes(self, packs: list[Packed], temperature: float):
-        """Each pack's token log-probs with grad, computed in the training precision; call :meth:`backward` on a
-        loss of them before asking for the next."""
+        """Each pack's ``(log-probs, entropies)`` with grad, computed in the training precision (the entropies of the
+        tokens' whole next-token distributions, chunked: :func:`r1lab.packing.token_logprobs`); call
+        :meth:`backward` on a loss of them before asking for the next."""
         fillers = self._fillers(len(packs))  # before any pass: under FSDP, asking is a collective too
         self.trainer.train()
         for pk in packs:
-            with precision(self.trainer, self.dtype):
-                logprobs = token_logprobs(self.trainer, pk, temperature).float()
-            yield logprobs
+            yield self._train_pass(pk, temperature)
         for pk in fillers:  # a filler's backward only keeps this process in step with the others
-            with precision(self.trainer, self.dtype):
-                logprobs = token_logprobs(self.trainer, pk, temperature).float()
+            logprobs, _ = self._train_pass(pk, temperature)
             (logprobs.sum() * 0.0).backward()
+
+    def _train_pass(self, pk: Packed, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        with precision(self.trainer, self.dtype):
+            logprobs, entropies = token_logprobs(self.trainer, pk, temperature, entropy=True)
+        return logprobs.float(), entropies.float()
 
     def _fillers(self, count: int) -> list[Packed]:
         """The empty passes this process adds to its ``count`` to run as many as the busiest process: none where a

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from r1lab.engine import Completion, Prompt, SamplingParams
 from r1lab.rewards import score
+from r1lab.rewards.registry import group_normalized
 from r1lab.tasks.answers import closed_part, extract_answer
 from r1lab.tasks.base import question_text
 
@@ -65,10 +66,11 @@ def generate_groups(engine, examples: list[dict], template: str, prefill: str | 
     return [Group(example=ex, prompt=prompt, completions=out) for ex, prompt, out in zip(examples, prompts, outputs)]
 
 
-def score_group(group: Group, rewards: dict) -> None:
+def score_group(group: Group, rewards: dict, normalize: bool = False) -> None:
     """Fill ``group.rewards`` (weighted totals) and ``group.per_reward`` from ``rewards`` (:func:`build_rewards`). The
     ``accuracy`` reward judges what evaluation judges (:func:`judged_texts`): a reply cut at the length limit only on
-    the answer it had closed, and 0 if it had none."""
+    the answer it had closed, and 0 if it had none. With ``normalize`` each reward is z-scored within the group before
+    the weighted sum (:func:`r1lab.rewards.registry.group_normalized`)."""
     lengths = [len(c) for c in group.completions]
     examples = [group.example] * len(group.completions)
     scores = score(group.responses, examples, {k: v for k, v in rewards.items() if k != "accuracy"},
@@ -84,6 +86,8 @@ def score_group(group: Group, rewards: dict) -> None:
             if value is not None:
                 scores.totals[i] = (scores.totals[i] or 0.0) + weight * value
         scores.per_reward = {name: accuracy if name == "accuracy" else scores.per_reward[name] for name in rewards}
+    if normalize:
+        scores.totals = group_normalized(scores.per_reward, {name: weight for name, (_, weight) in rewards.items()})
     group.rewards, group.per_reward = scores.totals, scores.per_reward
 
 

@@ -28,7 +28,7 @@ def test_help_lists_allowed_values_and_eval_help_shows_compare(capsys):
     with pytest.raises(SystemExit):
         main(["zero", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "grpo | drgrpo | batch_std" in out and "cosine | linear | constant" in out and "native-zero" in out
+    assert "grpo | drgrpo | rloo | batch_std" in out and "cosine | linear | constant" in out and "native-zero" in out
     with pytest.raises(SystemExit):
         main(["eval", "--help"])
     assert "--compare RUN_A RUN_B" in capsys.readouterr().out

@@ -72,8 +72,19 @@ ZERO_COUNTS = ["steps", "prompts_per_step", "max_new_tokens", "eval_max_new_toke
 REFUSED = [
     *[(config.ZeroConfig, {name: 0}, f"{name}=0: must be at least 1") for name in ZERO_COUNTS],
     (config.ZeroConfig, {"template": "foo"}, "template='foo': choose one of r1zero, r1, native, native-zero"),
-    (config.ZeroConfig, {"advantage": "ppo"}, "advantage='ppo': choose one of grpo, drgrpo, batch_std"),
-    (config.ZeroConfig, {"loss_aggregation": "x"}, "loss_aggregation='x': choose one of token, sequence"),
+    (config.ZeroConfig, {"advantage": "ppo"}, "advantage='ppo': choose one of grpo, drgrpo, rloo, batch_std, "
+                                              "reinforce_plus_plus, reinforce_plus_plus_baseline"),
+    (config.ZeroConfig, {"loss_aggregation": "x"},
+     "loss_aggregation='x': choose one of token, sequence, constant, micro_batch"),
+    (config.ZeroConfig, {"loss_type": "ppo"}, "loss_type='ppo': choose one of grpo, gspo, cispo"),
+    (config.ZeroConfig, {"top_entropy": 1.5}, "top_entropy=1.5: the share of tokens that get gradient, in (0, 1]"),
+    (config.ZeroConfig, {"off_policy_threshold": -1}, "off_policy_threshold=-1: must be at least 0"),
+    (config.ZeroConfig, {"entropy_coef": float("nan")}, "entropy_coef=nan: use a finite number"),
+    (config.ZeroConfig, {"reward_args": {"cosine": {}}}, "reward_args: 'cosine' is not one of the run's rewards"),
+    (config.ZeroConfig, {"reward_args": {"format": 3}}, "reward_args: format: 3: write its options as a mapping"),
+    (config.ZeroConfig, {"tags": {"reasoning": ["<r>", "</r>"]}}, "tags: 'reasoning': use think | answer"),
+    (config.ZeroConfig, {"tags": {"think": ["<r>"]}}, "tags: think: ['<r>']: give [opening, closing]"),
+    (config.ZeroConfig, {"tags": {"think": ["<answer>", "</r>"]}}, "the four delimiters (think and answer, opening"),
     (config.ZeroConfig, {"lr_schedule": "step"}, "lr_schedule='step': choose one of cosine, linear, constant"),
     (config.ZeroConfig, {"rewards": {"accuracy": "high"}}, "the weight of 'accuracy' is 'high'; write a number"),
     (config.ZeroConfig, {"rewards": {"format": True}}, "the weight of 'format' is True"),
@@ -164,12 +175,16 @@ def test_the_names_a_setting_may_take_are_those_the_code_implements():
     from r1lab import export, models, optim, tracking
     from r1lab.evaluate.metrics import CI_METHODS
     from r1lab.rl.advantages import ADVANTAGES
-    from r1lab.rl.losses import LOSS_AGGREGATIONS
+    from r1lab.rl.losses import LOSS_AGGREGATION_HELP, LOSS_AGGREGATIONS, LOSS_TYPE_HELP, LOSS_TYPES
     from r1lab.sft import coldstart
 
     names = typing.get_args
     assert names(config.Advantage) == tuple(ADVANTAGES)
-    assert names(config.LossAggregation) == tuple(LOSS_AGGREGATIONS)
+    assert names(config.LossAggregation) == tuple(LOSS_AGGREGATIONS) == tuple(LOSS_AGGREGATION_HELP)
+    assert names(config.LossType) == tuple(LOSS_TYPES) == tuple(LOSS_TYPE_HELP)
+    from r1lab.rewards.registry import TAGS
+
+    assert config.DEFAULT_TAGS == TAGS
     assert names(config.LrSchedule) == tuple(optim.LR_SCHEDULES)
     assert [optim.lr_factor(5, 2, 10, s) for s in names(config.LrSchedule)]  # each one runs
     assert names(config.Interval) == tuple(CI_METHODS)

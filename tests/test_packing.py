@@ -1,6 +1,9 @@
 """Packed log-probs equal one forward per sequence, in value and gradient, through every attention kernel and
 LM-head path; packed sequences never see each other."""
 
+import functools
+import math
+
 import pytest
 import torch
 
@@ -190,9 +193,52 @@ def test_selective_log_softmax_gradient_matches_autograd():
     torch.manual_seed(0)
     logits = torch.randn(6, 11, dtype=torch.float64, requires_grad=True)
     targets = torch.randint(0, 11, (6,))
-    assert torch.autograd.gradcheck(SelectiveLogSoftmax.apply, (logits, targets))
+    assert torch.autograd.gradcheck(lambda *a: SelectiveLogSoftmax.apply(*a)[0], (logits, targets))
     expected = torch.log_softmax(logits, -1).gather(-1, targets[:, None])[:, 0]
-    assert torch.allclose(SelectiveLogSoftmax.apply(logits, targets), expected)
+    assert torch.allclose(SelectiveLogSoftmax.apply(logits, targets)[0], expected)
+    assert SelectiveLogSoftmax.apply(logits, targets)[1] is None  # no entropy unless asked for
+
+
+def entropy_of(logits):
+    return -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1)
+
+
+def test_entropy_and_its_gradient_match_autograd():
+    """Log-probs and entropies together: values and gradients (each alone, and both in one loss) as autograd's."""
+    torch.manual_seed(0)
+    logits = torch.randn(6, 11, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 11, (6,))
+    logprobs, entropies = SelectiveLogSoftmax.apply(logits, targets, True)
+    assert torch.allclose(entropies, entropy_of(logits))
+    assert torch.autograd.gradcheck(lambda *a: SelectiveLogSoftmax.apply(*a, True)[1], (logits, targets))
+    assert torch.autograd.gradcheck(lambda *a: sum(SelectiveLogSoftmax.apply(*a, True)), (logits, targets))
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(7, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(11, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(11, dtype=torch.float64, generator=g, requires_grad=True)
+    targets = torch.randint(0, 11, (7,), generator=g)
+    for rows in (1, 3, 7):
+        assert torch.allclose(LinearLogSoftmax.apply(h, w, b, targets, rows, True)[1], entropy_of(h @ w.T + b))
+        entropy = functools.partial(lambda *a, rows: LinearLogSoftmax.apply(*a, rows, True)[1], rows=rows)
+        assert torch.autograd.gradcheck(entropy, (h, w, b, targets))
+        both = functools.partial(lambda *a, rows: (lambda lp, ent: 2 * lp - ent)(*LinearLogSoftmax.apply(*a, rows, True)),
+                                 rows=rows)
+        assert torch.autograd.gradcheck(both, (h, w, b, targets))
+
+
+def test_token_entropies_are_chunked_and_equal_the_whole_head(model64):
+    """token_logprobs(entropy=True): the entropy of each scored position's distribution at temperature T, the same
+    through the chunked head (one row of logits at a time) as through the whole one."""
+    packed = pack(GROUPS, pad_id=0)
+    with torch.no_grad():
+        logprobs, entropies = token_logprobs(model64, packed, 0.7, entropy=True)
+        _, chunked = token_logprobs(model64, packed, 0.7, logits_budget=1, entropy=True)
+        assert torch.equal(logprobs, token_logprobs(model64, packed, 0.7))
+        assert torch.allclose(chunked, entropies, atol=1e-6)
+        one = pack([GROUPS[1]], pad_id=0)  # one completion: plain causal attention sees what the packing does
+        logits = model64(input_ids=one.input_ids).logits.reshape(-1, model64.config.vocab_size)[one.score_index]
+        assert torch.allclose(token_logprobs(model64, one, 0.7, entropy=True)[1], entropy_of(logits / 0.7), atol=1e-6)
+        assert (entropies > 0).all() and (entropies <= math.log(model64.config.vocab_size) + 1e-6).all()
 
 
 def test_chunked_log_softmax_matches_autograd():
@@ -202,9 +248,9 @@ def test_chunked_log_softmax_matches_autograd():
     b = torch.randn(11, dtype=torch.float64, generator=g, requires_grad=True)
     targets = torch.randint(0, 11, (7,), generator=g)
     for rows in (1, 3, 7):
-        assert torch.autograd.gradcheck(LinearLogSoftmax.apply, (h, w, b, targets, rows))
+        assert torch.autograd.gradcheck(lambda *a: LinearLogSoftmax.apply(*a)[0], (h, w, b, targets, rows))
         expected = torch.log_softmax(h @ w.T + b, -1).gather(-1, targets[:, None])[:, 0]
-        assert torch.allclose(LinearLogSoftmax.apply(h, w, b, targets, rows), expected)
+        assert torch.allclose(LinearLogSoftmax.apply(h, w, b, targets, rows)[0], expected)
 
 
 def test_chunked_head_equals_the_whole_head(model64):
@@ -230,7 +276,7 @@ def test_chunked_head_with_bias_and_untied_weights():
     (want * torch.arange(9.0)).sum().backward()
     expected = [t.grad.clone() for t in (h, head.weight, head.bias)]
     h.grad = head.weight.grad = head.bias.grad = None
-    got = LinearLogSoftmax.apply(h / 0.7, head.weight, head.bias / 0.7, targets, 2)
+    got = LinearLogSoftmax.apply(h / 0.7, head.weight, head.bias / 0.7, targets, 2)[0]
     (got * torch.arange(9.0)).sum().backward()
     assert torch.allclose(got, want, atol=1e-6)
     for grad, e in zip((h.grad, head.weight.grad, head.bias.grad), expected):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from r1lab.rewards.registry import register
 
 
-@register("accuracy", needs=("verify",))
+@register("accuracy", needs=("verify",), help="1 for a verified final answer, 0 for a wrong one (the task's verifier)")
 def accuracy(completion: str, *, verify, **example) -> float | None:
     """``verify(completion, **example)``: 1 for a verified final answer, 0 for a wrong one, None when the task
     cannot judge.

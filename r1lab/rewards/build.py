@@ -7,11 +7,12 @@ registry stays light for what only scores (the sandbox's and the verifier's work
 
 from __future__ import annotations
 
+import inspect
 from functools import partial
 
 from r1lab.config import reward_spec_problems
 from r1lab.rewards.judge import judge_reward
-from r1lab.rewards.registry import NEEDS, REWARDS, SETTINGS
+from r1lab.rewards.registry import NEEDS, REWARDS, SETTINGS, TAGS
 from r1lab.rewards.reward_model import model_reward
 
 #: a spec's kind (the key that names it) -> how it is built, and what of the run it needs (``loaded``: the reward
@@ -19,28 +20,54 @@ from r1lab.rewards.reward_model import model_reward
 SPEC_KINDS = {"reward_model": (model_reward, ("device", "loaded")), "judge": (judge_reward, ())}
 
 
-def build_rewards(weights: dict, task, **settings) -> dict:
+def build_rewards(weights: dict, task, args: dict | None = None, **settings) -> dict:
     """``name -> (fn, weight)`` for the named rewards, each given what it needs of ``settings`` (:data:`SETTINGS`:
-    ``language``, ``max_length``, ``device``) and of ``task`` (its verifier, for ``accuracy``); a reward given as a
-    spec is built by its kind, each reward model loaded once, on ``device`` (the policy's)."""
+    ``language``, ``max_length``, ``device``, ``tags``: the delimiters, each kind's pair defaulting to :data:`TAGS`)
+    and of ``task`` (its verifier, for ``accuracy``), and its own options from ``args`` (``{name: {option: value}}``:
+    each option a keyword parameter of that reward); a reward given as a spec is built by its kind, each reward model
+    loaded once, on ``device`` (the policy's)."""
     problems = [p for name, spec in weights.items() if isinstance(spec, dict) for p in reward_spec_problems(name, spec)]
+    problems += _args_problems(weights, args or {})
     if problems:
         raise ValueError("\n  ".join(["bad reward specs:", *problems]) if len(problems) > 1 else problems[0])
     if not set(settings) <= set(SETTINGS) - {"verify"}:
-        raise TypeError(f"build_rewards: settings {sorted(settings)}; give only language, max_length, device")
-    given = {**SETTINGS, **settings, "verify": task.verify, "loaded": {}}
+        raise TypeError(f"build_rewards: settings {sorted(settings)}; give only language, max_length, device, tags")
+    tags = {**TAGS, **{kind: tuple(pair) for kind, pair in (settings.pop("tags", None) or {}).items()}}
+    given = {**SETTINGS, **settings, "tags": tags, "verify": task.verify, "loaded": {}}
     out = {}
     for name, weight in weights.items():
         if isinstance(weight, dict):
             make, needs = next(SPEC_KINDS[kind] for kind in SPEC_KINDS if kind in weight)
             out[name] = (make(weight, **{need: given[need] for need in needs}), float(weight.get("weight", 1.0)))
-        elif name not in REWARDS:
-            raise ValueError(f"rewards: {name!r} is unknown; use one of {', '.join(sorted(REWARDS))}, or register "
-                             "your own with r1lab.rewards.register")
         else:
-            needs = {need: given[need] for need in NEEDS[name]}
+            needs = {need: given[need] for need in NEEDS[name]} | (args or {}).get(name, {})
             out[name] = (_given(REWARDS[name], needs) if needs else REWARDS[name], float(weight))
     return out
+
+
+def _args_problems(weights: dict, args: dict) -> list[str]:
+    """What is wrong with the rewards' names and options: an unknown reward, options for a reward the run does not
+    use or for a spec (whose options are in the spec), an option the reward does not take."""
+    problems = [f"rewards: {name!r} is unknown; use one of {', '.join(sorted(REWARDS))}, or register your own with "
+                "r1lab.rewards.register" for name, weight in weights.items()
+                if not isinstance(weight, dict) and name not in REWARDS]
+    for name, options in args.items():
+        if name not in weights or isinstance(weights[name], dict):
+            why = "set its options in its spec" if name in weights else "it is not one of the run's rewards"
+            problems.append(f"reward_args: {name!r}: {why}")
+        elif name in REWARDS:
+            takes = options_of(name)
+            problems += [f"reward_args: {name}: {option!r} is not an option of {name}; it takes "
+                         f"{', '.join(takes) or 'none'}" for option in options if option not in takes]
+    return problems
+
+
+def options_of(name: str) -> list[str]:
+    """The options a registered reward takes (``reward_args``): its named keyword parameters, less the completion,
+    what the trainer passes (``completion_length``) and the run settings it needs."""
+    fixed = {"completion", "completion_length", *NEEDS[name], *SETTINGS}
+    return [p.name for p in inspect.signature(REWARDS[name]).parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in fixed and p.default is not p.empty]
 
 
 def _given(fn, needs: dict):

@@ -47,7 +47,7 @@ def extract_code(completion: str, language: str = "python") -> str | None:
     return chosen[-1] if chosen else None
 
 
-@register("code")
+@register("code", help="share of the example's tests the reply's program passes, run in the sandbox")
 def code_reward(completion: str, tests: list | None = None, func: str | None = None, partial: bool = False,
                 setup: str = "", limits: Limits | None = None, **_) -> float | None:
     """Run the reply's program on the example's tests in the sandbox (see :mod:`r1lab.sandbox.judge`): ``{assert}``

@@ -100,7 +100,8 @@ def _split_scripts(run: str) -> list[str]:
     return [name for name, _ in itertools.groupby(scripts)]
 
 
-@register("language_consistency", needs=("language",))
+@register("language_consistency", needs=("language",),
+          help="share of the reasoning's words in --language (R1 stage 2)")
 def language_consistency(completion: str, *, language: str = "en", **_) -> float | None:
     """Share of the reasoning's words in ``language``'s script; None if the reasoning has no words.
 

@@ -27,16 +27,21 @@ RewardFn = Callable[..., "float | None"]
 REWARDS: dict[str, RewardFn] = {}
 #: per reward, the settings of the run it takes as keyword arguments (:func:`register`)
 NEEDS: dict[str, tuple[str, ...]] = {}
+#: per reward, one line for ``r1lab zero --help`` (:func:`register`; else its docstring's first sentence)
+HELP: dict[str, str] = {}
+#: the delimiters of the reasoning and of the answer when a run does not set its own (``--tags``)
+TAGS = {"think": ("<think>", "</think>"), "answer": ("<answer>", "</answer>")}
 #: what a reward may need, with the value it gets when the run does not say: the target ``language`` of the
 #: reasoning, ``max_length`` (the completion budget in tokens), ``verify`` (the task's verifier), ``device`` (the
-#: policy's, for a reward that runs a model)
-SETTINGS = {"language": "en", "max_length": None, "verify": None, "device": "auto"}
+#: policy's, for a reward that runs a model), ``tags`` (the reasoning and answer delimiters: :data:`TAGS`)
+SETTINGS = {"language": "en", "max_length": None, "verify": None, "device": "auto", "tags": TAGS}
 
 
-def register(name: str, needs: Sequence[str] = ()) -> Callable[[RewardFn], RewardFn]:
+def register(name: str, needs: Sequence[str] = (), help: str = "") -> Callable[[RewardFn], RewardFn]:
     """Decorator: make ``fn`` available as ``name`` in recipes and on the command line. ``needs`` names the run's
     settings (:data:`SETTINGS`) it takes as keyword arguments, given to it when the rewards are built
-    (:func:`r1lab.rewards.build.build_rewards`) rather than by every caller."""
+    (:func:`r1lab.rewards.build.build_rewards`) rather than by every caller; ``help`` is its line in
+    ``r1lab zero --help`` (default: the first sentence of its docstring)."""
     if isinstance(needs, str) or not set(needs) <= set(SETTINGS):
         raise ValueError(f"reward {name!r}: needs={list(needs)}; a reward may need only {', '.join(SETTINGS)}")
 
@@ -46,6 +51,8 @@ def register(name: str, needs: Sequence[str] = ()) -> Callable[[RewardFn], Rewar
             raise ValueError(f"reward {name!r} is registered twice: {getattr(first, '__module__', '?')}."
                              f"{getattr(first, '__qualname__', first)} has that name; choose another")
         REWARDS[name], NEEDS[name] = fn, tuple(needs)
+        first = " ".join((fn.__doc__ or "").split("\n\n")[0].split()).split(". ")[0].rstrip(".")
+        HELP[name] = help or first or "(no description: register it with help=...)"
         return fn
 
     return wrap
@@ -112,3 +119,26 @@ def score(
             values.append(value)
         per_reward[name] = values
     return RewardScores(totals=totals, per_reward=per_reward)
+
+
+def group_normalized(per_reward: Mapping[str, Sequence[float | None]], weights: Mapping[str, float],
+                     eps: float = 1e-4) -> list[float | None]:
+    """The weighted sum of each reward after z-scoring it within the group, ``(r - mean) / (std + eps)`` over the
+    completions it judged (sample std; a reward that judged fewer than two, or judged all alike, adds 0): GDPO's
+    decoupled normalisation (Liu et al. 2026), TRL's ``multi_objective_aggregation="normalize_then_sum"``. A reward
+    on a larger scale then weighs what its weight says. None where no reward judged the completion.
+
+    >>> [round(t, 4) for t in group_normalized({"acc": [1.0, 0.0], "len": [10.0, 30.0]}, {"acc": 1.0, "len": 0.5})]
+    [0.3535, -0.3535]
+    """
+    count = len(next(iter(per_reward.values()), []))
+    totals: list[float | None] = [None] * count
+    for name, values in per_reward.items():
+        judged = [v for v in values if v is not None]
+        mean = sum(judged) / len(judged) if judged else 0.0
+        std = math.sqrt(sum((v - mean) ** 2 for v in judged) / (len(judged) - 1)) if len(judged) > 1 else 0.0
+        for i, v in enumerate(values):
+            if v is not None:
+                z = (v - mean) / (std + eps) if std > 0 else 0.0
+                totals[i] = (totals[i] or 0.0) + weights[name] * z
+    return totals

@@ -52,7 +52,9 @@ def step_metrics(step: int, groups: list[Group], stats: dict, t_gen: float, t_to
     metrics["accuracy"] = metrics.get("reward/accuracy", math.nan)
     if "accuracy" in groups[0].per_reward:
         metrics["accuracy_unjudged"] = sum(v is None for g in groups for v in g.per_reward["accuracy"])
-    metrics.update({k: v for k, v in stats.items() if k != "kl" or cfg.beta > 0})
+    off = {"kl": cfg.beta == 0, "off_policy_masked": not cfg.off_policy_threshold,
+           "truncated_masked": not cfg.mask_truncated}  # statistics of a term the run does not have
+    metrics.update({k: v for k, v in stats.items() if not off.get(k)})
     metrics["seconds"] = t_total
     metrics["seconds_generate"] = t_gen
     return metrics
@@ -73,8 +75,9 @@ def console_line(m: dict) -> str:
     kl = f" kl {m['kl']:.4f}" if "kl" in m else ""
     ev = f" eval_acc {m['eval_accuracy']:.1%}" if "eval_accuracy" in m else ""
     skipped = f" ({m['unjudged_frac']:.0%} unjudged)" if m.get("unjudged_frac") else ""
+    entropy = f" ent {m['entropy']:.3f}" if "entropy" in m else ""
     return (f"step {m['step']:4d} | reward {m['reward']:.3f}{skipped} acc {m['accuracy']:.3f} "
-            f"format {m['format_rate']:.2f} len {m['mean_length']:5.1f}{kl} clip {m['clip_frac']:.3f} | "
+            f"format {m['format_rate']:.2f} len {m['mean_length']:5.1f}{kl}{entropy} clip {m['clip_frac']:.3f} | "
             f"{m['seconds']:.1f}s (gen {m['seconds_generate']:.1f}s){ev}")
 
 

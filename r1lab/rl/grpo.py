@@ -3,8 +3,8 @@
 One step, as :func:`train` reads:
 
     groups = sample_groups(...)        # engine.generate: G completions per prompt, scored by the rewards
-    set_advantages(groups, ...)        # (r - mean) / std within each group
-    stats = update_policy(...)         # clipped surrogate (+ beta * KL), AdamW, grad clipping
+    set_advantages(groups, ...)        # (r - mean) / std within each group, or another estimator (--advantage)
+    stats = update_policy(...)         # the clipped surrogate (or GSPO's, CISPO's) + beta * KL; AdamW, clipping
 
 The loop talks to one :class:`r1lab.policy.Policy` and never asks how training is laid out: in one process, a
 replica per process, or FSDP2 shards, the policy gives log-probs, takes a step and pushes its weights to the engine.
@@ -42,7 +42,7 @@ from r1lab.rl import run as run_folder
 from r1lab.rl.advantages import get_advantage
 from r1lab.rl.batch import train_batch
 from r1lab.rl.diagnostics import evaluate, held_out_metrics, step_metrics, step_notes
-from r1lab.rl.losses import grpo_loss, truncated_is_weights
+from r1lab.rl.losses import Objective, grpo_loss
 from r1lab.rollout import Group, generate_groups, score_group
 from r1lab.tasks import build_task
 
@@ -66,7 +66,8 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
     check_engine(cfg.engine, cfg.engine_args)  # before anything is written
     tracking.check(cfg.report_to)
     task = build_task(cfg.task, cfg.task_args)
-    rewards = build_rewards(cfg.rewards, task, language=cfg.language, max_length=cfg.max_new_tokens, device=cfg.device)
+    rewards = build_rewards(cfg.rewards, task, args=cfg.reward_args, language=cfg.language,
+                            max_length=cfg.max_new_tokens, device=cfg.device, tags=cfg.tags)
     train_set, test_set = task.examples("train"), task.examples("test")[:cfg.eval_examples]
 
     start_step, checkpoint = run_folder.resume_point(run, cfg)
@@ -96,7 +97,7 @@ def train(cfg: ZeroConfig, progress: bool = True) -> dict:
         t0 = time.perf_counter()
         groups = sample_groups(engine, task, train_set, rewards, cfg, step, world)
         t_gen = time.perf_counter() - t0
-        set_advantages(groups, cfg.advantage)
+        set_advantages(groups, cfg.advantage, world)
         engine.sleep()  # vLLM gives its memory to the update (where the platform can)
         stats = update_policy(policy, groups, cfg)
         policy.push_weights(engine)  # vLLM wakes and takes the new weights (under FSDP gathered first); torch: as is
@@ -151,7 +152,7 @@ def sample_groups(engine, task, train_set, rewards, cfg: ZeroConfig, step: int,
         groups = generate_groups(engine, [ex for _, ex in mine], cfg.template, cfg.prefill, params, task,
                                  stream_ids=[i for i, _ in mine])
         for group in groups:
-            score_group(group, rewards)
+            score_group(group, rewards, normalize=cfg.normalize_rewards)
         kept.extend(g for g in groups if g.has_signal or not cfg.dynamic_sampling)
         if len(kept) >= wanted:
             break
@@ -176,25 +177,32 @@ def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
 
 
 # -------------------------------------------------------------------------------------------- advantages
-def set_advantages(groups: list[Group], estimator: str) -> None:
-    if not groups:  # a process with no prompt this step (fewer prompts than processes)
-        return
-    rewards = torch.tensor([[math.nan if r is None else r for r in g.rewards] for g in groups],
-                           dtype=torch.float32)  # (P, G); NaN: no reward judged it
-    advantages = get_advantage(estimator)(rewards)
-    for g, a in zip(groups, advantages.tolist()):
-        g.advantages = a
+def set_advantages(groups: list[Group], estimator: str, world: World = SINGLE) -> None:
+    """Each completion's advantage by ``estimator``, computed over the whole batch: a batch estimator (batch_std,
+    REINFORCE++) scales by every process's rewards, so each process gives its rewards and takes back its rows."""
+    rewards = [[math.nan if r is None else r for r in g.rewards] for g in groups]  # NaN: no reward judged it
+    lengths = [[len(c) for c in g.completions] for g in groups]
+    every = world.gather((rewards, lengths))  # a collective: a process with no prompt this step takes part too
+    width = max((len(row) for part, _ in every for row in part), default=0)
+    rows = torch.tensor([row + [math.nan] * (width - len(row)) for part, _ in every for row in part],
+                        dtype=torch.float32).reshape(-1, width)  # (P, G), every process's prompts in rank order
+    sizes = torch.tensor([row + [0] * (width - len(row)) for _, part in every for row in part]).reshape(-1, width)
+    advantages = get_advantage(estimator)(rows, lengths=sizes)
+    start = sum(len(part) for part, _ in every[:world.rank])
+    for g, a in zip(groups, advantages[start:start + len(groups)].tolist()):
+        g.advantages = a[:len(g.completions)]
 
 
 # -------------------------------------------------------------------------------------------- the update
 def update_policy(policy: Policy, groups: list[Group], cfg: ZeroConfig) -> dict:
-    """``updates_per_batch`` AdamW steps on the GRPO loss over ``groups``, computing in the policy's precision over
-    fp32 weights; returns mean statistics, with the gap between the sampler's log-probs and the trainer's. Under
-    torchrun ``groups`` are this process's share: token weights are those of the whole batch, and the policy sums
-    every process's gradient into the whole batch's."""
-    world, mu = policy.world, cfg.updates_per_batch
+    """``updates_per_batch`` AdamW steps on the GRPO-family loss over ``groups`` (:func:`r1lab.rl.losses.grpo_loss`:
+    the loss type, masks and bonus of ``cfg``), computing in the policy's precision over fp32 weights; returns mean
+    statistics, with the gap between the sampler's log-probs and the trainer's and the policy's entropy on the trained
+    tokens. Under torchrun ``groups`` are this process's share: token weights are those of the whole batch, and the
+    policy sums every process's gradient into the whole batch's."""
+    world, mu, objective = policy.world, cfg.updates_per_batch, Objective.of(cfg)
     batch = train_batch(groups, cfg.beta > 0, cfg.loss_aggregation, cfg.groups_per_micro_batch, policy.pad_id,
-                        world, policy.device)
+                        world, policy.device, max_length=cfg.max_new_tokens, mask_truncated=cfg.mask_truncated)
     packs, index = batch.packs, batch.index
 
     # The "old" policy is the trainer's own view of the weights that sampled: in bf16 the sampler's log-probs
@@ -202,28 +210,35 @@ def update_policy(policy: Policy, groups: list[Group], cfg: ZeroConfig) -> dict:
     old_logprobs = policy.logprobs(packs, cfg.temperature) if mu > 1 else None
     ref_logprobs = policy.logprobs(packs, cfg.temperature, reference=True) if cfg.beta > 0 else None
 
-    totals = {"loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "grad_norm": 0.0}
+    totals = {"loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "off_policy_masked": 0.0, "grad_norm": 0.0}
     gaps = []  # |trainer - sampler| log-prob per trained token, from the first update
+    entropy = [0.0, 0]  # the first update's entropy summed over the tokens in the loss, and their count
     for update in range(mu):
         policy.zero_grad()
         loss_sum = 0.0
-        for i, logprobs in enumerate(policy.train_passes(packs, cfg.temperature)):
-            idx = index[i]
+        for i, (logprobs, entropies) in enumerate(policy.train_passes(packs, cfg.temperature)):
+            idx, weights = index[i], batch.weights[index[i]]
             old = logprobs.detach() if old_logprobs is None else old_logprobs[i]
             sampler = batch.sampler_logprobs[idx]
             if update == 0:
                 gaps.append((old - sampler).abs())
-            loss, stats = grpo_loss(logprobs, old, batch.advantages[idx], batch.weights[idx], cfg.clip_low,
-                                    cfg.clip_high, cfg.beta, None if ref_logprobs is None else ref_logprobs[i],
-                                    sampler_weights=truncated_is_weights(old, sampler, cfg.tis_cap))
+                entropy[0] += entropies.detach()[weights > 0].sum().item()
+                entropy[1] += int((weights > 0).sum())
+            loss, stats = grpo_loss(logprobs, old, batch.advantages[idx], weights, objective,
+                                    sequences=batch.sequences[i], sampler_logprobs=sampler, entropies=entropies,
+                                    ref_logprobs=None if ref_logprobs is None else ref_logprobs[i])
             policy.backward(loss)
             loss_sum += loss.item()
-            totals["clip_frac"] += stats["clip_frac"].item() / mu
-            totals["kl"] += stats.get("kl", torch.tensor(0.0)).item() / mu
+            for name in ("clip_frac", "kl", "off_policy_masked"):
+                totals[name] += stats.get(name, torch.tensor(0.0)).item() / mu
         totals["grad_norm"] += policy.step(cfg.max_grad_norm) / mu
         totals["loss"] += world.sum(loss_sum) / mu
-    totals["clip_frac"], totals["kl"] = world.sum(totals["clip_frac"]), world.sum(totals["kl"])
+    for name in ("clip_frac", "kl", "off_policy_masked"):
+        totals[name] = world.sum(totals[name])
+    tokens = world.sum(entropy[1])
+    totals["entropy"] = world.sum(entropy[0]) / tokens if tokens else math.nan
     totals["trained_groups"] = int(world.sum(len(batch.active)))
+    totals["truncated_masked"] = batch.truncated
     parts = world.gather((torch.cat(gaps).cpu() if gaps else torch.zeros(0), *policy.memory()))
     gap = torch.cat([part for part, _, _ in parts])  # every process's gaps; then the busiest process's memory
     gap = gap if gap.numel() else torch.zeros(1)

@@ -183,6 +183,8 @@ def write_report(run: Path, history: list[dict], summary: dict) -> Path:
     plot_curves(plots / "reflection.png", steps, {"reflection-word rate": col("reflection_rate")},
                 "Share of responses with reflection words (wait, verify, let me check...)", "share of responses",
                 ylim=(0, max([0.05] + rates) * 1.1))
+    plot_curves(plots / "entropy.png", steps, {"policy entropy": col("entropy")},
+                "Policy entropy on the trained tokens (a collapse shows here first)", "nats per token")
     lengths = col("mean_length")
     k = summary["steps_averaged"]
     lines = [
@@ -199,7 +201,10 @@ def write_report(run: Path, history: list[dict], summary: dict) -> Path:
         f"{_mean(lengths[-k:]):.1f} |",
         f"| reflection-word rate (first / last {k} steps) | {_mean(col('reflection_rate')[:k]):.1%} | "
         f"{_mean(col('reflection_rate')[-k:]):.1%} |",
-        "", "![reward](plots/reward.png)", "![length](plots/length.png)", "![reflection](plots/reflection.png)", "",
+        f"| policy entropy, nats per trained token (first / last {k} steps) | {_mean(col('entropy')[:k]):.3f} | "
+        f"{_mean(col('entropy')[-k:]):.3f} |",
+        "", "![reward](plots/reward.png)", "![length](plots/length.png)", "![reflection](plots/reflection.png)",
+        "![entropy](plots/entropy.png)", "",
         f"Checkpoint: `{summary['checkpoint']}` (load it with `AutoModelForCausalLM.from_pretrained`).",
         "Per-step metrics: `metrics.jsonl`; every sampled response: `samples.jsonl`; config: `config.yaml`.",
     ]

@@ -92,7 +92,7 @@ def test_a_reward_gets_the_settings_it_declares_and_only_those():
             register("test_needs_gpu", needs=("gpu",))
         with pytest.raises(TypeError, match="give only language, max_length, device"):
             build_rewards({"format": 1.0}, task, languages="en")
-        with pytest.raises(ValueError, match="'nope' is unknown; use one of accuracy, code, format"):
+        with pytest.raises(ValueError, match="'nope' is unknown; use one of accuracy, code, code_format"):
             build_rewards({"nope": 1.0}, task)
     finally:
         REWARDS.pop("test_needs_language", None)

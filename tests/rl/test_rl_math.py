@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from r1lab.rl.advantages import batch_zscore, get_advantage, group_mean, group_zscore
-from r1lab.rl.losses import clipped_surrogate, grpo_loss, kl_k3, token_weights
+from r1lab.rl.losses import Objective, clipped_surrogate, grpo_loss, kl_k3, token_weights
 
 
 def test_group_zscore_by_hand():
@@ -20,8 +20,9 @@ def test_group_zscore_by_hand():
 def test_drgrpo_and_batch_std():
     r = torch.tensor([[1.0, 0.0], [3.0, 1.0]])
     assert group_mean(r).tolist() == [[0.5, -0.5], [1.0, -1.0]]
-    centred = torch.tensor([0.5, -0.5, 1.0, -1.0])
-    assert batch_zscore(r, eps=0).flatten().tolist() == pytest.approx((centred / centred.std()).tolist())
+    # Lite PPO / TRL scale_rewards="batch": the group mean, over the std of the batch's raw rewards
+    std = math.sqrt(sum((x - 1.25) ** 2 for x in (1, 0, 3, 1)) / 3)  # 1.258
+    assert batch_zscore(r, eps=0).flatten().tolist() == pytest.approx([0.5 / std, -0.5 / std, 1 / std, -1 / std])
     with pytest.raises(ValueError, match="grpo"):
         get_advantage("nope")
 
@@ -59,7 +60,8 @@ def test_token_level_and_sequence_level_aggregation_match_a_loop():
     adv = torch.cat([seq_adv[i].repeat(n) for i, n in enumerate(lengths)])
     beta, lo, hi = 0.04, 0.2, 0.28
     for mode in ("token", "sequence"):
-        vec, _ = grpo_loss(lp, old, adv, token_weights(lengths, mode), lo, hi, beta, ref)
+        vec, _ = grpo_loss(lp, old, adv, token_weights(lengths, mode), Objective("grpo", lo, hi, beta),
+                           ref_logprobs=ref)
         # the loop: the GRPO formula written out token by token
         per_seq, all_tokens, start = [], [], 0
         for i, n in enumerate(lengths):
@@ -83,16 +85,16 @@ def test_micro_batch_accumulation_is_exact():
     lp = (torch.randn(N) * 0.1).requires_grad_()
     old, adv = torch.zeros(N), torch.randn(N)
     w = token_weights(lengths, "token")
-    whole, _ = grpo_loss(lp, old, adv, w, 0.2, 0.2)
+    whole, _ = grpo_loss(lp, old, adv, w, Objective(clip_high=0.2))
     (g_whole,) = torch.autograd.grad(whole, lp)
-    parts = sum(grpo_loss(lp[s], old[s], adv[s], w[s], 0.2, 0.2)[0] for s in (slice(0, 6), slice(6, N)))
+    parts = sum(grpo_loss(lp[s], old[s], adv[s], w[s], Objective(clip_high=0.2))[0] for s in (slice(0, 6), slice(6, N)))
     (g_parts,) = torch.autograd.grad(parts, lp)
     assert torch.allclose(g_whole, g_parts) and whole.item() == pytest.approx(parts.item())
 
 
 def test_beta_needs_reference():
     with pytest.raises(ValueError, match="ref_logprobs"):
-        grpo_loss(torch.zeros(2), torch.zeros(2), torch.ones(2), torch.ones(2) / 2, 0.2, 0.2, beta=0.1)
+        grpo_loss(torch.zeros(2), torch.zeros(2), torch.ones(2), torch.ones(2) / 2, Objective(beta=0.1))
 
 
 def test_truncated_importance_weights_scale_the_surrogate_only():
@@ -104,7 +106,8 @@ def test_truncated_importance_weights_scale_the_surrogate_only():
     assert w_is.tolist() == [1.0, 2.0] and not w_is.requires_grad  # exp(2) is truncated at the cap
     assert truncated_is_weights(old, sampler, cap=0) is None  # off
     adv, w = torch.tensor([1.0, 1.0]), torch.tensor([0.5, 0.5])
-    plain, _ = grpo_loss(lp, old, adv, w, 0.2, 0.2, beta=0.1, ref_logprobs=old)
-    weighted, _ = grpo_loss(lp, old, adv, w, 0.2, 0.2, beta=0.1, ref_logprobs=old, sampler_weights=w_is)
+    plain, _ = grpo_loss(lp, old, adv, w, Objective(beta=0.1), ref_logprobs=old, sampler_logprobs=sampler)
+    weighted, _ = grpo_loss(lp, old, adv, w, Objective(beta=0.1, tis_cap=2.0), ref_logprobs=old,
+                            sampler_logprobs=sampler)
     # ratio 1, KL 0 at old == ref: the surrogate is -A per token, so the loss goes from -(0.5 + 0.5) to -(0.5 + 1.0)
     assert plain.item() == pytest.approx(-1.0) and weighted.item() == pytest.approx(-1.5)
