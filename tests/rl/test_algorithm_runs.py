@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_grpo_e2e import config, tiny_path, weights  # noqa: F401  (tiny_path is a fixture)
 
 import r1lab.rl.grpo as grpo
 from r1lab.cli import zero_help
@@ -15,8 +16,6 @@ from r1lab.options import load_config
 from r1lab.rewards import REWARDS
 from r1lab.rl.advantages import ADVANTAGES
 from r1lab.rl.losses import LOSS_AGGREGATIONS, LOSS_TYPES
-
-from test_grpo_e2e import config, tiny_path, weights  # noqa: F401  (tiny_path is a fixture)
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 

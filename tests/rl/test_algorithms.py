@@ -9,8 +9,13 @@ import torch
 from r1lab.engine.base import Completion, Prompt
 from r1lab.policy import SINGLE
 from r1lab.rl import grpo
-from r1lab.rl.advantages import (batch_zscore, get_advantage, leave_one_out, reinforce_plus_plus,
-                                 reinforce_plus_plus_baseline)
+from r1lab.rl.advantages import (
+    batch_zscore,
+    get_advantage,
+    leave_one_out,
+    reinforce_plus_plus,
+    reinforce_plus_plus_baseline,
+)
 from r1lab.rl.batch import train_batch
 from r1lab.rl.losses import Objective, grpo_loss, token_weights
 from r1lab.rollout import Group
@@ -232,7 +237,6 @@ class HalfOfTwo:
 @pytest.mark.parametrize("estimator", ["batch_std", "reinforce_plus_plus", "grpo"])
 def test_batch_estimators_see_every_processs_rewards(estimator):
     mine = [completions_group(["stop"] * 3, rewards=(1.0, 0.0, 0.0))]
-    theirs = [completions_group(["stop"] * 3, rewards=(1.0, 1.0, 5.0))]
     together = [completions_group(["stop"] * 3, rewards=(1.0, 0.0, 0.0)),
                 completions_group(["stop"] * 3, rewards=(1.0, 1.0, 5.0))]
     grpo.set_advantages(together, estimator)
