@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from r1lab.engine import Completion, Prompt, SamplingParams
 from r1lab.rewards import score
-from r1lab.rewards.registry import group_normalized
+from r1lab.rewards.registry import NEEDS, group_normalized, weighted_totals
 from r1lab.tasks.answers import closed_part, extract_answer
 from r1lab.tasks.base import question_text
 
@@ -67,28 +67,25 @@ def generate_groups(engine, examples: list[dict], template: str, prefill: str | 
 
 
 def score_group(group: Group, rewards: dict, normalize: bool = False) -> None:
-    """Fill ``group.rewards`` (weighted totals) and ``group.per_reward`` from ``rewards`` (:func:`build_rewards`). The
-    ``accuracy`` reward judges what evaluation judges (:func:`judged_texts`): a reply cut at the length limit only on
-    the answer it had closed, and 0 if it had none. With ``normalize`` each reward is z-scored within the group before
-    the weighted sum (:func:`r1lab.rewards.registry.group_normalized`)."""
+    """Fill ``group.rewards`` (weighted totals) and ``group.per_reward`` from ``rewards`` (:func:`build_rewards`). A
+    reward that reads the task's verifier (``accuracy``, ``cosine``: those that need ``verify``) judges what evaluation
+    judges (:func:`judged_texts`): a reply cut at the length limit only on the answer it had closed, and an empty reply
+    if it had none (``accuracy`` is then 0). With ``normalize`` each reward is z-scored within the group before the
+    weighted sum (:func:`r1lab.rewards.registry.group_normalized`)."""
     lengths = [len(c) for c in group.completions]
     examples = [group.example] * len(group.completions)
-    scores = score(group.responses, examples, {k: v for k, v in rewards.items() if k != "accuracy"},
-                   completion_lengths=lengths)
-    if "accuracy" in rewards:
-        judged = judged_texts(group)
-        accuracy = score([text or "" for text in judged], examples, {"accuracy": rewards["accuracy"]},
-                         completion_lengths=lengths).per_reward["accuracy"]
-        weight = rewards["accuracy"][1]
-        for i, (text, value) in enumerate(zip(judged, accuracy)):
-            if text is None and value is not None:  # an unfinished reply's accuracy is 0, as in evaluation
-                accuracy[i] = value = 0.0
-            if value is not None:
-                scores.totals[i] = (scores.totals[i] or 0.0) + weight * value
-        scores.per_reward = {name: accuracy if name == "accuracy" else scores.per_reward[name] for name in rewards}
-    if normalize:
-        scores.totals = group_normalized(scores.per_reward, {name: weight for name, (_, weight) in rewards.items()})
-    group.rewards, group.per_reward = scores.totals, scores.per_reward
+    verified = {name for name in rewards if "verify" in NEEDS.get(name, ())}
+    judged = judged_texts(group) if verified else []
+    per_reward = {}
+    for names, texts in ((rewards.keys() - verified, group.responses), (verified, [t or "" for t in judged])):
+        if names:
+            per_reward |= score(texts, examples, {k: rewards[k] for k in names}, completion_lengths=lengths).per_reward
+    if "accuracy" in verified:  # an unfinished reply's accuracy is 0, as in evaluation
+        per_reward["accuracy"] = [0.0 if text is None and value is not None else value
+                                  for text, value in zip(judged, per_reward["accuracy"])]
+    weights = {name: weight for name, (_, weight) in rewards.items()}
+    group.per_reward = {name: per_reward[name] for name in rewards}
+    group.rewards = (group_normalized if normalize else weighted_totals)(group.per_reward, weights)
 
 
 def judged_texts(group: Group) -> list[str | None]:

@@ -100,9 +100,8 @@ def score(
     if len(completions) != len(examples):
         raise ValueError(f"{len(completions)} completions but {len(examples)} examples")
     lengths = completion_lengths if completion_lengths is not None else [len(c) for c in completions]
-    totals: list[float | None] = [None] * len(completions)
     per_reward: dict[str, list[float | None]] = {}
-    for name, (fn, weight) in rewards.items():
+    for name, (fn, _) in rewards.items():
         if hasattr(fn, "batch"):  # one call for the whole batch (see the module docstring)
             raw = list(fn.batch(completions, [{**example, "completion_length": n}
                                               for example, n in zip(examples, lengths)]))
@@ -111,14 +110,25 @@ def score(
                    for i, (completion, example) in enumerate(zip(completions, examples))]
         if len(raw) != len(completions):
             raise ValueError(f"reward {name!r} gave {len(raw)} scores for {len(completions)} completions")
-        values: list[float | None] = []
-        for i, value in enumerate(raw):
-            if value is not None:
-                value = float(value)
-                totals[i] = (totals[i] or 0.0) + weight * value
-            values.append(value)
-        per_reward[name] = values
+        per_reward[name] = [None if value is None else float(value) for value in raw]
+    totals = weighted_totals(per_reward, {name: weight for name, (_, weight) in rewards.items()})
     return RewardScores(totals=totals, per_reward=per_reward)
+
+
+def weighted_totals(per_reward: Mapping[str, Sequence[float | None]],
+                    weights: Mapping[str, float]) -> list[float | None]:
+    """Per completion, the sum of each reward times its weight over the rewards that judged it; None where none did.
+
+    >>> weighted_totals({"acc": [1.0, None], "fmt": [0.5, None]}, {"acc": 1.0, "fmt": 0.5})
+    [1.25, None]
+    """
+    count = len(next(iter(per_reward.values()), []))
+    totals: list[float | None] = [None] * count
+    for name, values in per_reward.items():
+        for i, value in enumerate(values):
+            if value is not None:
+                totals[i] = (totals[i] or 0.0) + weights[name] * value
+    return totals
 
 
 def group_normalized(per_reward: Mapping[str, Sequence[float | None]], weights: Mapping[str, float],

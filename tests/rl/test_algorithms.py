@@ -251,3 +251,21 @@ def test_batch_estimators_see_every_processs_rewards(estimator):
 def test_a_wrong_estimator_is_refused_with_the_list():
     with pytest.raises(ValueError, match="rloo, batch_std, reinforce_plus_plus"):
         get_advantage("ppo")
+
+
+def test_a_reward_that_reads_the_verifier_judges_what_evaluation_judges():
+    """cosine, like accuracy, sees a reply cut at the length limit only up to the answer it had closed: an unfinished
+    '... so 8' is wrong for both, not right because its last number happens to be the answer."""
+    from r1lab.rewards.build import build_rewards
+    from r1lab.rollout import score_group
+    from r1lab.tasks import build_task
+
+    task = build_task("arithmetic", {"n_train": 5, "n_test": 5})
+    rewards = build_rewards({"accuracy": 1.0, "cosine": 1.0}, task, max_length=10)
+    g = Group(example={"prompt": "What is 3 + 5?", "answer": "8"}, prompt=Prompt((1, 2)),
+              completions=[Completion(0, list(range(n)), [-1.0] * n, finish, text=t) for n, finish, t in
+                           [(5, "stop", "3 + 5 = 8"), (10, "length", "3 + 5 is 7, no wait so 8"),
+                            (10, "length", "<answer>8</answer> and then")]])
+    score_group(g, rewards)
+    assert g.per_reward["accuracy"] == [1.0, 0.0, 1.0]
+    assert g.per_reward["cosine"] == pytest.approx([0.75, -0.5, 0.5])  # right at 5/10; wrong at 10/10; right at 10/10
