@@ -52,7 +52,8 @@ def code_reward(completion: str, tests: list | None = None, func: str | None = N
                 setup: str = "", limits: Limits | None = None, **_) -> float | None:
     """Run the reply's program on the example's tests in the sandbox (see :mod:`r1lab.sandbox.judge`): ``{assert}``
     lines (after ``setup``), ``{args, expected}`` calls of ``func``, or ``{input, output[, tolerance]}`` runs, each run
-    under ``limits`` (the sandbox's defaults: 5 s wall and CPU, 1 GiB)."""
+    under ``limits`` (the sandbox's defaults: 5 s wall and CPU, 1 GiB; stdin/stdout runs share a 20 s budget per
+    completion, and stop at the first failure unless ``partial``)."""
     if not tests:
         return None
     program = extract_code(completion)
@@ -66,5 +67,6 @@ def code_reward(completion: str, tests: list | None = None, func: str | None = N
         verdict = judge_calls(program, func, [t if isinstance(t, CallTest) else CallTest(**t) for t in tests],
                               limits=limits)
     else:
-        verdict = judge_io(program, [t if isinstance(t, IOTest) else IOTest(**t) for t in tests], limits=limits)
+        verdict = judge_io(program, [t if isinstance(t, IOTest) else IOTest(**t) for t in tests], limits=limits,
+                           stop_at_failure=not partial)
     return verdict.score(partial)

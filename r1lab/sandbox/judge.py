@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import dataclasses
 import inspect
 import json
 import math
@@ -414,17 +415,30 @@ def _close(got, want, tolerance: float) -> bool:
 
 # --- stdin/stdout -----------------------------------------------------------------------------------------------
 
-def judge_io(program: str, tests: list[IOTest], limits: Limits | None = None) -> Verdict:
-    passed, details = 0, []
+def judge_io(program: str, tests: list[IOTest], limits: Limits | None = None, stop_at_failure: bool = False
+             ) -> Verdict:
+    """Run ``program`` once per test on its input and compare its output (:func:`outputs_match`). The runs of one
+    completion share one time budget (``limits.budget`` wall seconds; each run also within ``limits.wall``): a test
+    the budget no longer covers fails unrun. With ``stop_at_failure`` (an all-or-nothing reward) the first failed
+    test ends the judging, the rest counted failed: a verdict already decided costs no more runs."""
+    limits = limits or Limits()
+    passed, details, left = 0, [], limits.budget
     for i, test in enumerate(tests):
-        result = run(program, stdin=test.input, limits=limits)
+        if left <= 0.05:
+            details.append(f"tests {i}-{len(tests) - 1}: the completion's time budget ({limits.budget:g} s) is spent")
+            break
+        result = run(program, stdin=test.input, limits=dataclasses.replace(limits, wall=min(limits.wall, left)))
+        left -= result.seconds
         if result.status == "sandbox_error":
             return Verdict(0, len(tests), error=result.stderr[-500:] or "sandbox error")
         if result.status == "ok" and outputs_match(result.stdout, test.output, test.tolerance):
             passed += 1
-        else:
-            details.append(f"test {i}: {'wrong output' if result.status == 'ok' else result.status}")
-    return Verdict(passed, len(tests), details)
+            continue
+        details.append(f"test {i}: {'wrong output' if result.status == 'ok' else result.status}")
+        if stop_at_failure:
+            details.append(f"tests {i + 1}-{len(tests) - 1}: not run (the verdict was decided)" * (i + 1 < len(tests)))
+            break
+    return Verdict(passed, len(tests), [d for d in details if d])
 
 
 _DECIMAL = re.compile(r"-?[0-9]+\.[0-9]+", re.ASCII)

@@ -65,6 +65,7 @@ class Limits:
     processes: int = 64
     cpus: float = 1.0  # cores' worth of CPU the whole run may use at once (cgroup only)
     output_bytes: int = 1_000_000  # stdout and stderr, each
+    budget: float = 20.0  # wall seconds all the runs judging one completion take together (its stdin/stdout tests)
 
 
 @dataclass

@@ -721,3 +721,33 @@ def test_a_failed_expected_side_is_tried_again_not_remembered():
     assert judge_asserts(honest, test, limits=Limits(wall=0.3, cpu=1)).score() == 0.0
     assert judge_asserts(honest, test, limits=Limits(wall=30, cpu=30)).score() == 1.0
     assert judge._expected_values[("", "__import__('time').sleep(2) or 449999985000000")] == 449999985000000
+
+
+# --- round 3 (issue 30) ------------------------------------------------------------------------------------------
+
+def test_an_all_or_nothing_io_verdict_stops_at_the_first_failed_test():
+    """10 tests of a program that sleeps 1 s and prints a wrong answer: judged all-or-nothing, one run decides (it
+    took 10 runs before); judged for partial credit every test runs, within the completion's budget."""
+    from r1lab.rewards.code import code_reward
+
+    slow_wrong = "```python\nimport time\ntime.sleep(1)\nprint(0)\n```"
+    tests = [{"input": f"{i}\n", "output": str(i + 1)} for i in range(10)]
+    limits = Limits(wall=3, cpu=3, budget=60)
+    t0 = time.monotonic()
+    assert code_reward(slow_wrong, tests=tests, limits=limits) == 0.0
+    assert time.monotonic() - t0 < 1 + 8  # one run, plus room for a loaded machine (all ten: over 10 s)
+    right = "```python\nprint(int(input()) + 1)\n```"
+    assert code_reward(right, tests=tests, limits=limits) == 1.0  # a gold still runs every test
+    verdict = judge_io("import time\ntime.sleep(1)\nprint(int(input()) + 1)", [IOTest(**t) for t in tests[:2]],
+                       limits=limits, stop_at_failure=True)
+    assert verdict.score() == 1.0
+
+
+def test_partial_credit_runs_share_one_time_budget_per_completion():
+    tests = [IOTest(f"{i}\n", str(i)) for i in range(10)]
+    sleeper = "import time\ntime.sleep(1)\nprint(input())"
+    t0 = time.monotonic()
+    verdict = judge_io(sleeper, tests, limits=Limits(wall=5, cpu=5, budget=2.5))
+    assert time.monotonic() - t0 < 2.5 + 10  # the budget, plus room (without one: ten runs, over 10 s)
+    assert 1 <= verdict.passed <= 3 and verdict.total == 10  # the tests the budget covered passed, the rest failed
+    assert any("time budget" in d for d in verdict.details)
