@@ -122,11 +122,12 @@ def _evaluate(solution: str, items: list, limits: Limits | None, setup: str = ""
               bindings: dict | None = None) -> tuple[list, str | None]:
     """Run ``setup`` and ``solution`` in a sandbox, then evaluate ``items`` there: ``["call", func, tagged_args]``,
     ``["expr", source]``, or ``["truth", source]`` (whose value may come back as its truthiness when it is not a
-    plain value, as ``assert re.search(...)`` needs). ``bindings`` (plain values) are set first. Gives each
-    item's decoded value or ``_FAILED`` with a reason, and the sandbox's own error, if any."""
+    plain value, as ``assert re.search(...)`` needs). ``bindings`` (names to values already tagged) are set first.
+    Gives each item's decoded value or ``_FAILED`` with a reason, and the sandbox's own error, if any."""
     marker = f"@@r1lab-{secrets.token_hex(8)}@@"
+    tagged = ["dict", [[tag(name), node] for name, node in (bindings or {}).items()]]
     program = _DRIVER % {"codec": inspect.getsource(values), "items": json.dumps(items), "marker": marker,
-                         "setup": setup, "solution": solution, "bindings": json.dumps(tag(bindings or {}))}
+                         "setup": setup, "solution": solution, "bindings": json.dumps(tagged)}
     result = run(program, limits=limits)
     if result.status == "sandbox_error":
         return [], result.stderr[-500:] or "sandbox error"
@@ -140,7 +141,8 @@ def _evaluate(solution: str, items: list, limits: Limits | None, setup: str = ""
             continue
         try:
             kind, payload = json.loads(lines[i])
-            decoded.append((untag(payload), "") if kind == "ok" else (_FAILED, f"raised {str(payload)[:80]}"))
+            reason = payload[:80] if type(payload) is str else "?"
+            decoded.append((untag(payload), "") if kind == "ok" else (_FAILED, f"raised {reason}"))
         except Exception:  # noqa: BLE001 - untrusted output: deep, malformed, huge... all just wrong
             decoded.append((_FAILED, "unreadable result"))
     return decoded, None
@@ -260,7 +262,19 @@ def plan_assert(source: str, under_test: set[str] | None = None) -> _Plan | None
         under_test = functions_under_test([source])
 
     def solution_call(node) -> bool:
-        return isinstance(node, ast.Call) and bool(_names(node.func) & under_test)
+        """A call of the solution's function: ``f(x)``, or a method of an object the test makes of the solution's
+        class, ``Solution().f(x)`` (a capitalised name). A method, attribute or operator applied to what the
+        solution returned (``f(x).startswith(y)``) is not: it runs in the checker, on the plain decoded value."""
+        if not isinstance(node, ast.Call):
+            return False
+        func = node.func
+        if isinstance(func, ast.Name):
+            return func.id in under_test
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+            return func.value.id in under_test  # a module-like name of the solution's: ``helpers.f(x)``
+        made = func.value if isinstance(func, ast.Attribute) else None
+        return (isinstance(made, ast.Call) and isinstance(made.func, ast.Name) and made.func.id in under_test
+                and made.func.id[:1].isupper())
 
     def clean(node) -> bool:
         return not _names(node) & under_test
@@ -344,7 +358,7 @@ def judge_asserts(solution: str, tests: list[AssertTest], setup: str = "", limit
         return Verdict(0, len(tests), error=error)
     outcomes: list[tuple[bool, str]] = []
     pending: list[int] = []  # tests checked as a whole expression, in one sandbox without the solution
-    bindings: dict[str, tuple] = {}
+    bindings: dict[str, list] = {}  # name -> the tagged values of an assert's probes
     cursor = 0
     for i, p in enumerate(plans):
         results = got[cursor:cursor + len(p.probes)]
@@ -353,8 +367,13 @@ def judge_asserts(solution: str, tests: list[AssertTest], setup: str = "", limit
         if why:
             outcomes.append((False, why))
         elif p.check == "expression":
+            try:  # tagged once (an iterator is consumed), sent on to the checker a level deeper than it came
+                encoded = tag(tuple(v for v, _ in results), depth=2)
+            except Exception:  # noqa: BLE001 - untrusted values: any failure (at the depth limit) is a wrong answer
+                outcomes.append((False, "result too deep or large to check"))
+                continue
             pending.append(i)
-            bindings[f"__r1lab_args{i}"] = tuple(v for v, _ in results)
+            bindings[f"__r1lab_args{i}"] = encoded
             outcomes.append((False, "pending"))
         else:
             want = _expected_values.get((setup, p.expected), _FAILED) if p.expected is not None else None

@@ -21,6 +21,13 @@ import math
 
 MAX_DEPTH = 100
 MAX_ITEMS = 1_000_000  # items read from an iterator (it may be endless)
+#: the largest int ``untag`` rebuilds, in bits (reading one is linear, but comparing it with a Decimal converts it to
+#: decimal digits, which is quadratic), and the largest part of a Fraction or bound of a range (a Fraction is reduced
+#: by a gcd and ranges compare by dividing their bounds: superlinear work the judge would do outside any deadline)
+MAX_INT_BITS = 1 << 18
+MAX_PART_BITS = 1 << 14
+MAX_DECIMAL_CHARS = 4_000  # a Decimal's text; and its exponent stays within +-MAX_DECIMAL_EXPONENT
+MAX_DECIMAL_EXPONENT = 100_000
 MAX_SAME_HASH = 64  # more distinct keys than this with one hash would make rebuilding a set or dict quadratic
 _CONTAINERS = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}
 
@@ -96,6 +103,20 @@ def _items(iterable, depth):
     return [tag(v, depth + 1) for v in _bounded(iterable)]
 
 
+def _int(payload, max_bits):
+    """A hex int of at most ``max_bits`` bits (judged by its text's length first: nothing long is parsed)."""
+    if len(payload) > max_bits // 4 + 2:
+        raise ValueError("int too large")
+    value = int(payload, 16)
+    if value.bit_length() > max_bits:
+        raise ValueError("int too large")
+    return value
+
+
+def _refuse(why):
+    raise ValueError(why)
+
+
 def _float(payload):
     if type(payload) is float or type(payload) is int and not isinstance(payload, bool):
         return float(payload)
@@ -126,7 +147,7 @@ def untag(node, depth=0):
     if kind in ("bool", "str") and type(payload).__name__ == kind:
         return payload
     if kind == "int" and type(payload) is str:
-        return int(payload, 16)
+        return _int(payload, MAX_INT_BITS)
     if kind == "float":
         return _float(payload)
     if kind == "complex" and type(payload) is list and len(payload) == 2:
@@ -146,15 +167,21 @@ def untag(node, depth=0):
         _few_collisions([k for k, _ in pairs])
         return dict(pairs)
     if type(payload) is list and kind in ("fraction", "range") and len(payload) == 2 + (kind == "range"):
+        parts = [_int(v, MAX_PART_BITS) if type(v) is str else _refuse("bad part") for v in payload]
         if kind == "fraction":
             import fractions
 
-            return fractions.Fraction(int(payload[0], 16), int(payload[1], 16))
-        return range(*(int(v, 16) for v in payload))
-    if kind == "decimal" and type(payload) is str:
+            if parts[1] == 0:
+                raise ValueError("zero denominator")
+            return fractions.Fraction(*parts)
+        return range(*parts)
+    if kind == "decimal" and type(payload) is str and len(payload) <= MAX_DECIMAL_CHARS:
         import decimal
 
-        return decimal.Decimal(payload)
+        value = decimal.Decimal(payload)  # raises InvalidOperation (a ValueError) for text that is not a number
+        if value.is_finite() and abs(value.adjusted()) > MAX_DECIMAL_EXPONENT:
+            raise ValueError("decimal exponent too large")
+        return value
     if kind in ("iter", "keys", "values", "deque", "items") and type(payload) is list:
         if kind == "items":
             pairs = untag(["dict", payload], depth)

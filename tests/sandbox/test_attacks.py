@@ -3,6 +3,8 @@
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -751,3 +753,110 @@ def test_partial_credit_runs_share_one_time_budget_per_completion():
     assert time.monotonic() - t0 < 2.5 + 10  # the budget, plus room (without one: ten runs, over 10 s)
     assert 1 <= verdict.passed <= 3 and verdict.total == 10  # the tests the budget covered passed, the rest failed
     assert any("time budget" in d for d in verdict.details)
+
+
+@pytest.mark.parametrize("call", [
+    "fcntl.flock(open('/usr/lib/os-release' if os.path.exists('/usr/lib/os-release') else sys.executable), "
+    "fcntl.LOCK_SH)",
+    "fcntl.lockf(open(sys.executable), fcntl.LOCK_SH)",  # fcntl(F_SETLK) on a read-only descriptor
+    "fcntl.fcntl(open(sys.executable), 37, struct.pack('hhqqi', 0, 0, 0, 1, 0))",  # F_OFD_SETLK
+    "os.posix_fadvise(os.open(sys.executable, os.O_RDONLY), 0, 0, os.POSIX_FADV_DONTNEED)",
+    "os.preadv(os.open(sys.executable, os.O_RDONLY), [bytearray(8)], 0, os.RWF_NOWAIT)",
+    "libc.mincore(ctypes.c_void_p(page()), 4096, ctypes.create_string_buffer(1)) == 0 or fail()",
+])
+def test_runs_cannot_signal_each_other_through_locks_or_the_page_cache(call):
+    """Round 3: a lock on a shared read-only file, or a page evicted/loaded and probed, passed bits between two runs
+    judged side by side. Each channel's call fails now; control: a plain read of the same file still works."""
+    program = f"""
+import ctypes, fcntl, mmap, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def fail():
+    raise OSError(ctypes.get_errno(), "mincore")
+def page():
+    global kept
+    kept = mmap.mmap(-1, 4096)
+    return ctypes.addressof(ctypes.c_char.from_buffer(kept))
+print(len(open(sys.executable, 'rb').read(64)))
+try:
+    {call}
+    print("allowed")
+except OSError as e:
+    print("denied", e.errno)
+"""
+    read, verdict = _run_and_read(program).split("\n", 1)
+    assert read == "64" and verdict.split()[0] == "denied", verdict  # EPERM, ENOSYS or libc's EOPNOTSUPP for it
+    assert int(verdict.split()[1]) in (1, 38, 95), verdict
+    control = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert control.stdout.split() == ["64", "allowed"], control  # outside the filter the channel is open
+
+
+@pytest.mark.parametrize("node", [
+    ["fraction", [format(3 ** 1_250_000, "x"), format(2 ** 1_990_000 - 1, "x")]],  # a gcd of ~2-million-bit ints
+    ["range", ["0", format(2 ** 1_990_000, "x"), format(3 ** 1_000_000, "x")]],  # comparing it divides them
+    ["int", "f" * 300_000], ["decimal", "1e999999999"], ["decimal", "9" * 500_000],
+])
+def test_decoding_a_result_costs_the_judge_no_superlinear_work(node):
+    """Round 3: decoding a Fraction result rebuilt it (a gcd of two huge ints, ~5 s of the trainer's CPU under the
+    GIL, outside any deadline). Every part the decoder would do superlinear work on is bounded: refused at once."""
+    from r1lab.sandbox.values import untag
+
+    t0 = time.monotonic()
+    with pytest.raises(ValueError):
+        untag(node)
+    assert time.monotonic() - t0 < 0.5
+
+
+def test_a_hostile_neighbour_does_not_time_out_an_honest_heavy_output():
+    """Round 3: while the judge spent seconds under the GIL decoding a hostile result, the other judging threads of
+    run_many could not drain their pipes, and an honest program printing 300 KB beside it timed out."""
+    from r1lab.sandbox.pool import run_many
+
+    hostile = ("import fractions\n"  # built once in the sandbox (under its deadline), then only printed
+               "def add(a, b):\n    return fractions.Fraction(3 ** 1_250_000, 2 ** 1_990_000 - 1)\n")
+    honest = "import time\ntime.sleep(1)\nprint('x' * 300_000)"
+    big = Limits(wall=30, cpu=30, output_bytes=3_000_000)
+    jobs = [lambda: judge_calls(hostile, "add", TESTS[:1], limits=big)] * 3
+    jobs += [lambda: judge_io(honest, [IOTest("", "x" * 300_000)], limits=Limits(wall=4, cpu=4))] * 2
+    verdicts = run_many(jobs, workers=5)
+    assert [v.score() for v in verdicts] == [0.0, 0.0, 0.0, 1.0, 1.0]
+
+
+def test_a_value_at_the_depth_limit_in_a_whole_expression_assert_is_a_wrong_answer():
+    """Round 3: ``set(f(x)) == set(y)`` sends f's value on to the checker wrapped a level deeper; a value just under
+    the codec's depth limit made that re-encoding raise out of the reward."""
+    from r1lab.rewards.code import code_reward
+    from r1lab.sandbox.values import MAX_DEPTH
+
+    deep = f"def f(x):\n    v = [1]\n    for _ in range({MAX_DEPTH - 2}):\n        v = [v]\n    return v\n"
+    tests = ["assert set(f(1)) == set([1])", "assert len(f(1)) == 1"]
+    assert code_reward(f"```python\n{deep}```", tests=[{"assert": t} for t in tests], limits=ROOMY) == 0.0
+    shallow = "def f(x):\n    return [1]\n"
+    assert code_reward(f"```python\n{shallow}```", tests=[{"assert": t} for t in tests], limits=ROOMY) == 1.0
+
+
+@pytest.mark.parametrize("method", ["startswith('a')", "issuperset({1})", "endswith('z')", "isdigit()"])
+def test_a_method_on_the_solutions_result_runs_on_the_plain_value_not_the_solutions_object(method):
+    """Round 3: ``assert f(x).startswith(y)`` ran wholly in the solution's sandbox, so a str (or frozenset) subclass
+    whose method always returns True got full reward. Now only f(x) runs there; the method runs in the checker."""
+    from r1lab.sandbox.judge import AssertTest, judge_asserts, plan_assert
+
+    rigged = ("class S(str):\n    def startswith(self, *a): return True\n    def endswith(self, *a): return True\n"
+              "    def isdigit(self): return True\n"
+              "class F(frozenset):\n    def issuperset(self, *a): return True\n"
+              "def f(x):\n    return F() if x == 's' else S('b')\n")
+    arg = "'s'" if "superset" in method else "'x'"
+    test = AssertTest(f"assert f({arg}).{method}")
+    assert plan_assert(test.source).probes == [f"f({arg})"]  # the method is not part of the solution's call
+    assert judge_asserts(rigged, [test], limits=ROOMY).score() == 0.0
+    honest = "def f(x):\n    return frozenset({1, 2}) if x == 's' else 'a1z' if False else 'az' if x == 'x' else ''\n"
+    if method == "isdigit()":
+        honest = "def f(x):\n    return '123'\n"
+    assert judge_asserts(honest, [test], limits=ROOMY).score() == 1.0
+
+
+def test_a_method_of_an_object_the_test_makes_of_the_solutions_class_is_the_solutions_call():
+    from r1lab.sandbox.judge import AssertTest, judge_asserts
+
+    leetcode = "class Solution:\n    def twoSum(self, xs, t):\n        return [0, 1] if xs[0] + xs[1] == t else []\n"
+    test = AssertTest("assert Solution().twoSum([2, 7, 11], 9) == [0, 1]")
+    assert judge_asserts(leetcode, [test], limits=ROOMY).score() == 1.0
