@@ -101,7 +101,7 @@ def zero_help() -> str:
 
     def reward_line(name: str) -> str:  # its help, and the options it takes
         takes = options_of(name)
-        return HELP[name] + (f" [{', '.join(takes)}]" if takes else "")
+        return HELP[name] + (f" [{', '.join(f'{k}={v!r}' for k, v in takes.items())}]" if takes else "")
 
     return "\n".join([*section("loss types (--loss-type):", LOSS_TYPE_HELP),
                       *section("loss aggregations (--loss-aggregation):", LOSS_AGGREGATION_HELP),

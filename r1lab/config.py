@@ -92,8 +92,8 @@ class ZeroConfig:
     reward_args: dict = opt({}, "each reward's own options as YAML, e.g. '{cosine: {max_value_correct: 2.0}, "
                                 "repetition: {ngram_size: 4}}' (the rewards' list below names them)")
     normalize_rewards: bool = opt(False, "z-score each reward within its group before the weighted sum, so a reward "
-                                         "on another scale cannot drown the rest (GDPO; TRL's "
-                                         "multi_objective_aggregation=normalize_then_sum)")
+                                         "on another scale cannot drown the rest (GDPO; with --advantage batch_std "
+                                         "TRL's multi_objective_aggregation=normalize_then_sum)")
     tags: dict = opt({}, "the delimiters the format rewards look for, e.g. '{think: [<reasoning>, </reasoning>], "
                          "answer: [<solution>, </solution>]}'; {} = <think></think> and <answer></answer>")
     language: str = opt("en", "target language for the language_consistency reward")
@@ -183,6 +183,10 @@ class ZeroConfig:
                 _need(math.isfinite(self.entropy_coef), f"entropy_coef={self.entropy_coef!r}: use a finite number "
                                                         "(0 = off; e.g. 0.001)"),
                 _reward_args(self.rewards, self.reward_args), _tags(self.tags),
+                _need(not (self.normalize_rewards and self.advantage == "grpo"),
+                      "normalize_rewards with advantage=grpo: grpo z-scores each group's sum again, which undoes the "
+                      "per-reward weights; use advantage=batch_std (GDPO, TRL's normalize_then_sum: the sum over "
+                      "the batch's std) or drgrpo"),
                 _device(self), _trackers(self), _processes(self),
                 _need(self.lr > 0, f"lr={self.lr!r}: use a value > 0 (e.g. 2e-5)"),
                 _need(self.engine in local,
@@ -851,6 +855,9 @@ def _tags(tags) -> list[str]:
         every = [t for pair in {**DEFAULT_TAGS, **tags}.values() for t in pair]
         problems += _need(len(set(every)) == 4, f"tags: {' '.join(every)}: the four delimiters (think and answer, "
                                                 "opening and closing) must all differ")
+        problems += [f"tags: {a!r} holds {b!r}: a delimiter inside another can never be found exactly once; "
+                     "choose delimiters that do not contain each other" for a in every for b in every
+                     if a != b and b in a][:1]
     return problems
 
 

@@ -403,14 +403,15 @@ def _entropies(logits: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
     """``-sum_v p log p`` of each row of ``logits`` (with log-sum-exp ``lse``): ``lse - sum_v p z``, a chunk of
     :data:`ENTROPY_ROWS` rows at a time.
 
-    >>> z = torch.tensor([[0.0, 0.0], [0.0, -1e9]])
+    >>> z = torch.tensor([[0.0, 0.0], [0.0, -1e9], [0.0, -float("inf")]])
     >>> [round(h, 4) for h in _entropies(z, torch.logsumexp(z, -1)).tolist()]   # uniform over 2, then certain
-    [0.6931, 0.0]
+    [0.6931, 0.0, 0.0]
     """
     out = torch.empty_like(lse)
     for i in range(0, logits.shape[0], ENTROPY_ROWS):
         z, m = logits[i:i + ENTROPY_ROWS], lse[i:i + ENTROPY_ROWS, None]
-        out[i:i + ENTROPY_ROWS] = m[:, 0] - (torch.exp(z - m) * z).sum(-1)
+        p_log_p = (torch.exp(z - m) * (z - m)).nan_to_num_(nan=0.0)  # 0 where p = 0 (0 * -inf)
+        out[i:i + ENTROPY_ROWS] = 0.0 - p_log_p.sum(-1)
     return out
 
 
@@ -423,7 +424,7 @@ def _logits_grad(logits, lse, targets, grad, grad_entropy, ent) -> torch.Tensor:
         out.exp_().mul_(-grad[:, None].to(acc))  # -g p
     else:
         p = out.exp()
-        out.add_(ent[:, None]).mul_(p).mul_(-grad_entropy[:, None].to(acc))  # -g_H p (log p + H)
+        out.add_(ent[:, None]).mul_(p).nan_to_num_(nan=0.0).mul_(-grad_entropy[:, None].to(acc))  # -g_H p (log p + H)
         if grad is not None:
             out.sub_(p.mul_(grad[:, None].to(acc)))  # - g p
     if grad is not None:

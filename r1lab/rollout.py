@@ -26,6 +26,7 @@ class Group:
     prompt: Prompt
     completions: list[Completion]
     rewards: list[float | None] = field(default_factory=list)  # weighted total per completion; None: unjudged
+    normalized: list[float | None] | None = None  # with normalize_rewards: the sum of per-reward group z-scores
     per_reward: dict[str, list[float | None]] = field(default_factory=dict)
     advantages: list[float] = field(default_factory=list)
 
@@ -49,9 +50,14 @@ class Group:
         return [self.prefill + c.text for c in self.completions]
 
     @property
+    def signal(self) -> list[float | None]:
+        """What the advantages are computed from: the weighted totals, or their per-reward normalised sum."""
+        return self.rewards if self.normalized is None else self.normalized
+
+    @property
     def has_signal(self) -> bool:
         """At least two judged completions with different rewards (an unjudged one, None, compares with none)."""
-        judged = [r for r in self.rewards if r is not None]
+        judged = [r for r in self.signal if r is not None]
         return len(judged) > 1 and max(judged) - min(judged) > 1e-6
 
 
@@ -70,8 +76,9 @@ def score_group(group: Group, rewards: dict, normalize: bool = False) -> None:
     """Fill ``group.rewards`` (weighted totals) and ``group.per_reward`` from ``rewards`` (:func:`build_rewards`). A
     reward that reads the task's verifier (``accuracy``, ``cosine``: those that need ``verify``) judges what evaluation
     judges (:func:`judged_texts`): a reply cut at the length limit only on the answer it had closed, and an empty reply
-    if it had none (``accuracy`` is then 0). With ``normalize`` each reward is z-scored within the group before the
-    weighted sum (:func:`r1lab.rewards.registry.group_normalized`)."""
+    if it had none (``accuracy`` is then 0). With ``normalize`` the advantages are computed from each reward z-scored
+    within the group before the weighted sum (``group.normalized``, :func:`r1lab.rewards.registry.group_normalized`);
+    ``group.rewards`` stays the plain weighted total, the figure the logs report."""
     lengths = [len(c) for c in group.completions]
     examples = [group.example] * len(group.completions)
     verified = {name for name in rewards if "verify" in NEEDS.get(name, ())}
@@ -85,7 +92,8 @@ def score_group(group: Group, rewards: dict, normalize: bool = False) -> None:
                                   for text, value in zip(judged, per_reward["accuracy"])]
     weights = {name: weight for name, (_, weight) in rewards.items()}
     group.per_reward = {name: per_reward[name] for name in rewards}
-    group.rewards = (group_normalized if normalize else weighted_totals)(group.per_reward, weights)
+    group.rewards = weighted_totals(group.per_reward, weights)  # what the logs and samples.jsonl report
+    group.normalized = group_normalized(group.per_reward, weights) if normalize else None
 
 
 def judged_texts(group: Group) -> list[str | None]:

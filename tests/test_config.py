@@ -85,6 +85,8 @@ REFUSED = [
     (config.ZeroConfig, {"tags": {"reasoning": ["<r>", "</r>"]}}, "tags: 'reasoning': use think | answer"),
     (config.ZeroConfig, {"tags": {"think": ["<r>"]}}, "tags: think: ['<r>']: give [opening, closing]"),
     (config.ZeroConfig, {"tags": {"think": ["<answer>", "</r>"]}}, "the four delimiters (think and answer, opening"),
+    (config.ZeroConfig, {"tags": {"think": ["<t>", "</t>"], "answer": ["<t>a", "</t>a"]}}, "'<t>a' holds '<t>'"),
+    (config.ZeroConfig, {"normalize_rewards": True}, "normalize_rewards with advantage=grpo: grpo z-scores"),
     (config.ZeroConfig, {"lr_schedule": "step"}, "lr_schedule='step': choose one of cosine, linear, constant"),
     (config.ZeroConfig, {"rewards": {"accuracy": "high"}}, "the weight of 'accuracy' is 'high'; write a number"),
     (config.ZeroConfig, {"rewards": {"format": True}}, "the weight of 'format' is True"),

@@ -8,11 +8,12 @@ registry stays light for what only scores (the sandbox's and the verifier's work
 from __future__ import annotations
 
 import inspect
+import math
 from functools import partial
 
 from r1lab.config import reward_spec_problems
 from r1lab.rewards.judge import judge_reward
-from r1lab.rewards.registry import NEEDS, REWARDS, SETTINGS, TAGS
+from r1lab.rewards.registry import NEEDS, OPTIONS, REWARDS, SETTINGS, TAGS
 from r1lab.rewards.reward_model import model_reward
 
 #: a spec's kind (the key that names it) -> how it is built, and what of the run it needs (``loaded``: the reward
@@ -26,14 +27,14 @@ def build_rewards(weights: dict, task, args: dict | None = None, **settings) -> 
     and of ``task`` (its verifier, for ``accuracy``), and its own options from ``args`` (``{name: {option: value}}``:
     each option a keyword parameter of that reward); a reward given as a spec is built by its kind, each reward model
     loaded once, on ``device`` (the policy's)."""
-    problems = [p for name, spec in weights.items() if isinstance(spec, dict) for p in reward_spec_problems(name, spec)]
-    problems += _args_problems(weights, args or {})
-    if problems:
-        raise ValueError("\n  ".join(["bad reward specs:", *problems]) if len(problems) > 1 else problems[0])
     if not set(settings) <= set(SETTINGS) - {"verify"}:
         raise TypeError(f"build_rewards: settings {sorted(settings)}; give only language, max_length, device, tags")
     tags = {**TAGS, **{kind: tuple(pair) for kind, pair in (settings.pop("tags", None) or {}).items()}}
     given = {**SETTINGS, **settings, "tags": tags, "verify": task.verify, "loaded": {}}
+    problems = [p for name, spec in weights.items() if isinstance(spec, dict) for p in reward_spec_problems(name, spec)]
+    problems += _args_problems(weights, args or {}, given)
+    if problems:
+        raise ValueError("\n  ".join(["bad reward specs:", *problems]) if len(problems) > 1 else problems[0])
     out = {}
     for name, weight in weights.items():
         if isinstance(weight, dict):
@@ -45,7 +46,7 @@ def build_rewards(weights: dict, task, args: dict | None = None, **settings) -> 
     return out
 
 
-def _args_problems(weights: dict, args: dict) -> list[str]:
+def _args_problems(weights: dict, args: dict, given: dict) -> list[str]:
     """What is wrong with the rewards' names and options: an unknown reward, options for a reward the run does not
     use or for a spec (whose options are in the spec), an option the reward does not take."""
     problems = [f"rewards: {name!r} is unknown; use one of {', '.join(sorted(REWARDS))}, or register your own with "
@@ -57,17 +58,43 @@ def _args_problems(weights: dict, args: dict) -> list[str]:
             problems.append(f"reward_args: {name!r}: {why}")
         elif name in REWARDS:
             takes = options_of(name)
-            problems += [f"reward_args: {name}: {option!r} is not an option of {name}; it takes "
-                         f"{', '.join(takes) or 'none'}" for option in options if option not in takes]
+            wrong = [f"reward_args: {name}: {option!r} is not an option of {name}; it takes "
+                     f"{', '.join(takes) or 'none'}" for option in options if option not in takes]
+            problems += wrong or _value_problems(name, options, given)
     return problems
 
 
-def options_of(name: str) -> list[str]:
-    """The options a registered reward takes (``reward_args``): its named keyword parameters, less the completion,
-    what the trainer passes (``completion_length``) and the run settings it needs."""
+def options_of(name: str) -> dict[str, object]:
+    """The options a registered reward takes (``reward_args``), with their defaults: those it was registered with, else
+    its keyword parameters whose default is a bool, int, float or str (less the completion, what the trainer passes
+    and the run settings it needs)."""
     fixed = {"completion", "completion_length", *NEEDS[name], *SETTINGS}
-    return [p.name for p in inspect.signature(REWARDS[name]).parameters.values()
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in fixed and p.default is not p.empty]
+    params = {p.name: p.default for p in inspect.signature(REWARDS[name]).parameters.values()
+              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in fixed}
+    if name in OPTIONS:
+        return {option: params.get(option) for option in OPTIONS[name]}
+    return {option: default for option, default in params.items() if type(default) in (bool, int, float, str)}
+
+
+def _value_problems(name: str, options: dict, given: dict) -> list[str]:
+    """Each option's value of the type of its default (a number finite), then the reward called once on an empty
+    reply with them, so that a value it refuses (``ngram_size: 0``) is refused now, not at the first scoring hours
+    into a run. A reward that reads the verifier or a model is only type-checked."""
+    defaults, problems = options_of(name), []
+    for option, value in options.items():
+        kind = type(defaults[option])
+        ok = {bool: lambda v: type(v) is bool, int: lambda v: type(v) is int,
+              float: lambda v: type(v) in (int, float) and math.isfinite(v), str: lambda v: type(v) is str}
+        if kind in ok and not ok[kind](value):
+            problems.append(f"reward_args: {name}: {option}={value!r}: give a{'n' * (kind is int)} "
+                            f"{'finite number' if kind is float else kind.__name__} (default {defaults[option]!r})")
+    if problems or set(NEEDS[name]) & {"verify", "device"}:
+        return problems
+    try:
+        REWARDS[name]("", completion_length=0, **{need: given[need] for need in NEEDS[name]}, **options)
+    except (ValueError, TypeError) as e:
+        problems.append(f"reward_args: {name}: {str(e).removeprefix(f'{name}: ')}")
+    return problems
 
 
 def _given(fn, needs: dict):

@@ -47,7 +47,8 @@ def extract_code(completion: str, language: str = "python") -> str | None:
     return chosen[-1] if chosen else None
 
 
-@register("code", help="share of the example's tests the reply's program passes, run in the sandbox")
+@register("code", help="share of the example's tests the reply's program passes, run in the sandbox",
+          options=("partial",))  # the rest (tests, func, setup, limits) are each example's
 def code_reward(completion: str, tests: list | None = None, func: str | None = None, partial: bool = False,
                 setup: str = "", limits: Limits | None = None, **_) -> float | None:
     """Run the reply's program on the example's tests in the sandbox (see :mod:`r1lab.sandbox.judge`): ``{assert}``

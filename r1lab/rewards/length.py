@@ -14,7 +14,7 @@ from __future__ import annotations
 from r1lab.rewards.registry import register
 
 
-@register("overlong", needs=("max_length",),
+@register("overlong", needs=("max_length",), options=("cache_length",),
           help="0, then a ramp to -1 over the last cache_length tokens of the budget (DAPO)")
 def overlong(
     completion: str,

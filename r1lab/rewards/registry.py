@@ -29,6 +29,9 @@ REWARDS: dict[str, RewardFn] = {}
 NEEDS: dict[str, tuple[str, ...]] = {}
 #: per reward, one line for ``r1lab zero --help`` (:func:`register`; else its docstring's first sentence)
 HELP: dict[str, str] = {}
+#: per reward, the options ``--reward-args`` may set, when it names them (:func:`register`); else its keyword
+#: parameters whose defaults are a bool, int, float or str (:func:`r1lab.rewards.build.options_of`)
+OPTIONS: dict[str, tuple[str, ...]] = {}
 #: the delimiters of the reasoning and of the answer when a run does not set its own (``--tags``)
 TAGS = {"think": ("<think>", "</think>"), "answer": ("<answer>", "</answer>")}
 #: what a reward may need, with the value it gets when the run does not say: the target ``language`` of the
@@ -37,11 +40,13 @@ TAGS = {"think": ("<think>", "</think>"), "answer": ("<answer>", "</answer>")}
 SETTINGS = {"language": "en", "max_length": None, "verify": None, "device": "auto", "tags": TAGS}
 
 
-def register(name: str, needs: Sequence[str] = (), help: str = "") -> Callable[[RewardFn], RewardFn]:
+def register(name: str, needs: Sequence[str] = (), help: str = "",
+             options: Sequence[str] | None = None) -> Callable[[RewardFn], RewardFn]:
     """Decorator: make ``fn`` available as ``name`` in recipes and on the command line. ``needs`` names the run's
     settings (:data:`SETTINGS`) it takes as keyword arguments, given to it when the rewards are built
     (:func:`r1lab.rewards.build.build_rewards`) rather than by every caller; ``help`` is its line in
-    ``r1lab zero --help`` (default: the first sentence of its docstring)."""
+    ``r1lab zero --help`` (default: the first sentence of its docstring); ``options`` the keyword parameters a run
+    may set (``--reward-args``; default: those with a bool, int, float or str default)."""
     if isinstance(needs, str) or not set(needs) <= set(SETTINGS):
         raise ValueError(f"reward {name!r}: needs={list(needs)}; a reward may need only {', '.join(SETTINGS)}")
 
@@ -53,6 +58,8 @@ def register(name: str, needs: Sequence[str] = (), help: str = "") -> Callable[[
         REWARDS[name], NEEDS[name] = fn, tuple(needs)
         first = " ".join((fn.__doc__ or "").split("\n\n")[0].split()).split(". ")[0].rstrip(".")
         HELP[name] = help or first or "(no description: register it with help=...)"
+        if options is not None:
+            OPTIONS[name] = tuple(options)
         return fn
 
     return wrap

@@ -20,18 +20,19 @@ class TrainBatch:
     advantages: torch.Tensor  # (N,) each token's completion's advantage
     weights: torch.Tensor  # (N,) each token's share of the loss, over every process's batch (0: out of the loss)
     sampler_logprobs: torch.Tensor  # (N,) as the engine computed them while sampling
-    active: list[int]  # the groups that train: all with beta > 0, else those whose advantages are not all zero
+    active: list[int]  # the groups that train: all with a KL term or entropy bonus, else those with an advantage
     packs: list[Packed]  # the active groups, a few per forward/backward pass
     index: list[torch.Tensor]  # per pack, the positions of its completion tokens among the N
     sequences: list[torch.Tensor]  # per pack, the completion (numbered from 0 in the pack) of each of its tokens
     truncated: int = 0  # completions out of the loss because they hit the length limit (overlong filtering)
 
 
-def train_batch(groups: list[Group], with_reference: bool, aggregation: str, groups_per_pack: int, pad_id: int,
+def train_batch(groups: list[Group], every_group: bool, aggregation: str, groups_per_pack: int, pad_id: int,
                 world, device, max_length: int | None = None, mask_truncated: bool = False) -> TrainBatch:
     """The update's view of ``groups`` (this process's share under torchrun: ``world`` gives the whole batch's
-    token weights). Groups whose advantages are all zero add nothing to the gradient without a KL term
-    (``with_reference`` false), so they are not packed; their tokens still count in the weights. A completion no
+    token weights). Groups whose advantages are all zero add nothing to the gradient unless a term other than the
+    advantage acts on every token (``every_group``: a KL term, an entropy bonus), so then they are not packed; their
+    tokens still count in the weights. A completion no
     reward could judge (reward None) is out of the loss: its tokens weigh 0 and count in no average; so is one that
     hit the length limit when ``mask_truncated`` (DAPO's overlong filtering). ``max_length`` is the constant
     aggregation's normaliser; the micro_batch aggregation's micro-batches are ``groups_per_pack`` groups."""
@@ -45,7 +46,7 @@ def train_batch(groups: list[Group], with_reference: bool, aggregation: str, gro
     advantages = torch.tensor([a for g in groups for a, c in zip(g.advantages, g.completions) for _ in c.token_ids],
                               device=device)  # (N,)
     sampler_logprobs = torch.tensor([lp for c in completions for lp in c.logprobs], device=device)  # (N,)
-    active = [i for i, g in enumerate(groups) if with_reference or any(abs(a) > 0 for a in g.advantages)]
+    active = [i for i, g in enumerate(groups) if every_group or any(abs(a) > 0 for a in g.advantages)]
     offsets = [0, *itertools.accumulate(sum(len(c) for c in g.completions) for g in groups)]  # group token spans
     chunks = [active[i:i + groups_per_pack] for i in range(0, len(active), groups_per_pack)]
     packs = [pack([(groups[i].prompt_ids, [c.token_ids for c in groups[i].completions]) for i in mb], pad_id)

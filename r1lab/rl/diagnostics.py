@@ -10,6 +10,7 @@ from r1lab.config import ZeroConfig
 from r1lab.engine import SamplingParams
 from r1lab.evaluate.runner import heldout_accuracy
 from r1lab.rewards.format import format_reward, reflection_rate
+from r1lab.rewards.registry import TAGS
 from r1lab.rollout import Group
 
 
@@ -40,7 +41,7 @@ def step_metrics(step: int, groups: list[Group], stats: dict, t_gen: float, t_to
         "step": step,
         "reward": sum(rewards) / len(rewards) if rewards else math.nan,
         "unjudged_frac": 1 - len(rewards) / len(completions),
-        "format_rate": sum(format_reward(r) for r in responses) / len(responses),
+        "format_rate": sum(format_reward(r, tags={**TAGS, **cfg.tags}) for r in responses) / len(responses),
         "mean_length": sum(len(c) for c in completions) / len(completions),
         "truncated_frac": sum(c.finish_reason == "length" for c in completions) / len(completions),
         "reflection_rate": reflection_rate(responses),

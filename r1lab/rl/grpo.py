@@ -180,7 +180,7 @@ def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
 def set_advantages(groups: list[Group], estimator: str, world: World = SINGLE) -> None:
     """Each completion's advantage by ``estimator``, computed over the whole batch: a batch estimator (batch_std,
     REINFORCE++) scales by every process's rewards, so each process gives its rewards and takes back its rows."""
-    rewards = [[math.nan if r is None else r for r in g.rewards] for g in groups]  # NaN: no reward judged it
+    rewards = [[math.nan if r is None else r for r in g.signal] for g in groups]  # NaN: no reward judged it
     lengths = [[len(c) for c in g.completions] for g in groups]
     every = world.gather((rewards, lengths))  # a collective: a process with no prompt this step takes part too
     width = max((len(row) for part, _ in every for row in part), default=0)
@@ -201,7 +201,8 @@ def update_policy(policy: Policy, groups: list[Group], cfg: ZeroConfig) -> dict:
     tokens. Under torchrun ``groups`` are this process's share: token weights are those of the whole batch, and the
     policy sums every process's gradient into the whole batch's."""
     world, mu, objective = policy.world, cfg.updates_per_batch, Objective.of(cfg)
-    batch = train_batch(groups, cfg.beta > 0, cfg.loss_aggregation, cfg.groups_per_micro_batch, policy.pad_id,
+    every_group = cfg.beta > 0 or cfg.entropy_coef != 0  # terms that act on tokens whatever their advantage
+    batch = train_batch(groups, every_group, cfg.loss_aggregation, cfg.groups_per_micro_batch, policy.pad_id,
                         world, policy.device, max_length=cfg.max_new_tokens, mask_truncated=cfg.mask_truncated)
     packs, index = batch.packs, batch.index
 

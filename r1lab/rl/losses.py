@@ -102,7 +102,7 @@ LOSS_TYPES = {"grpo": clipped_surrogate, "gspo": sequence_ratio_surrogate, "cisp
 LOSS_TYPE_HELP = {
     "grpo": "PPO's clipped token ratio, clip_low/clip_high (GRPO, DAPO)",
     "gspo": "the clipped length-normalised ratio of the whole sequence (GSPO, Qwen3)",
-    "cispo": "REINFORCE weighted by the clipped, detached token ratio (CISPO, MiniMax-M1)",
+    "cispo": "REINFORCE weighted by the clipped, detached token ratio (CISPO, MiniMax-M1; clip_low 1: no lower bound)",
 }
 
 

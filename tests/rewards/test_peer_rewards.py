@@ -221,10 +221,11 @@ def test_the_rewards_options_are_what_a_run_may_set():
     from r1lab.rewards.build import build_rewards, options_of
     from r1lab.tasks import get_task
 
-    assert options_of("cosine") == ["min_value_wrong", "max_value_wrong", "min_value_correct", "max_value_correct"]
-    assert options_of("repetition") == ["ngram_size", "max_penalty"]
-    assert options_of("code_format") == ["code_language"]
-    assert options_of("reasoning_steps") == options_of("think_format") == options_of("format") == []
+    assert list(options_of("cosine")) == ["min_value_wrong", "max_value_wrong", "min_value_correct",
+                                          "max_value_correct"]
+    assert options_of("repetition") == {"ngram_size": 3, "max_penalty": -1.0}
+    assert options_of("code_format") == {"code_language": "python"}
+    assert options_of("reasoning_steps") == options_of("think_format") == options_of("format") == {}
     task = get_task("arithmetic", n_train=4, n_test=1)
     built = build_rewards({"repetition": 1.0, "code_format": 1.0}, task,
                           args={"repetition": {"ngram_size": 2}, "code_format": {"code_language": "javascript"}})

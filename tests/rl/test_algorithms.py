@@ -2,6 +2,7 @@
 hand-computed values and loops written out token by token, as each paper or peer defines them."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -269,3 +270,59 @@ def test_a_reward_that_reads_the_verifier_judges_what_evaluation_judges():
     score_group(g, rewards)
     assert g.per_reward["accuracy"] == [1.0, 0.0, 1.0]
     assert g.per_reward["cosine"] == pytest.approx([0.75, -0.5, 0.5])  # right at 5/10; wrong at 10/10; right at 10/10
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"repetition": {"ngram_size": 0}}, "reward_args: repetition: ngram_size must be at least 1"),
+    ({"repetition": {"ngram_size": "abc"}}, "ngram_size='abc': give an int (default 3)"),
+    ({"repetition": {"ngram_size": 2.5}}, "ngram_size=2.5: give an int"),
+    ({"repetition": {"max_penalty": 1.0}}, "max_penalty must be 0 or negative"),
+    ({"cosine": {"max_value_correct": "abc"}}, "max_value_correct='abc': give a finite number"),
+    ({"cosine": {"max_value_correct": float("nan")}}, "max_value_correct=nan: give a finite number"),
+    ({"code_format": {"code_language": 3}}, "code_language=3: give a str"),
+    ({"overlong": {"cache_length": 500}}, "cache_length must be in [0, max_length=64]"),
+    ({"code": {"tests": []}}, "'tests' is not an option of code; it takes partial"),
+])
+def test_a_rewards_option_values_are_checked_when_the_rewards_are_built(args, message):
+    """A bad option value is refused before the run starts, not at the first scoring hours into it."""
+    from r1lab.rewards.build import build_rewards
+    from r1lab.tasks import build_task
+
+    task = build_task("arithmetic", {"n_train": 5, "n_test": 5})
+    weights = {"accuracy": 1.0, "repetition": 0.1, "cosine": 0.1, "code_format": 0.1, "overlong": 0.1, "code": 0.1}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_rewards(weights, task, args=args, max_length=64)
+    built = build_rewards(weights, task, args={"repetition": {"ngram_size": 2}, "overlong": {"cache_length": 16}},
+                          max_length=64)
+    assert built["repetition"][0]("a b a b") == pytest.approx(-1 / 3)  # bigrams ab ba ab: 2 unique of 3
+    assert built["overlong"][0]("", completion_length=56) == -0.5  # the ramp over the last 16 of 64 tokens
+
+
+def test_an_entropy_bonus_or_kl_term_trains_groups_without_an_advantage():
+    same = completions_group(["stop"] * 3, rewards=(1.0, 1.0, 1.0))  # no advantage: nothing but the bonus acts
+    assert train_batch([same], False, "token", 2, 0, SINGLE, "cpu").active == []
+    assert train_batch([same], True, "token", 2, 0, SINGLE, "cpu").active == [0]
+
+
+def test_normalized_rewards_drive_the_advantages_and_the_logs_keep_the_weighted_totals():
+    """GDPO / TRL's normalize_then_sum: each reward z-scored in its group, summed with its weight, then (advantage
+    batch_std) over the batch's std. The logged reward stays the plain weighted total."""
+    from r1lab.rollout import score_group
+
+    rewards = {"acc": (lambda c, **_: {"a": 1.0, "b": 1.0, "c": 0.0, "d": 0.0}[c], 1.0),
+               "len": (lambda c, **_: {"a": 100.0, "b": 300.0, "c": 100.0, "d": 300.0}[c], 0.5)}
+    groups = []
+    for texts in (["a", "b", "c", "d"], ["a", "a", "b", "b"]):
+        g = Group(example={}, prompt=Prompt((1,)), completions=[Completion(0, [5], [-1.0], "stop", text=t)
+                                                                 for t in texts])
+        score_group(g, rewards, normalize=True)
+        groups.append(g)
+    assert groups[0].rewards == [51.0, 151.0, 50.0, 150.0]  # 1 x acc + 0.5 x len, as logged
+    acc = torch.tensor([1.0, 1, 0, 0])
+    length = torch.tensor([100.0, 300, 100, 300])
+    expected = (acc - acc.mean()) / (acc.std() + 1e-4) + 0.5 * (length - length.mean()) / (length.std() + 1e-4)
+    assert groups[0].normalized == pytest.approx(expected.tolist(), abs=1e-6)
+    grpo.set_advantages(groups, "batch_std")
+    signal = torch.tensor([groups[0].normalized, groups[1].normalized])
+    want = (signal - signal.mean(1, keepdim=True)) / (signal.flatten().std() + 1e-4)
+    assert groups[0].advantages == pytest.approx(want[0].tolist(), abs=1e-5)
