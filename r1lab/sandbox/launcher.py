@@ -32,6 +32,7 @@ MNT_DETACH = 2
 RLIMITS = {"cpu": resource.RLIMIT_CPU, "memory": resource.RLIMIT_AS, "file": resource.RLIMIT_FSIZE,
            "open_files": resource.RLIMIT_NOFILE, "processes": resource.RLIMIT_NPROC}
 DEVICES = ("null", "zero", "full", "random", "urandom")
+MAX_PTYS = 16  # ptys one run may open (its devpts instance's max)
 
 # seccomp (x86_64 only; elsewhere no filter is installed and the status says so)
 SECCOMP_RET_KILL_PROCESS, SECCOMP_RET_ERRNO, SECCOMP_RET_ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
@@ -52,10 +53,16 @@ DENIED_X86_64 = {
     # host's inodes of the read-only files every run sees, and the page cache of those files is shared, so one run
     # can set a lock or evict / load a page and another read it. Deny the locks and the residency probes.
     "flock": 73, "fadvise64": 221, "mincore": 27, "readahead": 187, "cachestat": 451,
+    # watches on those shared inodes see another run's reads (inotify; dnotify is fcntl's F_NOTIFY, below), and the
+    # host's AIO pool is one count for the machine: a run could signal through it, or drain it
+    "inotify_init": 253, "inotify_add_watch": 254, "inotify_rm_watch": 255, "inotify_init1": 294,
+    "fanotify_init": 300, "fanotify_mark": 301, "io_setup": 206, "io_destroy": 207, "io_getevents": 208,
+    "io_submit": 209, "io_cancel": 210, "io_pgetevents": 333,
 }
-#: fcntl commands that take or test a lock (classic and open-file-description locks) or a lease: EPERM
+#: fcntl commands that take or test a lock (classic and open-file-description locks), a lease, or a directory
+#: notification (dnotify): EPERM
 FCNTL_LOCKS = {"F_GETLK": 5, "F_SETLK": 6, "F_SETLKW": 7, "F_OFD_GETLK": 36, "F_OFD_SETLK": 37, "F_OFD_SETLKW": 38,
-               "F_SETLEASE": 1024, "F_GETLEASE": 1025}
+               "F_SETLEASE": 1024, "F_GETLEASE": 1025, "F_NOTIFY": 1026}
 #: reads and writes with per-call flags (RWF_NOWAIT tells whether a page is cached): ENOSYS, so that libc falls
 #: back to preadv/pwritev for flag-free calls
 NO_FLAG_IO = {"preadv2": 327, "pwritev2": 328}
@@ -121,13 +128,18 @@ def build_root(libc, spec: dict, root: str) -> None:
     os.makedirs(root + "/dev/shm")
     for name in DEVICES:  # the device binds keep dev (that is what they are for) and stay writable like the host's
         _bind(libc, "/dev/" + name, root + "/dev/" + name, MS_NOSUID | MS_NOEXEC)
-    _mount(libc, "devpts", root + "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
+    # max: the machine's pty pool is one count for every instance; a run may hold a few, never drain it
+    _mount(libc, "devpts", root + "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+           f"newinstance,ptmxmode=0666,mode=0620,max={MAX_PTYS}")
     os.symlink("pts/ptmx", root + "/dev/ptmx")
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
                          ("stderr", "/proc/self/fd/2")):
         os.symlink(target, root + "/dev/" + name)
     os.makedirs(root + "/proc")
-    _mount(libc, "proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    try:  # only the processes (Linux 5.8+): /proc/sys, meminfo, stat... are host-wide counters another run moves
+        _mount(libc, "proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "subset=pid,hidepid=invisible")
+    except SetupError:  # an older kernel: the whole /proc of the run's PID namespace, as before
+        _mount(libc, "proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     size = f"size={spec['tmpfs_mb']}m,mode=1777"
     for place in ("/tmp", "/dev/shm"):
         os.makedirs(root + place, exist_ok=True)

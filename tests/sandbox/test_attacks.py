@@ -762,6 +762,9 @@ def test_partial_credit_runs_share_one_time_budget_per_completion():
     "fcntl.fcntl(open(sys.executable), 37, struct.pack('hhqqi', 0, 0, 0, 1, 0))",  # F_OFD_SETLK
     "os.posix_fadvise(os.open(sys.executable, os.O_RDONLY), 0, 0, os.POSIX_FADV_DONTNEED)",
     "os.preadv(os.open(sys.executable, os.O_RDONLY), [bytearray(8)], 0, os.RWF_NOWAIT)",
+    "libc.inotify_init1(0) >= 0 or fail()",  # a watch on a shared stdlib inode sees another run's reads
+    "fcntl.fcntl(os.open(os.path.dirname(os.__file__), os.O_RDONLY), 1026, 0x1 | 0x80000000)",  # F_NOTIFY (dnotify)
+    "libc.syscall(206, 64, ctypes.byref(ctypes.c_ulong(0))) == 0 or fail()",  # io_setup: one AIO pool per host
     "libc.mincore(ctypes.c_void_p(page()), 4096, ctypes.create_string_buffer(1)) == 0 or fail()",
 ])
 def test_runs_cannot_signal_each_other_through_locks_or_the_page_cache(call):
@@ -771,7 +774,7 @@ def test_runs_cannot_signal_each_other_through_locks_or_the_page_cache(call):
 import ctypes, fcntl, mmap, os, struct, sys
 libc = ctypes.CDLL(None, use_errno=True)
 def fail():
-    raise OSError(ctypes.get_errno(), "mincore")
+    raise OSError(ctypes.get_errno(), "denied")
 def page():
     global kept
     kept = mmap.mmap(-1, 4096)
@@ -860,3 +863,19 @@ def test_a_method_of_an_object_the_test_makes_of_the_solutions_class_is_the_solu
     leetcode = "class Solution:\n    def twoSum(self, xs, t):\n        return [0, 1] if xs[0] + xs[1] == t else []\n"
     test = AssertTest("assert Solution().twoSum([2, 7, 11], 9) == [0, 1]")
     assert judge_asserts(leetcode, [test], limits=ROOMY).score() == 1.0
+
+
+def test_host_wide_counters_are_out_of_sight_and_the_pty_pool_is_capped():
+    """Round 3: /proc/sys/kernel/pty/nr, aio-nr, dentry-state and /proc/meminfo are machine-wide counters a sender
+    moves and a receiver reads (32 bits through the pty count; one even between runs one after another), and one run
+    could hold every pty of the host. The run's /proc shows its processes only; its devpts holds a few ptys."""
+    out = _run_and_read("import os, pty\n"
+                        "print(sorted(n for n in ('sys', 'meminfo', 'stat', 'loadavg') if os.path.exists('/proc/' + n)))\n"
+                        "print(os.path.exists('/proc/self/status'))\n"
+                        "held = []\n"
+                        "try:\n    while len(held) < 100: held.append(pty.openpty())\nexcept OSError: pass\n"
+                        "print(len(held))")
+    hidden, self_seen, ptys = out.splitlines()
+    if hidden != "[]":
+        pytest.skip("this kernel cannot mount a subset=pid /proc (Linux < 5.8): the documented fallback")
+    assert self_seen == "True" and int(ptys) <= 16
