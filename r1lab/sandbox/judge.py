@@ -437,14 +437,16 @@ def _close(got, want, tolerance: float) -> bool:
 def judge_io(program: str, tests: list[IOTest], limits: Limits | None = None, stop_at_failure: bool = False
              ) -> Verdict:
     """Run ``program`` once per test on its input and compare its output (:func:`outputs_match`). The runs of one
-    completion share one time budget (``limits.budget`` wall seconds; each run also within ``limits.wall``): a test
-    the budget no longer covers fails unrun. With ``stop_at_failure`` (an all-or-nothing reward) the first failed
-    test ends the judging, the rest counted failed: a verdict already decided costs no more runs."""
+    completion share one time budget (``limits.budget`` + ``limits.budget_per_test`` per test, wall seconds; each
+    run also within ``limits.wall``): a test the budget no longer covers fails unrun. With ``stop_at_failure`` (an
+    all-or-nothing reward) the first failed test ends the judging, the rest counted failed: a verdict already decided
+    costs no more runs."""
     limits = limits or Limits()
-    passed, details, left = 0, [], limits.budget
+    budget = limits.budget + limits.budget_per_test * len(tests)
+    passed, details, left = 0, [], budget
     for i, test in enumerate(tests):
         if left <= 0.05:
-            details.append(f"tests {i}-{len(tests) - 1}: the completion's time budget ({limits.budget:g} s) is spent")
+            details.append(f"tests {i}-{len(tests) - 1}: the completion's time budget ({budget:g} s) is spent")
             break
         result = run(program, stdin=test.input, limits=dataclasses.replace(limits, wall=min(limits.wall, left)))
         left -= result.seconds

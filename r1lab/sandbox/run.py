@@ -65,7 +65,8 @@ class Limits:
     processes: int = 64
     cpus: float = 1.0  # cores' worth of CPU the whole run may use at once (cgroup only)
     output_bytes: int = 1_000_000  # stdout and stderr, each
-    budget: float = 20.0  # wall seconds all the runs judging one completion take together (its stdin/stdout tests)
+    budget: float = 20.0  # wall seconds all the runs judging one completion take together (its stdin/stdout tests),
+    budget_per_test: float = 0.5  # plus this per test (a run's start-up alone is ~0.1 s: 200 quick tests fit)
 
 
 @dataclass

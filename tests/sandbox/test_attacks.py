@@ -734,7 +734,7 @@ def test_an_all_or_nothing_io_verdict_stops_at_the_first_failed_test():
 
     slow_wrong = "```python\nimport time\ntime.sleep(1)\nprint(0)\n```"
     tests = [{"input": f"{i}\n", "output": str(i + 1)} for i in range(10)]
-    limits = Limits(wall=3, cpu=3, budget=60)
+    limits = Limits(wall=3, cpu=3, budget=60, budget_per_test=0)
     t0 = time.monotonic()
     assert code_reward(slow_wrong, tests=tests, limits=limits) == 0.0
     assert time.monotonic() - t0 < 1 + 8  # one run, plus room for a loaded machine (all ten: over 10 s)
@@ -749,7 +749,7 @@ def test_partial_credit_runs_share_one_time_budget_per_completion():
     tests = [IOTest(f"{i}\n", str(i)) for i in range(10)]
     sleeper = "import time\ntime.sleep(1)\nprint(input())"
     t0 = time.monotonic()
-    verdict = judge_io(sleeper, tests, limits=Limits(wall=5, cpu=5, budget=2.5))
+    verdict = judge_io(sleeper, tests, limits=Limits(wall=5, cpu=5, budget=2.5, budget_per_test=0))
     assert time.monotonic() - t0 < 2.5 + 10  # the budget, plus room (without one: ten runs, over 10 s)
     assert 1 <= verdict.passed <= 3 and verdict.total == 10  # the tests the budget covered passed, the rest failed
     assert any("time budget" in d for d in verdict.details)
@@ -879,3 +879,10 @@ def test_host_wide_counters_are_out_of_sight_and_the_pty_pool_is_capped():
     if hidden != "[]":
         pytest.skip("this kernel cannot mount a subset=pid /proc (Linux < 5.8): the documented fallback")
     assert self_seen == "True" and int(ptys) <= 16
+
+
+def test_a_gold_with_many_quick_stdin_stdout_tests_fits_the_budget():
+    """200 tests of a program that answers at once: each run's start-up (~0.1 s) counts against the budget, which
+    grows with the number of tests (an independent attack set found the flat 20 s made such a gold score 0)."""
+    tests = [IOTest(f"{i}\n", str(i)) for i in range(200)]
+    assert judge_io("print(input())", tests).score() == 1.0
