@@ -184,6 +184,8 @@ def set_advantages(groups: list[Group], estimator: str, world: World = SINGLE) -
     lengths = [[len(c) for c in g.completions] for g in groups]
     every = world.gather((rewards, lengths))  # a collective: a process with no prompt this step takes part too
     width = max((len(row) for part, _ in every for row in part), default=0)
+    if width == 0:  # no process has a completion this step
+        return
     rows = torch.tensor([row + [math.nan] * (width - len(row)) for part, _ in every for row in part],
                         dtype=torch.float32).reshape(-1, width)  # (P, G), every process's prompts in rank order
     sizes = torch.tensor([row + [0] * (width - len(row)) for _, part in every for row in part]).reshape(-1, width)
