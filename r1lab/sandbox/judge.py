@@ -279,6 +279,11 @@ def plan_assert(source: str, under_test: set[str] | None = None) -> _Plan | None
     def clean(node) -> bool:
         return not _names(node) & under_test
 
+    # A call into the solution inside a comprehension, lambda or walrus reads names that exist only there; taken out
+    # as a probe it would run at the solution's module level, where the solution decides what those names are.
+    # Such an assert cannot be judged call by call: no plan (a dataset row leaves it out).
+    if any(solution_call(n) and _names(n) & _scoped_names(test) for n in ast.walk(test)):
+        return None
     if isinstance(test, ast.Compare) and len(test.ops) == 1 and type(test.ops[0]) in _OPS:
         left, right, check = test.left, test.comparators[0], _OPS[type(test.ops[0])]
         if solution_call(right) and clean(left) and check in _MIRROR:
@@ -305,6 +310,24 @@ def plan_assert(source: str, under_test: set[str] | None = None) -> _Plan | None
 
     rewritten = ast.unparse(Swap().visit(test))
     return _Plan("expression", probes, rewritten=rewritten)
+
+
+def _scoped_names(tree: ast.AST) -> set[str]:
+    """Names bound inside an expression: comprehension targets, lambda parameters, walrus targets.
+
+    >>> sorted(_scoped_names(ast.parse("all(f(p) for p in xs) and (lambda v: g(v))(1) and (n := 3)", mode="eval")))
+    ['n', 'p', 'v']
+    """
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.comprehension):
+            found |= {n.id for n in ast.walk(node.target) if isinstance(n, ast.Name)}
+        elif isinstance(node, ast.Lambda):
+            found |= {a.arg for a in (*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs)}
+            found |= {a.arg for a in (node.args.vararg, node.args.kwarg) if a is not None}
+        elif isinstance(node, ast.NamedExpr):
+            found.add(node.target.id)
+    return found
 
 
 def _literal(node):

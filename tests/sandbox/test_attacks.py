@@ -886,3 +886,23 @@ def test_a_gold_with_many_quick_stdin_stdout_tests_fits_the_budget():
     grows with the number of tests (an independent attack set found the flat 20 s made such a gold score 0)."""
     tests = [IOTest(f"{i}\n", str(i)) for i in range(200)]
     assert judge_io("print(input())", tests).score() == 1.0
+
+
+@pytest.mark.parametrize("line", [
+    "assert all(is_prime(p) for p in [2, 3, 13])",
+    "assert not any(is_prime(id) for id in [4, 6])",  # a loop variable named like a builtin
+    "assert (lambda v: is_prime(v))(13)",
+    "assert [is_prime(n) for n in (2, 4)] == [True, False]",
+])
+def test_a_call_that_reads_a_comprehension_or_lambda_variable_is_not_taken_out_of_its_scope(line):
+    """Round 3: ``is_prime(p)`` inside a generator was taken out as a probe and run at the solution's module level,
+    where ``p`` is whatever the solution binds (gold scored 0; a cheat binding ``id`` scored 1.0). Such an assert has
+    no plan now: a dataset row leaves it out, and judging it directly is refused."""
+    from r1lab.sandbox.judge import AssertTest, judge_asserts, plan_assert
+    from r1lab.tasks.code import CodeDatasetTask
+
+    assert plan_assert(line) is None
+    with pytest.raises(ValueError, match="not an assert statement"):
+        judge_asserts("def is_prime(x):\n    return x in (2, 3, 13)\n", [AssertTest(line)], limits=ROOMY)
+    example = CodeDatasetTask._example({"text": "p", "test_list": [line, "assert is_prime(2)"]}, "row 1")
+    assert example["tests"] == [{"assert": "assert is_prime(2)"}]
