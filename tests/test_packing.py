@@ -199,6 +199,15 @@ def test_selective_log_softmax_gradient_matches_autograd():
     assert SelectiveLogSoftmax.apply(logits, targets)[1] is None  # no entropy unless asked for
 
 
+def head_inputs(seed: int):
+    """``(h, W, b, targets)`` of a small LM head in fp64 (for gradcheck): 7 positions, hidden 5, vocabulary 11."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(7, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(11, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(11, dtype=torch.float64, generator=g, requires_grad=True)
+    return h, w, b, torch.randint(0, 11, (7,), generator=g)
+
+
 def entropy_of(logits):
     return -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1)
 
@@ -212,11 +221,7 @@ def test_entropy_and_its_gradient_match_autograd():
     assert torch.allclose(entropies, entropy_of(logits))
     assert torch.autograd.gradcheck(lambda *a: SelectiveLogSoftmax.apply(*a, True)[1], (logits, targets))
     assert torch.autograd.gradcheck(lambda *a: sum(SelectiveLogSoftmax.apply(*a, True)), (logits, targets))
-    g = torch.Generator().manual_seed(1)
-    h = torch.randn(7, 5, dtype=torch.float64, generator=g, requires_grad=True)
-    w = torch.randn(11, 5, dtype=torch.float64, generator=g, requires_grad=True)
-    b = torch.randn(11, dtype=torch.float64, generator=g, requires_grad=True)
-    targets = torch.randint(0, 11, (7,), generator=g)
+    h, w, b, targets = head_inputs(seed=1)
     for rows in (1, 3, 7):
         assert torch.allclose(LinearLogSoftmax.apply(h, w, b, targets, rows, True)[1], entropy_of(h @ w.T + b))
         entropy = functools.partial(lambda *a, rows: LinearLogSoftmax.apply(*a, rows, True)[1], rows=rows)
@@ -242,11 +247,7 @@ def test_token_entropies_are_chunked_and_equal_the_whole_head(model64):
 
 
 def test_chunked_log_softmax_matches_autograd():
-    g = torch.Generator().manual_seed(0)
-    h = torch.randn(7, 5, dtype=torch.float64, generator=g, requires_grad=True)
-    w = torch.randn(11, 5, dtype=torch.float64, generator=g, requires_grad=True)
-    b = torch.randn(11, dtype=torch.float64, generator=g, requires_grad=True)
-    targets = torch.randint(0, 11, (7,), generator=g)
+    h, w, b, targets = head_inputs(seed=0)
     for rows in (1, 3, 7):
         assert torch.autograd.gradcheck(lambda *a: LinearLogSoftmax.apply(*a)[0], (h, w, b, targets, rows))
         expected = torch.log_softmax(h @ w.T + b, -1).gather(-1, targets[:, None])[:, 0]

@@ -76,6 +76,11 @@ def options_of(name: str) -> dict[str, object]:
     return {option: default for option, default in params.items() if type(default) in (bool, int, float, str)}
 
 
+#: what an option whose default is of a type may be given
+_ACCEPTS = {bool: lambda v: type(v) is bool, int: lambda v: type(v) is int,
+            float: lambda v: type(v) in (int, float) and math.isfinite(v), str: lambda v: type(v) is str}
+
+
 def _value_problems(name: str, options: dict, given: dict) -> list[str]:
     """Each option's value of the type of its default (a number finite), then the reward called once on an empty
     reply with them, so that a value it refuses (``ngram_size: 0``) is refused now, not at the first scoring hours
@@ -83,9 +88,7 @@ def _value_problems(name: str, options: dict, given: dict) -> list[str]:
     defaults, problems = options_of(name), []
     for option, value in options.items():
         kind = type(defaults[option])
-        ok = {bool: lambda v: type(v) is bool, int: lambda v: type(v) is int,
-              float: lambda v: type(v) in (int, float) and math.isfinite(v), str: lambda v: type(v) is str}
-        if kind in ok and not ok[kind](value):
+        if kind in _ACCEPTS and not _ACCEPTS[kind](value):
             problems.append(f"reward_args: {name}: {option}={value!r}: give a{'n' * (kind is int)} "
                             f"{'finite number' if kind is float else kind.__name__} (default {defaults[option]!r})")
     if problems or set(NEEDS[name]) & {"verify", "device"}:

@@ -148,14 +148,10 @@ def group_normalized(per_reward: Mapping[str, Sequence[float | None]], weights: 
     >>> [round(t, 4) for t in group_normalized({"acc": [1.0, 0.0], "len": [10.0, 30.0]}, {"acc": 1.0, "len": 0.5})]
     [0.3535, -0.3535]
     """
-    count = len(next(iter(per_reward.values()), []))
-    totals: list[float | None] = [None] * count
+    z_scored = {}
     for name, values in per_reward.items():
         judged = [v for v in values if v is not None]
         mean = sum(judged) / len(judged) if judged else 0.0
         std = math.sqrt(sum((v - mean) ** 2 for v in judged) / (len(judged) - 1)) if len(judged) > 1 else 0.0
-        for i, v in enumerate(values):
-            if v is not None:
-                z = (v - mean) / (std + eps) if std > 0 else 0.0
-                totals[i] = (totals[i] or 0.0) + weights[name] * z
-    return totals
+        z_scored[name] = [None if v is None else (v - mean) / (std + eps) if std > 0 else 0.0 for v in values]
+    return weighted_totals(z_scored, weights)

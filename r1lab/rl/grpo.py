@@ -196,6 +196,10 @@ def set_advantages(groups: list[Group], estimator: str, world: World = SINGLE) -
 
 
 # -------------------------------------------------------------------------------------------- the update
+#: the statistics grpo_loss gives (token-weighted sums), averaged over the updates and summed over processes
+LOSS_STATS = ("clip_frac", "kl", "off_policy_masked")
+
+
 def update_policy(policy: Policy, groups: list[Group], cfg: ZeroConfig) -> dict:
     """``updates_per_batch`` AdamW steps on the GRPO-family loss over ``groups`` (:func:`r1lab.rl.losses.grpo_loss`:
     the loss type, masks and bonus of ``cfg``), computing in the policy's precision over fp32 weights; returns mean
@@ -232,11 +236,11 @@ def update_policy(policy: Policy, groups: list[Group], cfg: ZeroConfig) -> dict:
                                     ref_logprobs=None if ref_logprobs is None else ref_logprobs[i])
             policy.backward(loss)
             loss_sum += loss.item()
-            for name in ("clip_frac", "kl", "off_policy_masked"):
+            for name in LOSS_STATS:
                 totals[name] += stats.get(name, torch.tensor(0.0)).item() / mu
         totals["grad_norm"] += policy.step(cfg.max_grad_norm) / mu
         totals["loss"] += world.sum(loss_sum) / mu
-    for name in ("clip_frac", "kl", "off_policy_masked"):
+    for name in LOSS_STATS:
         totals[name] = world.sum(totals[name])
     tokens = world.sum(entropy[1])
     totals["entropy"] = world.sum(entropy[0]) / tokens if tokens else math.nan
